@@ -7,7 +7,6 @@ CUDA, "auto" without an importable triton is an error that says to pass backend=
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import lru_cache
 
@@ -18,7 +17,12 @@ BACKENDS = ("auto", "triton", "torch")
 
 @lru_cache(maxsize=1)
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """True when the triton package imports (it is optional: without it the torch path runs)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def interpreting() -> bool:

@@ -1,0 +1,169 @@
+"""Triton kernel for the interpolated linear layer: y_r = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T).
+
+One kernel, four per-tile paths chosen at run time from the λ values of the tile's rows (no host sync):
+  1. endpoint skip: all rows λ=0 -> one GEMM on W_I only; all rows λ=1 -> W_T only (half the bytes);
+  2. blend in registers: all rows share one λ -> W = (1-λ)W_I + λW_T per K-tile, ONE matrix product
+     (same bytes, half the tensor-core work);
+  3. dual accumulator: mixed λ -> two fp32 accumulators, per-row blend in the epilogue;
+  4. split-K (SPLIT_K > 1, used for small M): each program reduces one K-slice into an fp32 partial
+     [SPLIT_K, M, N] that the launcher sums; with one row tile covering all M rows, both weights are
+     streamed exactly once (the decode path).
+Row tiles can follow sequence boundaries: rows are grouped in segments of SEG_LEN rows (one sequence
+each, when λ is per sequence) and a row tile never straddles two segments, so it always shares one λ.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, acc, UPCAST: tl.constexpr):
+    """acc += a @ b. UPCAST: fp32 operands (the CPU interpreter's bf16/fp16 dot is not reliable)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            UPCAST: tl.constexpr):
+    """x @ W^T over K in [k_lo, k_hi) -> fp32 [BLOCK_M, BLOCK_N].
+
+    x_ptrs [BLOCK_M, BLOCK_K] and w_ptrs [BLOCK_K, BLOCK_N] point at the first K-tile (rows and
+    columns already clamped in range); they advance by BLOCK_K, only the K tail is masked."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
+        b = tl.load(w_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        acc = _dot(a, b, acc, UPCAST)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    return acc
+
+
+@triton.jit
+def _mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """x @ ((1-λ)W_I + λW_T)^T for one scalar λ: the blend is done per K-tile in registers (fp32,
+    rounded to the weights' dtype) and feeds ONE matrix product. Returns fp32 [BLOCK_M, BLOCK_N]."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
+        bi = tl.load(wi_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        bt = tl.load(wt_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        b = ((1.0 - lam) * bi.to(tl.float32) + lam * bt.to(tl.float32)).to(bi.dtype)
+        acc = _dot(a, b, acc, UPCAST)
+        x_ptrs += BLOCK_K * stride_xk
+        wi_ptrs += BLOCK_K * stride_wk
+        wt_ptrs += BLOCK_K * stride_wk
+    return acc
+
+
+@triton.jit
+def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+             UPCAST: tl.constexpr):
+    """(x @ W_I^T, x @ W_T^T) with two fp32 accumulators; each x tile is loaded once."""
+    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_t = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
+        bi = tl.load(wi_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        bt = tl.load(wt_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        acc_i = _dot(a, bi, acc_i, UPCAST)
+        acc_t = _dot(a, bt, acc_t, UPCAST)
+        x_ptrs += BLOCK_K * stride_xk
+        wi_ptrs += BLOCK_K * stride_wk
+        wt_ptrs += BLOCK_K * stride_wk
+    return acc_i, acc_t
+
+
+@triton.jit
+def interp_linear_kernel(
+    x_ptr, wi_ptr, wt_ptr, bi_ptr, bt_ptr, lam_ptr, out_ptr, path_ptr,
+    M, N, K, SEG_LEN, TILES_PER_SEG, NUM_PID_M, K_PER_SPLIT,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_os, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, BLEND: tl.constexpr, UPCAST: tl.constexpr,
+    RECORD_PATH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Grid: (NUM_PID_M * cdiv(N, BLOCK_N), SPLIT_K).
+
+    x [M, K] (any strides), W_I/W_T [N, K] (same strides), biases [N], lam [M] fp32 (per row),
+    out [SPLIT_K, M, N] (stride_os ignored when SPLIT_K == 1). NUM_PID_M = segments * TILES_PER_SEG.
+    SKIP / BLEND switch the endpoint-skip and blend-in-registers paths on (tests switch them off to
+    reach the dual-accumulator path with uniform λ). RECORD_PATH: write the path each program took to
+    path_ptr [grid0, SPLIT_K] (0: W_I only, 1: W_T only, 2: blend, 3: dual), for tests.
+    """
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped tile order: GROUP_M row tiles share each weight column tile while it is in L2.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(NUM_PID_M - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # Row tile inside its segment: never straddles two sequences.
+    seg = pid_m // TILES_PER_SEG
+    local = (pid_m % TILES_PER_SEG) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = seg * SEG_LEN + local
+    row_mask = (local < SEG_LEN) & (rows < M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = min(k_lo + K_PER_SPLIT, K)
+
+    lam = tl.load(lam_ptr + rows, mask=row_mask, other=0.0)
+    lam_lo = tl.min(tl.where(row_mask, lam, float("inf")), axis=0)
+    lam_hi = tl.max(tl.where(row_mask, lam, float("-inf")), axis=0)
+    # Bias enters once: only the first K-split loads it (the others see zeros).
+    bias_mask = col_mask & (pid_k == 0)
+    if HAS_BIAS:
+        b_i = tl.load(bi_ptr + cols, mask=bias_mask, other=0.0).to(tl.float32)
+        b_t = tl.load(bt_ptr + cols, mask=bias_mask, other=0.0).to(tl.float32)
+    else:
+        b_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        b_t = tl.zeros((BLOCK_N,), dtype=tl.float32)
+
+    path = tl.full((), 3, tl.int32)
+    # Out-of-range rows/columns are clamped to a valid index (their results are never stored), so the
+    # K loop masks only its tail.
+    rows_c = tl.where(row_mask, rows, 0)
+    cols_c = tl.where(col_mask, cols, 0)
+    rk = k_lo + tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rows_c[:, None] * stride_xm + rk[None, :] * stride_xk
+    w_offs = cols_c[None, :] * stride_wn + rk[:, None] * stride_wk
+
+    if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
+        path = tl.full((), 0, tl.int32)
+        out = _mm_one(x_ptrs, wi_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
+                      BLOCK_M, BLOCK_N, BLOCK_K, UPCAST) + b_i[None, :]
+    elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
+        path = tl.full((), 1, tl.int32)
+        out = _mm_one(x_ptrs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
+                      BLOCK_M, BLOCK_N, BLOCK_K, UPCAST) + b_t[None, :]
+    elif BLEND and (lam_lo == lam_hi):
+        path = tl.full((), 2, tl.int32)
+        out = _mm_blend(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, lam_lo, k_lo, k_hi,
+                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+        out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
+    else:
+        acc_i, acc_t = _mm_dual(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, k_lo, k_hi,
+                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+        lam2 = lam[:, None]
+        out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
+
+    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om + cols[None, :] * stride_on
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    if RECORD_PATH:
+        tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)

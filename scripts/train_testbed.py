@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Train the built-in testbed pair (shared base -> Instruct and Thinking) and write it as HF checkpoints.
+
+    python scripts/train_testbed.py                       # the shipped pair, into dami_kernels/testbed/assets
+    python scripts/train_testbed.py --out /tmp/tb --base-steps 5 --ft-steps 2 --eval-n 8   # smoke run
+
+Deterministic on the CPU (seeded, 1 thread by default, deterministic algorithms). At the end it prints held-out
+accuracy and mean generated tokens of both sides and writes them to OUT/testbed_metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dami_kernels.testbed.evaluate import score
+from dami_kernels.testbed.tokenizer import build_tokenizer
+from dami_kernels.testbed.training import HELDOUT_RESERVE, HELDOUT_SEED, heldout_problems, save_checkpoint, train_pair
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dami_kernels" / "testbed" / "assets"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
+    ap.add_argument("--base-steps", type=int, default=1500)
+    ap.add_argument("--ft-steps", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--base-lr", type=float, default=3e-3)
+    ap.add_argument("--ft-lr", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-n", type=int, default=400, help=f"held-out problems to score (<= {HELDOUT_RESERVE})")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest for this tiny model on a shared 2-core machine; <= 2)")
+    args = ap.parse_args(argv)
+    if not 0 < args.eval_n <= HELDOUT_RESERVE:
+        ap.error(f"--eval-n must be in 1..{HELDOUT_RESERVE}")
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    instruct, thinking = train_pair(tokenizer, args.base_steps, args.ft_steps, args.batch_size,
+                                    args.base_lr, args.ft_lr, args.seed)[:2]
+    train_s = time.time() - start
+    out = Path(args.out)
+    for name, model in (("instruct", instruct), ("thinking", thinking)):
+        save_checkpoint(model, tokenizer, str(out / name))
+
+    problems = heldout_problems(args.eval_n)
+    metrics = {"heldout_seed": HELDOUT_SEED, "eval_n": args.eval_n, "decoding": "greedy",
+               "train_seconds": round(train_s, 1),
+               "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    for name, model in (("instruct", instruct), ("thinking", thinking)):
+        metrics[name] = score(model, tokenizer, problems)
+    metrics["total_seconds"] = round(time.time() - start, 1)
+    (out / "testbed_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    for name in ("instruct", "thinking"):
+        m = metrics[name]
+        levels = "  ".join(f"L{k}: {v['accuracy']:.2f}/{v['mean_tokens']:.1f}" for k, v in m["per_level"].items())
+        print(f"{name:9s} accuracy {m['accuracy']:.3f}  mean tokens {m['mean_tokens']:.1f}   ({levels})")
+    print(f"train {train_s:.0f} s, total {metrics['total_seconds']:.0f} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

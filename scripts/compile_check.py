@@ -36,7 +36,7 @@ def launcher_configs(dt: str) -> list[tuple[int, int, int, int, int]]:
     cfgs = []
     for m in M_BUCKETS:
         c = _heuristic(m, 9728, 2560, DTYPES[dt], 132, True)
-        cfgs.append((c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages))
+        cfgs.append((c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, int(c.swap_ab)))
     return list(dict.fromkeys(cfgs))
 
 
@@ -61,13 +61,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--configs", default=None,
-                        help="semicolon-separated BM,BN,BK,warps,stages (default: the launcher's)")
+                        help="semicolon-separated BM,BN,BK,warps,stages[,swap_ab] (default: the launcher's)")
     parser.add_argument("--dtypes", default="bf16,fp16,fp32")
     parser.add_argument("--quick", action="store_true", help="only split=False, bias=True")
     args = parser.parse_args()
     fixed = None
     if args.configs:
-        fixed = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
+        fixed = [tuple(int(v) for v in c.split(",")) + (0,) * (6 - len(c.split(",")))
+                 for c in args.configs.split(";")]
     target = GPUTarget("cuda", args.arch, 32)
     failures = 0
     variants = [
@@ -77,15 +78,15 @@ def main() -> int:
         for split, bias in itertools.product([False] if args.quick else [False, True],
                                              [True] if args.quick else [False, True])
     ]
-    for dt, (bm, bn, bk, warps, stages), split, has_bias in variants:
+    for dt, (bm, bn, bk, warps, stages, swap), split, has_bias in variants:
         ot = "fp32" if split else dt
         sig = {k: v.format(dt=dt, ot=ot) for k, v in SIGNATURE.items()}
         consts = dict(HAS_BIAS=has_bias, SKIP=True, BLEND=True, UPCAST=False, RECORD_PATH=False,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8)
+                      SWAP_AB=bool(swap), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8)
         for name, value in consts.items():
             sig[name] = "constexpr"
         src = ASTSource(fn=interp_linear_kernel, signature=sig, constexprs=consts)
-        label = f"{dt} {bm}x{bn}x{bk} w{warps} s{stages} split={split} bias={has_bias}"
+        label = f"{dt} {bm}x{bn}x{bk} w{warps} s{stages} swap={swap} split={split} bias={has_bias}"
         try:
             k = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
             ptx = k.asm["ptx"]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One script for a lent GPU (run from the repository root with PYTHONPATH=., no pip there):
-#   1. the sm_90 compile check (spills, shared memory),
-#   2. the GPU tests (bf16 on real shapes, CUDA graphs, torch.compile) and the CPU suite's kernel tests,
-#   3. the kernel microbenchmark (merged / unfused / catgemm / fused, same run),
-#   4. the end-to-end generation benchmark,
-# and prints a short table last. Results go to $OUT (or ./gpu_out).
+# One script for a lent GPU (run from the repository root; PYTHONPATH=., no pip needed there):
+#   1. the sm_90 compile check (register spills, shared memory),
+#   2. offline tuning of the tile configs (table -> $OUT/tuned.json, used by everything after it),
+#   3. the GPU tests (bf16 on real shapes, CUDA graphs, torch.compile) and the kernel tests,
+#   4. the kernel microbenchmark (merged / unfused / catgemm / fused, same run, same card),
+#   5. the end-to-end generation benchmark,
+# then prints a short table last. Everything is written under $OUT (default ./gpu_out).
+# Commit $OUT/*.json under bench/results/<card>/ and tuned.json as dami_kernels/ops/tuned/<card>.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
@@ -18,20 +20,23 @@ echo "== compile check"
 python scripts/compile_check.py --dtypes bf16 > "$OUT/compile_check.txt" 2>&1 || status=1
 tail -1 "$OUT/compile_check.txt"
 
+echo "== tuning (budget ${TUNE_BUDGET_S:-120} s)"
+timeout 200 python scripts/tune_kernels.py --budget-s "${TUNE_BUDGET_S:-120}" --out "$OUT/tuned.json" \
+  > "$OUT/tune.txt" 2>&1 && export DAMI_TUNED_TABLE="$OUT/tuned.json" || { status=1; echo "tuning failed: heuristic configs"; }
+tail -3 "$OUT/tune.txt"
+
 echo "== GPU tests"
-timeout 240 python -m pytest -q -x tests/test_gpu_kernels.py tests/test_ops_interp_linear.py -p no:warnings \
+timeout 200 python -m pytest -q -x tests/test_gpu_kernels.py tests/test_ops_interp_linear.py -p no:warnings \
   > "$OUT/gpu_tests.txt" 2>&1 || status=1
 tail -3 "$OUT/gpu_tests.txt"
 
 echo "== kernel benchmark"
-timeout 240 python bench/interp_linear_bench.py --out "$OUT/kernel_bench.json" > "$OUT/kernel_bench.txt" 2>&1 || status=1
+timeout 200 python bench/interp_linear_bench.py --out "$OUT/kernel_bench.json" > "$OUT/kernel_bench.txt" 2>&1 || status=1
 
 echo "== generation benchmark"
-if [ -f bench/bench_generation.py ]; then
-  timeout 240 python bench/bench_generation.py --out "$OUT/generation_bench.json" > "$OUT/generation_bench.txt" 2>&1 || status=1
-fi
+timeout 240 python bench/bench_generation.py --out "$OUT/generation_bench.json" > "$OUT/generation_bench.txt" 2>&1 || status=1
 
-echo "== summary"
-cat "$OUT/kernel_bench.txt" 2>/dev/null | tail -45
-tail -15 "$OUT/generation_bench.txt" 2>/dev/null
+echo "== summary (status $status)"
+tail -45 "$OUT/kernel_bench.txt"
+tail -15 "$OUT/generation_bench.txt"
 exit $status

@@ -143,24 +143,27 @@ def test_endpoint_skip_reads_one_weight(dtype, side):
 
 
 @needs_triton
+@pytest.mark.parametrize("swap_ab", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_dual_accumulator_path(dtype):
+def test_dual_accumulator_path(dtype, swap_ab):
     """Mixed λ, and uniform λ with skip/blend disabled, go through the two-accumulator path."""
     x, w_i, w_t, b_i, b_t = make((45,), 38, 90, dtype)
+    cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1, swap_ab=swap_ab)
     for lam, flags in ((torch.rand(45), {}), (torch.full((45,), 0.25), dict(blend=False)),
                        (torch.zeros(45), dict(skip=False, blend=False))):
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
-        out = run_kernel(x, w_i, w_t, lam, b_i, b_t, 1, record_path=paths, **flags)
+        out = run_kernel(x, w_i, w_t, lam, b_i, b_t, 1, config=cfg, record_path=paths, **flags)
         assert rel_err(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= TOL[dtype]
         assert paths.tolist() == [3] * paths.numel()
 
 
 @needs_triton
+@pytest.mark.parametrize("swap_ab", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_blend_in_registers_path(dtype):
+def test_blend_in_registers_path(dtype, swap_ab):
     """Uniform λ (one prefill sequence): every tile blends the weights and runs one product."""
     x, w_i, w_t, b_i, b_t = make((64,), 40, 96, dtype)
-    cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1)
+    cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1, swap_ab=swap_ab)
     for lam_value in (0.3, -0.25, 1.4):
         lam = torch.full((64,), lam_value)
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
@@ -193,13 +196,15 @@ def test_row_tiles_follow_sequences(seq_len):
 
 
 @needs_triton
+@pytest.mark.parametrize("swap_ab", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m", [1, 3, 16, 33, 64])
-def test_split_k_decode_path(dtype, m):
+def test_split_k_decode_path(dtype, m, swap_ab):
     """Small M: one row tile covers all rows and K is split; fp32 partials are summed."""
     k = 200
     x, w_i, w_t, b_i, b_t = make((m,), 41, k, dtype)
-    cfg = KernelConfig(max(16, 1 << (m - 1).bit_length()), 32, 32, split_k=3, group_m=1, num_stages=1)
+    cfg = KernelConfig(max(16, 1 << (m - 1).bit_length()), 32, 32, split_k=3, group_m=1, num_stages=1,
+                       swap_ab=swap_ab)
     for lam, path in ((torch.rand(m), 3), (torch.full((m,), 0.6), 2), (torch.zeros(m), 0), (torch.ones(m), 1)):
         if m == 1 and path == 3:
             path = 2  # one row is always uniform
@@ -335,3 +340,34 @@ def test_bad_input_raises_value_error_naming_the_argument(mutate, match):
     with pytest.raises(ValueError, match=match):
         dk.interp_linear(args["x"], args["w_i"], args["w_t"], args["lam"], args["bias_i"], args["bias_t"],
                          backend="torch")
+
+
+def test_tuned_table_overrides_heuristics(tmp_path, monkeypatch):
+    """A table written by scripts/tune_kernels.py is what the launcher uses (no run-time tuning)."""
+    import json
+
+    from dami_kernels.ops import configs
+    from dami_kernels.ops.configs import config_to_json, table_key
+
+    tuned = KernelConfig(16, 32, 64, split_k=2, group_m=1, num_warps=4, num_stages=2, swap_ab=True)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"device": "test", "configs": {
+        table_key(48, 96, 16, torch.float32): config_to_json(tuned)}}))
+    monkeypatch.setenv("DAMI_TUNED_TABLE", str(path))
+    for fn in (configs._tuned_table, configs._cached_config):
+        fn.cache_clear()
+    try:
+        device = torch.device(DEVICE)
+        assert pick_config(9, 48, 96, torch.float32, device) == tuned
+        assert pick_config(9, 48, 97, torch.float32, device) != tuned  # no entry: heuristics
+        x, w_i, w_t, b_i, b_t = make((9,), 48, 96, torch.float32)
+        check(x, w_i, w_t, torch.rand(9), b_i, b_t, "triton" if triton_available() else "torch")
+        monkeypatch.setenv("DAMI_TUNED_TABLE", str(tmp_path / "missing.json"))
+        configs._tuned_table.cache_clear()
+        configs._cached_config.cache_clear()
+        with pytest.raises(ValueError, match="DAMI_TUNED_TABLE"):
+            pick_config(9, 48, 96, torch.float32, device)
+    finally:
+        monkeypatch.delenv("DAMI_TUNED_TABLE")
+        configs._tuned_table.cache_clear()
+        configs._cached_config.cache_clear()

@@ -1,13 +1,15 @@
 """Tile configs for the interpolated-linear kernel, chosen per (N, K, M bucket, dtype, device).
 
 No autotuning runs at call time: a config comes from a table tuned offline on a GPU
-(`dami_kernels/ops/tuned/<device name>.json`, written by `scripts/tune_kernels.py`) or, when the table
-has no entry, from the heuristics below. Both are cached, so a decode loop whose M grows by one per
+(`dami_kernels/ops/tuned/<device name>.json`, written by `scripts/tune_kernels.py`; the environment
+variable DAMI_TUNED_TABLE names another file) or, when the table has no entry, from the heuristics
+below. Both are cached, so a decode loop whose M grows by one per
 step reuses the same config for a whole M bucket and never re-tunes.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -29,6 +31,7 @@ class KernelConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    swap_ab: bool = False  # compute tiles as W @ x^T (see triton_kernels._dot_xw)
 
     def follow_segments(self, seg_len: int, m: int) -> bool:
         """Tile per segment (sequence) when segments are shorter than M and fill >= 1/2 of their tiles."""
@@ -54,12 +57,19 @@ def _device_key(device: torch.device) -> str:
     return device.type
 
 
+def table_key(n: int, k: int, bucket: int, dtype: torch.dtype) -> str:
+    return f"{n}x{k}:{bucket}:{str(dtype).removeprefix('torch.')}"
+
+
 @lru_cache(maxsize=None)
 def _tuned_table(device_key: str) -> dict:
-    path = TUNED_DIR / f"{device_key}.json"
+    override = os.environ.get("DAMI_TUNED_TABLE")
+    path = Path(override) if override else TUNED_DIR / f"{device_key}.json"
     if not path.exists():
+        if override:
+            raise ValueError(f"DAMI_TUNED_TABLE={override} does not exist")
         return {}
-    return json.loads(path.read_text())
+    return json.loads(path.read_text())["configs"]
 
 
 @lru_cache(maxsize=None)
@@ -101,7 +111,7 @@ def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool) 
 @lru_cache(maxsize=None)
 def _cached_config(bucket: int, n: int, k: int, dtype: torch.dtype, device_key: str,
                    sms: int, on_gpu: bool) -> KernelConfig:
-    entry = _tuned_table(device_key).get(f"{n}x{k}:{bucket}:{str(dtype).removeprefix('torch.')}")
+    entry = _tuned_table(device_key).get(table_key(n, k, bucket, dtype))
     if entry is not None:
         return KernelConfig(**entry)
     return _heuristic(bucket, n, k, torch.empty((), dtype=dtype).element_size(), sms, on_gpu)

@@ -24,65 +24,114 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_x(ptrs, rk, k_left, SWAP_AB: tl.constexpr):
+    """x tile, [BLOCK_M, BLOCK_K] (or [BLOCK_K, BLOCK_M] with SWAP_AB); only the K tail is masked."""
+    if SWAP_AB:
+        tile = tl.load(ptrs, mask=rk[:, None] < k_left, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=rk[None, :] < k_left, other=0.0)
+    return tile
+
+
+@triton.jit
+def _load_w(ptrs, rk, k_left, SWAP_AB: tl.constexpr):
+    """W tile, [BLOCK_K, BLOCK_N] (or [BLOCK_N, BLOCK_K] with SWAP_AB); only the K tail is masked."""
+    if SWAP_AB:
+        tile = tl.load(ptrs, mask=rk[None, :] < k_left, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=rk[:, None] < k_left, other=0.0)
+    return tile
+
+
+@triton.jit
+def _dot_xw(x, w, acc, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += x @ W^T, or acc^T += W @ x^T with SWAP_AB (the weight is the A operand: on Hopper a
+    weight tile computed in registers, such as a blend, then feeds the MMA without a shared-memory
+    round trip, and a small M becomes the MMA's narrow N side)."""
+    if SWAP_AB:
+        acc = _dot(w, x, acc, UPCAST)
+    else:
+        acc = _dot(x, w, acc, UPCAST)
+    return acc
+
+
+@triton.jit
+def _zeros_acc(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP_AB: tl.constexpr):
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _out_orient(acc, SWAP_AB: tl.constexpr):
+    """An accumulator in output orientation [BLOCK_M, BLOCK_N]."""
+    if SWAP_AB:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def _mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            UPCAST: tl.constexpr):
+            SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
     """x @ W^T over K in [k_lo, k_hi) -> fp32 [BLOCK_M, BLOCK_N].
 
-    x_ptrs [BLOCK_M, BLOCK_K] and w_ptrs [BLOCK_K, BLOCK_N] point at the first K-tile (rows and
-    columns already clamped in range); they advance by BLOCK_K, only the K tail is masked."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_ptrs and w_ptrs point at the first K-tile (rows and columns already clamped in range, laid out
+    as `_load_x`/`_load_w` expect); they advance by BLOCK_K and only the K tail is masked."""
+    acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
     rk = tl.arange(0, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_left = k_hi - k0
-        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
-        b = tl.load(w_ptrs, mask=rk[:, None] < k_left, other=0.0)
-        acc = _dot(a, b, acc, UPCAST)
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        b = _load_w(w_ptrs, rk, k_left, SWAP_AB)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
-    return acc
+    return _out_orient(acc, SWAP_AB)
 
 
 @triton.jit
 def _mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              UPCAST: tl.constexpr):
+              SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
     """x @ ((1-λ)W_I + λW_T)^T for one scalar λ: the blend is done per K-tile in registers (fp32,
     rounded to the weights' dtype) and feeds ONE matrix product. Returns fp32 [BLOCK_M, BLOCK_N]."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
     rk = tl.arange(0, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_left = k_hi - k0
-        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
-        bi = tl.load(wi_ptrs, mask=rk[:, None] < k_left, other=0.0)
-        bt = tl.load(wt_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
+        bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
         b = ((1.0 - lam) * bi.to(tl.float32) + lam * bt.to(tl.float32)).to(bi.dtype)
-        acc = _dot(a, b, acc, UPCAST)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST)
         x_ptrs += BLOCK_K * stride_xk
         wi_ptrs += BLOCK_K * stride_wk
         wt_ptrs += BLOCK_K * stride_wk
-    return acc
+    return _out_orient(acc, SWAP_AB)
 
 
 @triton.jit
 def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             UPCAST: tl.constexpr):
+             SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
     """(x @ W_I^T, x @ W_T^T) with two fp32 accumulators; each x tile is loaded once."""
-    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_t = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_i = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
+    acc_t = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
     rk = tl.arange(0, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_left = k_hi - k0
-        a = tl.load(x_ptrs, mask=rk[None, :] < k_left, other=0.0)
-        bi = tl.load(wi_ptrs, mask=rk[:, None] < k_left, other=0.0)
-        bt = tl.load(wt_ptrs, mask=rk[:, None] < k_left, other=0.0)
-        acc_i = _dot(a, bi, acc_i, UPCAST)
-        acc_t = _dot(a, bt, acc_t, UPCAST)
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
+        bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
+        acc_i = _dot_xw(a, bi, acc_i, SWAP_AB, UPCAST)
+        acc_t = _dot_xw(a, bt, acc_t, SWAP_AB, UPCAST)
         x_ptrs += BLOCK_K * stride_xk
         wi_ptrs += BLOCK_K * stride_wk
         wt_ptrs += BLOCK_K * stride_wk
-    return acc_i, acc_t
+    return _out_orient(acc_i, SWAP_AB), _out_orient(acc_t, SWAP_AB)
 
 
 @triton.jit
@@ -91,7 +140,7 @@ def interp_linear_kernel(
     M, N, K, SEG_LEN, TILES_PER_SEG, NUM_PID_M, K_PER_SPLIT,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_os, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, BLEND: tl.constexpr, UPCAST: tl.constexpr,
-    RECORD_PATH: tl.constexpr,
+    RECORD_PATH: tl.constexpr, SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (NUM_PID_M * cdiv(N, BLOCK_N), SPLIT_K).
@@ -100,7 +149,8 @@ def interp_linear_kernel(
     out [SPLIT_K, M, N] (stride_os ignored when SPLIT_K == 1). NUM_PID_M = segments * TILES_PER_SEG.
     SKIP / BLEND switch the endpoint-skip and blend-in-registers paths on (tests switch them off to
     reach the dual-accumulator path with uniform λ). RECORD_PATH: write the path each program took to
-    path_ptr [grid0, SPLIT_K] (0: W_I only, 1: W_T only, 2: blend, 3: dual), for tests.
+    path_ptr [grid0, SPLIT_K] (0: W_I only, 1: W_T only, 2: blend, 3: dual), for tests. SWAP_AB:
+    compute each tile transposed (W @ x^T), see `_dot_xw`.
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -141,25 +191,29 @@ def interp_linear_kernel(
     rows_c = tl.where(row_mask, rows, 0)
     cols_c = tl.where(col_mask, cols, 0)
     rk = k_lo + tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + rows_c[:, None] * stride_xm + rk[None, :] * stride_xk
-    w_offs = cols_c[None, :] * stride_wn + rk[:, None] * stride_wk
+    if SWAP_AB:
+        x_ptrs = x_ptr + rows_c[None, :] * stride_xm + rk[:, None] * stride_xk
+        w_offs = cols_c[:, None] * stride_wn + rk[None, :] * stride_wk
+    else:
+        x_ptrs = x_ptr + rows_c[:, None] * stride_xm + rk[None, :] * stride_xk
+        w_offs = cols_c[None, :] * stride_wn + rk[:, None] * stride_wk
 
     if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
         path = tl.full((), 0, tl.int32)
         out = _mm_one(x_ptrs, wi_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, UPCAST) + b_i[None, :]
+                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST) + b_i[None, :]
     elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
         path = tl.full((), 1, tl.int32)
         out = _mm_one(x_ptrs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, UPCAST) + b_t[None, :]
+                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST) + b_t[None, :]
     elif BLEND and (lam_lo == lam_hi):
         path = tl.full((), 2, tl.int32)
         out = _mm_blend(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, lam_lo, k_lo, k_hi,
-                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST)
         out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
     else:
         acc_i, acc_t = _mm_dual(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, k_lo, k_hi,
-                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST)
         lam2 = lam[:, None]
         out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
 

@@ -75,6 +75,7 @@ def launch_interp_linear(
         x2d.stride(0), x2d.stride(1), w_i.stride(0), w_i.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         HAS_BIAS=has_bias, SKIP=skip, BLEND=blend, RECORD_PATH=record_path is not None,
+        SWAP_AB=cfg.swap_ab,
         UPCAST=interpreting() and x2d.dtype != torch.float32,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

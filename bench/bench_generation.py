@@ -36,9 +36,9 @@ from dami_kernels.modules import InterpLinear  # noqa: E402
 LAMBDAS = (0.2, 0.4, 0.6, 0.8)
 
 
-def qwen3_4b_config() -> Qwen3Config:
+def qwen3_4b_config(num_layers: int = 36) -> Qwen3Config:
     """The Qwen3-4B shape from DESIGN.md section 7 (36 layers, tied embeddings)."""
-    return Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+    return Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=num_layers,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
                        max_position_embeddings=4096, rope_theta=1_000_000.0, eos_token_id=None, bos_token_id=None)
 
@@ -122,12 +122,13 @@ def main(argv=None) -> int:
     ap.add_argument("--providers", default="plain,grouped,unfused,fused")
     ap.add_argument("--prompt-len", type=int, default=None, help="default 128 (8 with --tiny)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 64 (4 with --tiny)")
+    ap.add_argument("--num-layers", type=int, default=36, help="decoder layers of the 4B shape (fewer: faster run)")
     ap.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --tiny)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.tiny and device.type != "cuda":
         raise SystemExit("the full-size benchmark needs a GPU; use --tiny for a CPU smoke run")
-    config = tiny_config() if args.tiny else qwen3_4b_config()
+    config = tiny_config() if args.tiny else qwen3_4b_config(args.num_layers)
     dtype = torch.float32 if args.tiny else torch.bfloat16
     modes = (args.modes or ("eager" if args.tiny else "eager,compiled")).split(",")
     providers = args.providers.split(",")
@@ -141,6 +142,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"{name} must be a subset of {sorted(allowed)}")
     if args.tiny:
         torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One compiled decode graph per (model, batch size, backend): stay below dynamo's recompile limit,
+    # past which it would silently run eagerly and the "compiled" numbers would be wrong.
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
     torch.manual_seed(0)
 
     plain = random_model(config, dtype, device)
@@ -161,18 +167,19 @@ def main(argv=None) -> int:
                     "weight_gb_per_s": sets * bytes_plain * new_tokens / secs / 1e9,
                 })
                 print(f"batch {batch:3d} {mode:8s} {provider:8s} {rows[-1]['tokens_per_s']:10.1f} tok/s "
-                      f"{rows[-1]['weight_gb_per_s']:8.2f} GB/s", file=sys.stderr, flush=True)
+                      f"{rows[-1]['weight_gb_per_s']:10.4g} GB/s", file=sys.stderr, flush=True)
     base = {(r["batch"], r["mode"]): r["tokens_per_s"] for r in rows if r["provider"] == "plain"}
     print(f"\n| batch | mode | provider | tokens/s | GB/s | × plain |\n|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["tokens_per_s"] / base[(r["batch"], r["mode"])] if (r["batch"], r["mode"]) in base else float("nan")
         r["vs_plain"] = ratio
         print(f"| {r['batch']} | {r['mode']} | {r['provider']} | {r['tokens_per_s']:.1f} | "
-              f"{r['weight_gb_per_s']:.2f} | {ratio:.2f} |")
+              f"{r['weight_gb_per_s']:.4g} | {ratio:.2f} |")
     meta = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny, "prompt_len": prompt_len,
-        "new_tokens": new_tokens, "repeats": repeats, "lambdas": LAMBDAS, "weight_bytes_plain": bytes_plain,
+        "new_tokens": new_tokens, "repeats": repeats, "num_layers": config.num_hidden_layers,
+        "lambdas": LAMBDAS, "weight_bytes_plain": bytes_plain,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

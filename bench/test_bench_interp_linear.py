@@ -9,7 +9,7 @@ tiny shapes through the interpreter (a smoke run, not a performance number).
 import pytest
 import torch
 
-from interp_linear_bench import QWEN3_4B_SHAPES, TINY_SHAPES, Rotating, providers, scenarios, timer
+from dami_kernels.benchmarks.kernel import QWEN3_4B_SHAPES, TINY_SHAPES, Rotating, providers, scenarios, timer
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"

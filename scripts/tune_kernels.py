@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from interp_linear_bench import QWEN3_4B_SHAPES, TINY_SHAPES, scenarios, timer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dami_kernels.benchmarks.kernel import QWEN3_4B_SHAPES, TINY_SHAPES, scenarios, timer  # noqa: E402
 
 from dami_kernels.ops import interp_linear_fp64  # noqa: E402
 from dami_kernels.ops.checks import normalize_args  # noqa: E402

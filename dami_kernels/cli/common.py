@@ -1,0 +1,62 @@
+"""Arguments and loading shared by the `dami` subcommands that run a pair."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> None:
+    """--instruct/--thinking and the loading options. With default_testbed, both directories default
+    to the pair shipped in the package (dami_kernels.testbed)."""
+    hint = " (default: the shipped testbed pair)" if default_testbed else ""
+    p.add_argument("--instruct", required=not default_testbed, help=f"Instruct checkpoint directory (λ=0){hint}")
+    p.add_argument("--thinking", required=not default_testbed, help=f"Thinking checkpoint directory (λ=1){hint}")
+    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if available)")
+    p.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
+                   help="fused-op backend (default: $DAMI_BACKEND or auto)")
+    p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
+
+
+def pair_dirs(args) -> tuple[str, str]:
+    if args.instruct and args.thinking:
+        return args.instruct, args.thinking
+    if args.instruct or args.thinking:
+        raise ValueError("give both --instruct and --thinking, or neither (the shipped testbed pair)")
+    from dami_kernels.testbed import testbed_dirs
+
+    return testbed_dirs()
+
+
+def load_from_args(args):
+    """(model, tokenizer) for the pair named by the arguments."""
+    import torch
+
+    from dami_kernels.hf import load_pair_and_tokenizer
+
+    instruct, thinking = pair_dirs(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_pair_and_tokenizer(
+        instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
+        allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
+    )
+
+
+def parse_grid(text: str) -> list[float]:
+    """"0,0.1,...,1" or "0:1:0.1" (start:stop:step, stop included) -> sorted λ values."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = int(round((stop - start) / step))
+            return [round(start + i * step, 6) for i in range(n + 1)]
+        return sorted(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--grid {text!r}: expected comma-separated λ values or start:stop:step") from None
+
+
+def positive_int(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return value

@@ -1,0 +1,70 @@
+"""`dami estimate`: train the λ(q) estimators on a pair, or print λ(q) for prompts.
+
+    dami estimate train --instruct DIR --thinking DIR --data train.jsonl --out EST_DIR
+    dami estimate train --out EST_DIR --n 400 --seed 1        # shipped testbed pair, testbed problems
+    dami estimate predict --method conf|pref [--estimator-dir EST_DIR] PROMPT...
+
+`train` rolls the train items out on the λ grid, tunes DAMI-Conf's hyperparameters (grid search, with a
+sensitivity sweep) and trains the DAMI-Pref head (Bradley–Terry), and writes them to EST_DIR.
+"""
+from __future__ import annotations
+
+import json
+
+from dami_kernels.cli.common import add_pair_args, load_from_args, parse_grid, positive_int
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("estimate", help="train λ(q) estimators, or estimate λ for prompts",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split")
+    add_pair_args(t, default_testbed=True)
+    t.add_argument("--data", default=None, help="train JSONL (GSM8K, MATH or testbed format); "
+                   "default: testbed problems (--n, --seed)")
+    t.add_argument("--limit", type=int, default=None)
+    t.add_argument("--n", type=int, default=400, help="testbed train problems when --data is not given")
+    t.add_argument("--seed", type=int, default=1_000_003, help="seed of the testbed train problems")
+    t.add_argument("--grid", default="0:1:0.1", help="λ grid of the rollouts (default 0:1:0.1)")
+    t.add_argument("--pref-steps", type=int, default=400)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
+    t.add_argument("--out", required=True, help="estimator directory to write")
+    t.set_defaults(func=run_train)
+    q = sub.add_parser("predict", help="print λ(q) for prompts")
+    add_pair_args(q, default_testbed=True)
+    q.add_argument("--method", choices=["conf", "pref"], required=True)
+    q.add_argument("--estimator-dir", default=None, help="default: the shipped testbed estimators")
+    q.add_argument("prompts", nargs="+", metavar="PROMPT")
+    q.set_defaults(func=run_predict)
+
+
+def run_train(args) -> int:
+    from dami_kernels.cli.sweep import load_eval_items
+    from dami_kernels.workflows.train_estimators import train_estimators
+
+    grid = parse_grid(args.grid)
+    items, default_tokens = load_eval_items(args)
+    model, tokenizer = load_from_args(args)
+    report = train_estimators(model, tokenizer, items, args.out, grid=grid,
+                              batch_size=positive_int("--batch-size", args.batch_size),
+                              max_new_tokens=args.max_new_tokens or default_tokens,
+                              pref_steps=positive_int("--pref-steps", args.pref_steps))
+    summary = {k: report[k] for k in ("n_train", "oracle")}
+    summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
+    summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}/conf.json, {args.out}/pref/, rollouts.jsonl, train_report.json")
+    return 0
+
+
+def run_predict(args) -> int:
+    from dami_kernels.estimators import estimate
+    from dami_kernels.estimators.store import load_estimator
+
+    est = load_estimator(args.method, args.estimator_dir)
+    model, tokenizer = load_from_args(args)
+    lams = estimate(model, tokenizer, args.prompts, args.method, estimator=est, progress=False)
+    for prompt, lam in zip(args.prompts, lams.tolist()):
+        print(json.dumps({"prompt": prompt, "lam": lam}))
+    return 0

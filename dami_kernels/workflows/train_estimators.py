@@ -1,0 +1,78 @@
+"""Fit both λ(q) estimators on a train split: roll out the λ grid, tune DAMI-Conf, train DAMI-Pref.
+
+Output directory layout (what `dami_kernels.estimators.store.load_estimator` reads):
+    DIR/conf.json               tuned DAMI-Conf hyperparameters (+ what tuning measured)
+    DIR/pref/config.json, DIR/pref/head.safetensors   the DAMI-Pref head
+    DIR/rollouts.jsonl          the train rollouts (id, lam, correct, tokens)
+    DIR/conf_signals.json       the train queries' confidence / discrepancy
+    DIR/train_report.json       sensitivity sweep of DAMI-Conf, the Pref loss curve, train metrics
+    DIR/train_ids.json          ids of the train items (evaluation excludes them)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from dami_kernels.estimators import DamiConf, Rollouts, conf_signals, preference_pairs, query_features, train_pref_head
+from dami_kernels.evaluation.data import EvalItem
+from dami_kernels.evaluation.sweep import DEFAULT_GRID, sweep_records
+
+
+def rollouts_from_records(records) -> Rollouts:
+    """Rollouts [Q, G] from sweep records (one per item and grid λ)."""
+    return Rollouts.from_records([asdict(r) for r in records])
+
+
+def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_steps: int = 400,
+                   seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
+    """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
+
+    Returns {"conf": DamiConf, "pref": PrefHead, "signals": ConfSignals, "sensitivity": [...],
+    "pref_losses": [...]}.
+    """
+    by_id = {it.id: it for it in items}
+    missing = [q for q in rollouts.ids if q not in by_id]
+    if missing:
+        raise ValueError(f"rollouts name items that are not in the train items: {missing[:3]}")
+    prompts = [by_id[q].prompt for q in rollouts.ids]
+    signals = conf_signals(model, tokenizer, prompts, ids=rollouts.ids, batch_size=batch_size,
+                           progress=progress)
+    conf = DamiConf().tune(signals, rollouts)
+    sensitivity = conf.sensitivity(signals, rollouts)
+    feats = query_features(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
+    head, losses = train_pref_head(feats, preference_pairs(rollouts), rollouts.grid, steps=pref_steps,
+                                   seed=seed, progress=progress)
+    return {"conf": conf, "pref": head, "signals": signals, "sensitivity": sensitivity, "pref_losses": losses}
+
+
+def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=DEFAULT_GRID,
+                     batch_size: int = 256, max_new_tokens: int = 64, pref_steps: int = 400, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Roll out `items` on the λ grid, fit both estimators and write them to out_dir (layout above)."""
+    out_dir = Path(out_dir)
+    records, seconds = sweep_records(model, tokenizer, items, grid, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, progress=progress)
+    rollouts = rollouts_from_records(records)
+    fit = fit_estimators(model, tokenizer, items, rollouts, pref_steps=pref_steps, seed=seed,
+                         progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fit["conf"].save(out_dir / "conf.json")
+    fit["pref"].save(out_dir / "pref")
+    rollouts.to_jsonl(out_dir / "rollouts.jsonl")
+    (out_dir / "conf_signals.json").write_text(json.dumps(fit["signals"].to_dict()))
+    (out_dir / "train_ids.json").write_text(json.dumps([it.id for it in items]))
+    pref_lam = fit["pref"].predict(query_features(model, tokenizer, [it.prompt for it in items],
+                                                  progress=False))
+    report = {
+        "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
+        "fixed": rollouts.frontier(),
+        "oracle": rollouts.evaluate(rollouts.oracle_lam()),
+        "conf": {"hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},
+                 "train": fit["conf"].tuned, "sensitivity": fit["sensitivity"]},
+        "pref": {"train": rollouts.evaluate({it.id: float(v) for it, v in zip(items, pref_lam)}),
+                 "loss_first": fit["pref_losses"][0], "loss_last": fit["pref_losses"][-1],
+                 "steps": len(fit["pref_losses"])},
+    }
+    (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -11,6 +11,9 @@ Providers, all timed in the same run on random weights:
            each group's merged weights; the merge itself is not timed);
   unfused  the pair model with InterpLinear backend "torch" (two F.linear + blend per layer);
   fused    the pair model with InterpLinear backend "triton" (ours).
+Measurements run most informative first (compiled before eager, batch 32 first, plain and fused
+first) and stop starting once --budget-s is spent (default 200 s on a GPU), so that the lead's
+scripted call with its outside timeout still gets the key numbers; skipped ones are listed.
 Modes: eager (dynamic cache) and compiled (cache_implementation="static", which makes HF generate
 compile the decode step). GB/s = weight bytes streamed per decode step × decode steps / wall time
 (plain: one weight set; grouped: one per group; pair: both sets), prefill and KV cache excluded.
@@ -26,7 +29,9 @@ import time
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import (torch._dynamo imports it)
+
+import torch._dynamo  # noqa: E402
 
 from transformers import AutoModelForCausalLM, CompileConfig, Qwen3Config  # noqa: E402
 
@@ -123,7 +128,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", type=int, default=None, help="default 128 (8 with --tiny)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 64 (4 with --tiny)")
     ap.add_argument("--num-layers", type=int, default=36, help="decoder layers of the 4B shape (fewer: faster run)")
-    ap.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --tiny)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop starting new measurements after this many seconds (default 200 on a GPU, "
+                         "none with --tiny); measurements run most informative first")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up; default 2 (1 with --tiny)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.tiny and device.type != "cuda":
@@ -135,56 +143,80 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     prompt_len = args.prompt_len or (8 if args.tiny else 128)
     new_tokens = args.new_tokens or (4 if args.tiny else 64)
-    repeats = args.repeats or (1 if args.tiny else 3)
+    repeats = args.repeats or (1 if args.tiny else 2)
+    if args.budget_s is None and not args.tiny:
+        args.budget_s = 200.0
     for name, values, allowed in (("--modes", modes, {"eager", "compiled"}),
                                   ("--providers", providers, {"plain", "grouped", "unfused", "fused"})):
         if not set(values) <= allowed:
             raise SystemExit(f"{name} must be a subset of {sorted(allowed)}")
     if args.tiny:
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        torch.set_num_threads(1)  # a shared, loaded CPU: OpenMP barriers make 2 threads erratic
     # One compiled decode graph per (model, batch size, backend): stay below dynamo's recompile limit,
     # past which it would silently run eagerly and the "compiled" numbers would be wrong.
-    import torch._dynamo
-
     torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
     torch.manual_seed(0)
+
+    meta = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny, "prompt_len": prompt_len,
+        "new_tokens": new_tokens, "repeats": repeats, "num_layers": config.num_hidden_layers,
+        "lambdas": LAMBDAS, "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def write(rows):  # after every measurement, so a run cut short still leaves its numbers
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
 
     plain = random_model(config, dtype, device)
     pair = convert_pair(random_model(config, dtype, device), random_model(config, dtype, device))
     bytes_plain = weight_bytes(plain)
-    rows = []
+    meta["weight_bytes_plain"] = bytes_plain
+    inputs = {}
     for batch in batches:
         ids = torch.randint(1, config.vocab_size, (batch, prompt_len), device=device)
         lam_rows = torch.tensor([LAMBDAS[r % len(LAMBDAS)] for r in range(batch)], dtype=torch.float32)
+        inputs[batch] = (ids, lam_rows)
+    # Most informative first (compiled, largest batch, ours next to the ceiling), so that a time budget
+    # or an outside timeout cuts the least useful measurements.
+    order = [(mode, batch, provider) for mode in sorted(modes, key=["compiled", "eager"].index)
+             for batch in sorted(batches, reverse=True)
+             for provider in sorted(providers, key=["plain", "fused", "unfused", "grouped"].index)]
+    rows, skipped, t_start = [], [], time.perf_counter()
+    for mode, batch, provider in order:
+        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+            skipped.append({"batch": batch, "mode": mode, "provider": provider})
+            continue
+        ids, lam_rows = inputs[batch]
         groups = len(set(lam_rows.tolist()))
-        for mode in modes:
-            for provider in providers:
-                secs = time_provider(provider, (plain, pair), ids, lam_rows, new_tokens, mode, repeats, device)
-                sets = {"plain": 1, "grouped": groups, "unfused": 2, "fused": 2}[provider]
-                rows.append({
-                    "batch": batch, "mode": mode, "provider": provider, "seconds": secs,
-                    "tokens_per_s": batch * new_tokens / secs,
-                    "weight_gb_per_s": sets * bytes_plain * new_tokens / secs / 1e9,
-                })
-                print(f"batch {batch:3d} {mode:8s} {provider:8s} {rows[-1]['tokens_per_s']:10.1f} tok/s "
-                      f"{rows[-1]['weight_gb_per_s']:10.4g} GB/s", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        secs = time_provider(provider, (plain, pair), ids, lam_rows, new_tokens, mode, repeats, device)
+        sets = {"plain": 1, "grouped": groups, "unfused": 2, "fused": 2}[provider]
+        rows.append({
+            "batch": batch, "mode": mode, "provider": provider, "seconds": secs,
+            "tokens_per_s": batch * new_tokens / secs,
+            "weight_gb_per_s": sets * bytes_plain * new_tokens / secs / 1e9,
+            "wall_incl_warmup_s": time.perf_counter() - t0,
+        })
+        meta["skipped_over_budget"] = skipped
+        write(rows)
+        print(f"batch {batch:3d} {mode:8s} {provider:8s} {rows[-1]['tokens_per_s']:10.1f} tok/s "
+              f"{rows[-1]['weight_gb_per_s']:10.4g} GB/s  ({rows[-1]['wall_incl_warmup_s']:.0f} s)",
+              file=sys.stderr, flush=True)
+    meta["skipped_over_budget"] = skipped
     base = {(r["batch"], r["mode"]): r["tokens_per_s"] for r in rows if r["provider"] == "plain"}
-    print(f"\n| batch | mode | provider | tokens/s | GB/s | × plain |\n|---|---|---|---|---|---|")
+    rows.sort(key=lambda r: (r["batch"], r["mode"], ["plain", "grouped", "unfused", "fused"].index(r["provider"])))
+    print("\n| batch | mode | provider | tokens/s | GB/s | × plain |\n|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["tokens_per_s"] / base[(r["batch"], r["mode"])] if (r["batch"], r["mode"]) in base else float("nan")
         r["vs_plain"] = ratio
         print(f"| {r['batch']} | {r['mode']} | {r['provider']} | {r['tokens_per_s']:.1f} | "
               f"{r['weight_gb_per_s']:.4g} | {ratio:.2f} |")
-    meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny, "prompt_len": prompt_len,
-        "new_tokens": new_tokens, "repeats": repeats, "num_layers": config.num_hidden_layers,
-        "lambdas": LAMBDAS, "weight_bytes_plain": bytes_plain,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=2)
+    if skipped:
+        print(f"skipped over the {args.budget_s:.0f} s budget: "
+              + ", ".join(f"{s['mode']}/{s['batch']}/{s['provider']}" for s in skipped))
+    write(rows)
     print(f"\nwrote {args.out}")
     return 0
 

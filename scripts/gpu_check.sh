@@ -26,7 +26,7 @@ timeout 200 python scripts/tune_kernels.py --budget-s "${TUNE_BUDGET_S:-120}" --
 tail -3 "$OUT/tune.txt"
 
 echo "== GPU tests"
-timeout 200 python -m pytest -q -x tests/test_gpu_kernels.py tests/test_ops_interp_linear.py -p no:warnings \
+timeout 200 python -m pytest -q -x tests/test_gpu_kernels.py tests/test_hf_gpu.py tests/test_ops_interp_linear.py -p no:warnings \
   > "$OUT/gpu_tests.txt" 2>&1 || status=1
 tail -3 "$OUT/gpu_tests.txt"
 

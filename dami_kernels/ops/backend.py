@@ -8,21 +8,26 @@ CUDA, "auto" without an importable triton is an error that says to pass backend=
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 
 
-@lru_cache(maxsize=1)
+_TRITON_IMPORTS: bool | None = None
+
+
 def triton_available() -> bool:
-    """True when the triton package imports (it is optional: without it the torch path runs)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when the triton package imports (it is optional: without it the torch path runs).
+    The answer is kept in a module global (not an lru_cache, which torch.compile warns about)."""
+    global _TRITON_IMPORTS
+    if _TRITON_IMPORTS is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_IMPORTS = True
+        except ImportError:
+            _TRITON_IMPORTS = False
+    return _TRITON_IMPORTS
 
 
 def interpreting() -> bool:

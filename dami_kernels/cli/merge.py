@@ -1,0 +1,27 @@
+"""`dami merge`: write a plain HF checkpoint merged at one fixed λ (the offline interpolation baseline).
+
+    dami merge --instruct DIR --thinking DIR --lam 0.5 --out DIR [--overwrite]
+"""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("merge", help="export the pair merged at a fixed λ",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--instruct", required=True, help="Instruct checkpoint directory (λ=0)")
+    p.add_argument("--thinking", required=True, help="Thinking checkpoint directory (λ=1)")
+    p.add_argument("--lam", type=float, required=True, help="λ in [0, 1]")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dami_kernels.hf import merge_pair
+
+    out = merge_pair(args.instruct, args.thinking, args.lam, args.out, overwrite=args.overwrite,
+                     allow_pickle=args.allow_pickle, allow_extrapolation=args.allow_extrapolation)
+    print(f"wrote {out} (λ={args.lam:g})")
+    return 0

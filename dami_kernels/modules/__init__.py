@@ -1,0 +1,24 @@
+"""Drop-in interpolating layers that read λ from one shared per-model LambdaState."""
+from dami_kernels.modules.embedding import InterpEmbedding
+from dami_kernels.modules.lambda_state import LambdaState, blend, lam_view, validate_lambda
+from dami_kernels.modules.linear import InterpLinear
+from dami_kernels.modules.norms import InterpLayerNorm, InterpRMSNorm, is_supported_rmsnorm
+from dami_kernels.modules.swap import INTERP_MODULES, Slot, covered_names, is_swappable, pair_slots, swap_modules
+
+__all__ = [
+    "LambdaState",
+    "validate_lambda",
+    "blend",
+    "lam_view",
+    "InterpLinear",
+    "InterpEmbedding",
+    "InterpRMSNorm",
+    "InterpLayerNorm",
+    "is_supported_rmsnorm",
+    "swap_modules",
+    "INTERP_MODULES",
+    "Slot",
+    "pair_slots",
+    "covered_names",
+    "is_swappable",
+]

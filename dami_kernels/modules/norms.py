@@ -1,0 +1,76 @@
+"""Interpolated norms: RMSNorm (Llama/Qwen2/Qwen3 style, incl. Qwen3 q_norm/k_norm) and LayerNorm.
+
+The gain (and LayerNorm bias) is blended per sequence: g_b = (1-λ_b)·g_I + λ_b·g_T. Inputs are
+[B, ..., D] with the batch first (q_norm/k_norm see [B, T, H, D]); outputs have the input's shape.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_view
+
+# RMSNorm classes whose forward is exactly: weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype),
+# with the epsilon in `variance_epsilon`. Other RMSNorm flavours (e.g. Gemma's 1 + weight) are not
+# swapped; their tensors then count as uncovered, which is an error when they differ.
+RMSNORM_CLASS_NAMES = frozenset({
+    "LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "MixtralRMSNorm",
+    "Qwen2MoeRMSNorm", "Qwen3MoeRMSNorm", "Phi3RMSNorm",
+})
+
+
+def is_supported_rmsnorm(module: nn.Module) -> bool:
+    return type(module).__name__ in RMSNORM_CLASS_NAMES and hasattr(module, "variance_epsilon")
+
+
+class InterpRMSNorm(LambdaBound, nn.Module):
+    """RMSNorm with a per-sequence blended gain; ``weight`` = Instruct side, ``weight_t`` = Thinking side."""
+
+    def __init__(self, weight: nn.Parameter, weight_t: nn.Parameter, eps: float, *, lam_state: LambdaState):
+        super().__init__()
+        self.bind_lambda(lam_state)
+        self.weight = weight
+        self.weight_t = weight_t
+        self.variance_epsilon = eps
+
+    @classmethod
+    def from_rmsnorm(cls, norm: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter):
+        return cls(norm.weight, weight_t, norm.variance_epsilon, lam_state=lam_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = lam_view(self.lam_state.for_batch(x.shape[0]), x.dim())
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return blend(self.weight, self.weight_t, lam) * h.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class InterpLayerNorm(LambdaBound, nn.Module):
+    """LayerNorm (elementwise affine) with per-sequence blended weight and bias."""
+
+    def __init__(self, norm: nn.LayerNorm, weight_t: nn.Parameter, bias_t: nn.Parameter | None, *,
+                 lam_state: LambdaState):
+        super().__init__()
+        if not norm.elementwise_affine:
+            raise ValueError("InterpLayerNorm needs an affine LayerNorm (a non-affine one needs no blend)")
+        self.bind_lambda(lam_state)
+        self.normalized_shape = norm.normalized_shape
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.weight_t = weight_t
+        self.bias_t = bias_t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = lam_view(self.lam_state.for_batch(x.shape[0]), x.dim())
+        h = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        y = blend(self.weight, self.weight_t, lam) * h
+        if self.bias is not None:
+            y = y + blend(self.bias, self.bias_t, lam)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.normalized_shape)}, eps={self.eps}"

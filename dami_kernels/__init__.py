@@ -23,3 +23,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY_HF[name]), name)
     raise AttributeError(f"module 'dami_kernels' has no attribute {name!r}")
+
+# λ(q) estimators (issue 5), lazily as above.
+_LAZY_HF["estimate"] = "dami_kernels.estimators"
+__all__ += ["estimate"]

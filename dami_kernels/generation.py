@@ -11,6 +11,7 @@ from numbers import Real
 import torch
 from tqdm.auto import tqdm
 
+from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id
 from dami_kernels.hf.lam import generation_expand_size, lambda_scope, lambda_state
 from dami_kernels.modules import validate_lambda
 
@@ -52,47 +53,6 @@ def _eos_ids(model, tokenizer, kwargs) -> set[int]:
     if eos is None:
         return set()
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
-def encode_prompts(tokenizer, prompts: list[str], chat_template: bool | None = None) -> list[list[int]]:
-    """Token ids of each prompt, as `generate` feeds them.
-
-    chat_template None: apply the tokenizer's chat template (one user message, generation prompt
-    added) when it has one; True: always (ValueError without one); False: never (the raw text,
-    tokenized with the tokenizer's own special tokens).
-    """
-    if chat_template not in (None, True, False):
-        raise ValueError(f"chat_template must be None, True or False, got {chat_template!r}")
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    use = has_template if chat_template is None else chat_template
-    if use and not has_template:
-        raise ValueError("chat_template=True but the tokenizer has no chat template")
-    if not use:
-        return [list(tokenizer(p)["input_ids"]) for p in prompts]
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
-    return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-
-
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id (padded positions are masked out anyway)."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists -> input_ids [N, L] (long) and attention_mask [N, L] (1 = real token)."""
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise ValueError("prompts: every prompt must encode to at least one token")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def count_generated(tokens: list[int], eos_ids: set[int]) -> int:

@@ -18,6 +18,31 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
 
 
+def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_default: int = 0) -> None:
+    """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given."""
+    p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
+                   "default: testbed problems (--n, --seed)")
+    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
+    p.add_argument("--n", type=int, default=n_default, help="testbed problems when --data is not given")
+    p.add_argument("--seed", type=int, default=seed_default, help="seed of the testbed problems")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
+
+
+def load_eval_items(args):
+    """Items from --data, or seeded testbed problems. Returns (items, max new tokens)."""
+    if args.data:
+        from dami_kernels.evaluation import load_items
+
+        items, default_tokens = load_items(args.data, limit=args.limit), 1024
+    else:
+        from dami_kernels.testbed import eval_items, make_problems
+        from dami_kernels.testbed.training import MAX_NEW_TOKENS
+
+        items = eval_items(make_problems(positive_int("--n", args.n), seed=args.seed))
+        default_tokens = MAX_NEW_TOKENS
+    return items, positive_int("--max-new-tokens", args.max_new_tokens or default_tokens)
+
+
 def pair_dirs(args) -> tuple[str, str]:
     if args.instruct and args.thinking:
         return args.instruct, args.thinking

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import add_pair_args, load_from_args, parse_grid, positive_int
+from dami_kernels.cli.common import (add_items_args, add_pair_args, load_eval_items, load_from_args, parse_grid,
+                                     positive_int)
+
+# Seed of the testbed train split of the shipped estimators; `dami demo` excludes those problems.
+TRAIN_SEED = 1_000_003
 
 
 def register(subparsers) -> None:
@@ -20,15 +24,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split")
     add_pair_args(t, default_testbed=True)
-    t.add_argument("--data", default=None, help="train JSONL (GSM8K, MATH or testbed format); "
-                   "default: testbed problems (--n, --seed)")
-    t.add_argument("--limit", type=int, default=None)
-    t.add_argument("--n", type=int, default=400, help="testbed train problems when --data is not given")
-    t.add_argument("--seed", type=int, default=1_000_003, help="seed of the testbed train problems")
+    add_items_args(t, n_default=1000, seed_default=TRAIN_SEED)
     t.add_argument("--grid", default="0:1:0.1", help="λ grid of the rollouts (default 0:1:0.1)")
     t.add_argument("--pref-steps", type=int, default=400)
     t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
     t.add_argument("--out", required=True, help="estimator directory to write")
     t.set_defaults(func=run_train)
     q = sub.add_parser("predict", help="print λ(q) for prompts")
@@ -40,15 +39,14 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from dami_kernels.cli.sweep import load_eval_items
     from dami_kernels.workflows.train_estimators import train_estimators
 
     grid = parse_grid(args.grid)
-    items, default_tokens = load_eval_items(args)
+    items, max_new_tokens = load_eval_items(args)
     model, tokenizer = load_from_args(args)
     report = train_estimators(model, tokenizer, items, args.out, grid=grid,
                               batch_size=positive_int("--batch-size", args.batch_size),
-                              max_new_tokens=args.max_new_tokens or default_tokens,
+                              max_new_tokens=max_new_tokens,
                               pref_steps=positive_int("--pref-steps", args.pref_steps))
     summary = {k: report[k] for k in ("n_train", "oracle")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import add_pair_args, load_from_args, positive_int
-from dami_kernels.cli.sweep import load_eval_items
+from dami_kernels.cli.common import add_items_args, add_pair_args, load_eval_items, load_from_args, positive_int
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate at a fixed λ or an estimated λ per query",
                               description=__doc__.splitlines()[0])
     add_pair_args(p, default_testbed=True)
-    p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
-                   "default: testbed problems (--n, --seed)")
-    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
-    p.add_argument("--n", type=int, default=100, help="testbed problems when --data is not given")
-    p.add_argument("--seed", type=int, default=0, help="seed of the testbed problems")
+    add_items_args(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--lam", type=float, help="one fixed λ for every query")
     how.add_argument("--estimator", choices=["conf", "pref"], help="estimate λ(q) per query")
@@ -30,7 +25,6 @@ def register(subparsers) -> None:
                    help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
     p.set_defaults(func=run)
 
 
@@ -41,7 +35,7 @@ def run(args) -> int:
     from dami_kernels.estimators.store import load_estimator
     from dami_kernels.evaluation.runner import evaluate
 
-    items, default_tokens = load_eval_items(args)
+    items, max_new_tokens = load_eval_items(args)
     model, tokenizer = load_from_args(args)
     prompts = [it.prompt for it in items]
     if args.estimator:
@@ -51,7 +45,7 @@ def run(args) -> int:
         lams = args.lam
     res = evaluate(model, tokenizer, items, lams, out_dir=Path(args.out),
                    batch_size=positive_int("--batch-size", args.batch_size),
-                   max_new_tokens=args.max_new_tokens or default_tokens)
+                   max_new_tokens=max_new_tokens)
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {args.out}/items.jsonl and {args.out}/summary.json")
     return 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 
+from dami_kernels.cli.common import add_pair_args, load_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate with a different λ per prompt",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--instruct", required=True, help="Instruct checkpoint directory (λ=0)")
-    p.add_argument("--thinking", required=True, help="Thinking checkpoint directory (λ=1)")
+    add_pair_args(p)
     p.add_argument("--lam", type=float, action="append", required=True,
                    help="λ; once for all prompts or once per prompt, in order")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
@@ -25,11 +26,6 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompts as raw text")
-    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), float32, bfloat16 or float16")
-    p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if available)")
-    p.add_argument("--backend", default=None, choices=["auto", "triton", "torch"])
-    p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
-    p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
     p.add_argument("--json", action="store_true", help="print one JSON object per result")
     p.set_defaults(func=run)
 
@@ -48,16 +44,11 @@ def run(args) -> int:
     import torch
 
     from dami_kernels.generation import generate
-    from dami_kernels.hf import load_pair_and_tokenizer
 
     lams = prompt_lambdas(args.lam, len(args.prompts))
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_pair_and_tokenizer(
-        args.instruct, args.thinking, dtype=args.dtype, device=device, backend=args.backend,
-        allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
-    )
+    model, tokenizer = load_from_args(args)
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
     if args.do_sample:
         torch.manual_seed(args.seed)

@@ -10,6 +10,7 @@ import torch
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.runner import ItemRecord, run_items, summarize, write_records
 from dami_kernels.hf.lam import lambda_scope
+from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -44,16 +45,14 @@ def representation_continuity(model, tokenizer, prompts: list[str], grid=DEFAULT
     """Cosine similarity of the last hidden state (mean over prompt tokens) between θ(λ) and each
     endpoint, averaged over prompts: [{lam, cos_instruct, cos_thinking}]. One forward pass with
     P x G rows (every prompt at every grid λ, plus both endpoints)."""
-    from dami_kernels.generation import encode_prompts, left_pad
-
     grid = sorted({0.0, 1.0, *[float(g) for g in grid]})
     enc = encode_prompts(tokenizer, prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    ids, mask = left_pad([e for _ in grid for e in enc], pad, device)
+    ids, mask = left_pad([e for _ in grid for e in enc], pad_token_id(tokenizer), device)
     lam = torch.tensor([g for g in grid for _ in enc], dtype=torch.float32)
     with lambda_scope(model, lam):
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                    output_hidden_states=True)
     h = out.hidden_states[-1].float()  # [G*P, T, H]
     m = mask.unsqueeze(-1).float()
     pooled = ((h * m).sum(1) / m.sum(1)).reshape(len(grid), len(enc), -1)  # [G, P, H]

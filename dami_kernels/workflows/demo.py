@@ -30,11 +30,11 @@ TARGETS = {  # issue targets: accuracy slack vs Thinking, token ratio vs Thinkin
 }
 
 
-def demo_items(n: int, seed: int):
+def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR):
     """n testbed problems from `seed`, excluding the estimators' train problems."""
     from dami_kernels.testbed import eval_items, make_problems
 
-    train = SHIPPED_DIR / "train_ids.json"
+    train = Path(estimator_dir) / "train_ids.json"
     exclude = set(json.loads(train.read_text())) if train.exists() else set()
     return eval_items(make_problems(n, seed=seed, exclude={e.split(":", 1)[1] for e in exclude}))
 
@@ -59,7 +59,9 @@ def check_targets(methods: dict, frontier_acc) -> dict:
 
 
 def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batch_size: int = 512,
-             examples: int = 6, progress: bool = True, log=print) -> dict:
+             examples: int = 6, progress: bool = True, log=print, pair_dirs=None,
+             estimator_dir=SHIPPED_DIR) -> dict:
+    """The study above. pair_dirs (instruct, thinking) and estimator_dir default to the shipped ones."""
     from dami_kernels.hf import load_pair_and_tokenizer
     from dami_kernels.testbed import testbed_dirs
     from dami_kernels.testbed.training import MAX_NEW_TOKENS
@@ -70,8 +72,8 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model, tok = load_pair_and_tokenizer(*testbed_dirs(), dtype=torch.float32, device="cpu")
-    items = demo_items(n, seed)
+    model, tok = load_pair_and_tokenizer(*(pair_dirs or testbed_dirs()), dtype=torch.float32, device="cpu")
+    items = demo_items(n, seed, estimator_dir)
     prompts = [it.prompt for it in items]
     run = dict(batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS, progress=progress)
 
@@ -81,7 +83,7 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     rollouts = rollouts_from_records(sweep)
 
     log("[2/3] estimators: DAMI-Conf and DAMI-Pref pick λ(q)")
-    conf, pref = load_estimator("conf"), load_estimator("pref")
+    conf, pref = load_estimator("conf", estimator_dir), load_estimator("pref", estimator_dir)
     t_est = time.perf_counter()
     lam_conf = conf.predict(model, tok, prompts, batch_size=batch_size, progress=progress)
     lam_pref = pref.predict_prompts(model, tok, prompts, batch_size=batch_size, progress=progress)
@@ -108,7 +110,7 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
         "methods": methods,
         "targets": check_targets(methods, rollouts.frontier_accuracy),
         "sweep_lookup_of_estimator_lambdas": lookup,
-        "estimators": {"dir": str(SHIPPED_DIR), "conf": conf.to_dict(), "pref_grid": pref.grid},
+        "estimators": {"dir": str(estimator_dir), "conf": conf.to_dict(), "pref_grid": pref.grid},
         "examples": [asdict(r) for r in (rec_conf[: examples // 2] + rec_pref[: examples - examples // 2])],
         "seconds": {"sweep": sweep_s, "estimators": est_s, "mixed_pass": mixed_s,
                     "total": time.perf_counter() - t0},

@@ -14,7 +14,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from dami_kernels.estimators import DamiConf, Rollouts, conf_signals, preference_pairs, query_features, train_pref_head
+from dami_kernels.estimators import DamiConf, Rollouts, conf_signals
+from dami_kernels.estimators.fit import fit_pref, prompts_for
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.sweep import DEFAULT_GRID, sweep_records
 
@@ -25,45 +26,43 @@ def rollouts_from_records(records) -> Rollouts:
 
 
 def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_steps: int = 400,
-                   seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
+                   pref_pooling: str = "last", pref_accuracy_weight: float = 9.0, seed: int = 0,
+                   batch_size: int = 64, progress: bool = True) -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
-    Returns {"conf": DamiConf, "pref": PrefHead, "signals": ConfSignals, "sensitivity": [...],
-    "pref_losses": [...]}.
+    DAMI-Pref defaults: last-token pooling and pairs "correct beats wrong" weighted 9x against "shorter
+    correct beats longer correct", so the head picks a cheaper λ only when it is right with
+    probability > 0.9 (see `estimators.pref.pair_weights`). Returns {"conf", "pref", "signals",
+    "sensitivity", "pref_losses"}.
     """
-    by_id = {it.id: it for it in items}
-    missing = [q for q in rollouts.ids if q not in by_id]
-    if missing:
-        raise ValueError(f"rollouts name items that are not in the train items: {missing[:3]}")
-    prompts = [by_id[q].prompt for q in rollouts.ids]
+    prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
     signals = conf_signals(model, tokenizer, prompts, ids=rollouts.ids, batch_size=batch_size,
                            progress=progress)
     conf = DamiConf().tune(signals, rollouts)
-    sensitivity = conf.sensitivity(signals, rollouts)
-    feats = query_features(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
-    head, losses = train_pref_head(feats, preference_pairs(rollouts), rollouts.grid, steps=pref_steps,
-                                   seed=seed, progress=progress)
-    return {"conf": conf, "pref": head, "signals": signals, "sensitivity": sensitivity, "pref_losses": losses}
+    head, losses = fit_pref(model, tokenizer, prompts, rollouts, pooling=pref_pooling,
+                            accuracy_weight=pref_accuracy_weight, steps=pref_steps, seed=seed,
+                            batch_size=batch_size, progress=progress)
+    return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
+            "pref_losses": losses}
 
 
 def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=DEFAULT_GRID,
-                     batch_size: int = 256, max_new_tokens: int = 64, pref_steps: int = 400, seed: int = 0,
-                     progress: bool = True) -> dict:
-    """Roll out `items` on the λ grid, fit both estimators and write them to out_dir (layout above)."""
+                     batch_size: int = 256, max_new_tokens: int = 64, progress: bool = True,
+                     **fit_kwargs) -> dict:
+    """Roll out `items` on the λ grid, fit both estimators (`fit_kwargs` go to `fit_estimators`) and
+    write them to out_dir (layout above)."""
     out_dir = Path(out_dir)
     records, seconds = sweep_records(model, tokenizer, items, grid, batch_size=batch_size,
                                      max_new_tokens=max_new_tokens, progress=progress)
     rollouts = rollouts_from_records(records)
-    fit = fit_estimators(model, tokenizer, items, rollouts, pref_steps=pref_steps, seed=seed,
-                         progress=progress)
+    fit = fit_estimators(model, tokenizer, items, rollouts, progress=progress, **fit_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     fit["conf"].save(out_dir / "conf.json")
     fit["pref"].save(out_dir / "pref")
     rollouts.to_jsonl(out_dir / "rollouts.jsonl")
     (out_dir / "conf_signals.json").write_text(json.dumps(fit["signals"].to_dict()))
     (out_dir / "train_ids.json").write_text(json.dumps([it.id for it in items]))
-    pref_lam = fit["pref"].predict(query_features(model, tokenizer, [it.prompt for it in items],
-                                                  progress=False))
+    pref_lam = fit["pref"].predict_prompts(model, tokenizer, [it.prompt for it in items], progress=False)
     report = {
         "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
         "fixed": rollouts.frontier(),

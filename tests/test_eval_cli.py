@@ -1,0 +1,77 @@
+"""`dami eval` and `dami sweep` on the shipped testbed pair with a small N: the summaries agree with the
+per-item logs, and the logs agree with the answer checker."""
+import json
+import math
+
+import pytest
+
+from dami_kernels.cli import main
+from dami_kernels.evaluation import answers_match, extract_answer
+from dami_kernels.evaluation.runner import read_records
+
+
+def check_log_and_summary(items_path, summary):
+    records = read_records(items_path)
+    assert len(records) == summary["n"]
+    assert summary["accuracy"] == pytest.approx(sum(r.correct for r in records) / len(records))
+    assert summary["mean_tokens"] == pytest.approx(sum(r.tokens for r in records) / len(records))
+    for r in records:
+        assert r.correct == answers_match(extract_answer(r.output), r.answer)
+        assert r.tokens >= 1
+    return records
+
+
+def test_eval_fixed_lambda(tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", "--n", "10", "--seed", "3", "--lam", "0.3", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = check_log_and_summary(out / "items.jsonl", summary)
+    assert {r.lam for r in records} == {0.3}
+    assert summary["tokens_per_s"] > 0 and math.isfinite(summary["tokens_per_s"])
+
+
+def test_eval_with_estimator_and_data_file(tmp_path):
+    from dami_kernels.evaluation import write_items
+    from dami_kernels.testbed import eval_items, make_problems
+
+    data = tmp_path / "items.jsonl"
+    write_items(data, eval_items(make_problems(8, seed=11)))
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--estimator", "conf", "--out", str(out),
+                 "--max-new-tokens", "64"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = check_log_and_summary(out / "items.jsonl", summary)
+    assert all(0.0 <= r.lam <= 1.0 for r in records)
+    assert summary["mean_lam"] == pytest.approx(sum(r.lam for r in records) / len(records))
+
+
+def test_sweep_table_matches_log(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--n", "8", "--seed", "4", "--grid", "0,0.5,1", "--out", str(out)]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    records = read_records(out / "sweep_items.jsonl")
+    assert [row["lam"] for row in result["table"]] == [0.0, 0.5, 1.0]
+    for row in result["table"]:
+        rows = [r for r in records if r.lam == row["lam"]]
+        assert len(rows) == row["n"] == 8
+        assert row["accuracy"] == pytest.approx(sum(r.correct for r in rows) / 8)
+        assert row["mean_tokens"] == pytest.approx(sum(r.tokens for r in rows) / 8)
+    cont = {row["lam"]: row for row in result["continuity"]}
+    assert cont[0.0]["cos_instruct"] == pytest.approx(1.0, abs=1e-5)
+    assert cont[1.0]["cos_thinking"] == pytest.approx(1.0, abs=1e-5)
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 0.5 |" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--n", "4", "--lam", "0.3", "--out", "X", "--instruct", "only-one"], "give both --instruct"),
+    (["eval", "--n", "0", "--lam", "0.3", "--out", "X"], "--n must be a positive integer"),
+    (["sweep", "--n", "4", "--grid", "0,a", "--out", "X"], "--grid"),
+    (["eval", "--data", "/nonexistent.jsonl", "--lam", "0.3", "--out", "X"], "nonexistent"),
+    (["eval", "--n", "4", "--estimator", "pref", "--estimator-dir", "/nonexistent", "--out", "X"], "not found"),
+])
+def test_user_mistakes_print_one_line(argv, message, capsys, tmp_path):
+    argv = [str(tmp_path / "o") if a == "X" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -17,19 +17,23 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 
 from dami_kernels.testbed.evaluate import score
+from dami_kernels.testbed.tasks import LEVELS
 from dami_kernels.testbed.tokenizer import build_tokenizer
-from dami_kernels.testbed.training import HELDOUT_RESERVE, HELDOUT_SEED, heldout_problems, save_checkpoint, train_pair
+from dami_kernels.testbed.training import (HELDOUT_RESERVE, HELDOUT_SEED, heldout_problems, save_checkpoint,
+                                           train_pair)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dami_kernels" / "testbed" / "assets"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
-    ap.add_argument("--base-steps", type=int, default=1500)
-    ap.add_argument("--ft-steps", type=int, default=400)
+    ap.add_argument("--out", default=str(DEFAULT_OUT),
+                    help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
+    ap.add_argument("--base-steps", type=int, default=2000)
+    ap.add_argument("--ft-steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--ft-lr", type=float, default=5e-4)
@@ -40,6 +44,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.eval_n <= HELDOUT_RESERVE:
         ap.error(f"--eval-n must be in 1..{HELDOUT_RESERVE}")
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -55,10 +61,14 @@ def main(argv=None) -> int:
     problems = heldout_problems(args.eval_n)
     metrics = {"heldout_seed": HELDOUT_SEED, "eval_n": args.eval_n, "decoding": "greedy",
                "train_seconds": round(train_s, 1),
-               "args": {k: v for k, v in vars(args).items() if k != "out"}}
+               "args": {k: v for k, v in vars(args).items() if k != "out"},
+               "levels": {str(k): {"operands": n, "digits": [lo, hi]} for k, (n, lo, hi) in LEVELS.items()},
+               "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     for name, model in (("instruct", instruct), ("thinking", thinking)):
         metrics[name] = score(model, tokenizer, problems)
     metrics["total_seconds"] = round(time.time() - start, 1)
+    metrics["checkpoint_bytes"] = sum(p.stat().st_size for side in ("instruct", "thinking")
+                                      for p in (out / side).rglob("*") if p.is_file())
     (out / "testbed_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     for name in ("instruct", "thinking"):

@@ -1,0 +1,9 @@
+"""Evaluation harness: data loading (GSM8K, MATH, testbed JSONL) and answer extraction/comparison."""
+from dami_kernels.evaluation.answers import (answers_match, extract_answer, last_boxed, last_number,
+                                             normalize_answer, to_number)
+from dami_kernels.evaluation.data import FORMATS, EvalItem, detect_format, load_items, write_items
+
+__all__ = [
+    "EvalItem", "FORMATS", "answers_match", "detect_format", "extract_answer", "last_boxed", "last_number",
+    "load_items", "normalize_answer", "to_number", "write_items",
+]

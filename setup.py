@@ -7,7 +7,7 @@ setup(
     "interpolation between an Instruct and a Thinking checkpoint (DAMI).",
     packages=find_packages(include=["dami_kernels", "dami_kernels.*"]),
     include_package_data=True,
-    package_data={"dami_kernels": ["testbed/assets/**/*", "ops/tuned/*.json"]},
+    package_data={"dami_kernels": ["testbed/assets/**/*", "estimators/assets/**/*", "ops/tuned/*.json"]},
     python_requires=">=3.10",
     # Install torch==2.13.0 (a CPU build) before this package: a bare `torch` requirement
     # otherwise resolves to a CUDA build of several GB.

@@ -165,9 +165,11 @@ def test_fit_both_estimators_from_prompts_and_rollouts(pair, tmp_path):
     assert conf.lam_grid == grid and conf.tuned["n_train"] == 4
     lam = estimate(model, tok, prompts, method="conf", estimator=conf, progress=False)
     assert rollouts.evaluate(lam)["accuracy"] == pytest.approx(conf.tuned["train_accuracy"])
-    head, losses = fit_pref(model, tok, prompts, rollouts, pooling="last", accuracy_weight=4.0, steps=60,
-                            lr=1e-2, progress=False)
-    assert losses[-1] < losses[0] and head.training_record["accuracy_weight"] == 4.0
+    head, losses, cv = fit_pref(model, tok, prompts, rollouts, pooling="last",
+                                search={"steps": [60], "accuracy_weight": [4.0], "hidden": [64]},
+                                lr=1e-2, progress=False)
+    assert losses[-1] < losses[0] and head.training_record["accuracy_weight"] == 4.0 and cv == []
+    assert head.feature_spec["conf_signals"] and head.feature_dim == 2 * model.config.hidden_size + 2
     lam = estimate(model, tok, prompts, method="pref", estimator=head, progress=False)
     assert lam.tolist() == rollouts.oracle_lam().tolist()  # 4 training queries: learnt exactly
     head.save(tmp_path / "pref")

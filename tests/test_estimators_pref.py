@@ -189,3 +189,27 @@ def test_estimate_dispatch_errors():
         estimate(None, None, prompts, method="conf", estimator=head)
     with pytest.raises(ValueError, match="prompts"):
         estimate(None, None, "a single string", method="fixed", lam=0.0)
+
+
+def test_cross_validation_picks_within_epsilon_of_best_with_fewest_tokens():
+    """Synthetic queries whose cheap λ is right exactly when feature 0 is positive: every setting is
+    scored, and the pick obeys the rule (accuracy within ε of the best, then fewest tokens)."""
+    from dami_kernels.estimators.fit import cross_validate_pref
+
+    g = torch.Generator().manual_seed(5)
+    q = 60
+    feats = torch.randn(q, 4, generator=g)
+    easy = feats[:, 0] > 0
+    correct = torch.stack([easy, easy, torch.ones(q, dtype=torch.bool)], dim=1)
+    tokens = torch.tensor([[3.0, 8.0, 20.0]]).repeat(q, 1)
+    ro = Rollouts([f"q{i}" for i in range(q)], [0.0, 0.5, 1.0], correct, tokens)
+    search = {"steps": [5, 150], "accuracy_weight": [1.0, 9.0], "hidden": [8]}
+    chosen, table = cross_validate_pref(feats, ro, search, folds=3, epsilon=0.05, lr=3e-2)
+    assert len(table) == 4
+    best = max(r["cv_accuracy"] for r in table)
+    ok = [r for r in table if r["cv_accuracy"] >= best - 0.05]
+    pick = min(ok, key=lambda r: r["cv_mean_tokens"])
+    assert chosen == {k: pick[k] for k in ("steps", "accuracy_weight", "hidden")}
+    assert best > 0.9  # the well-trained settings learn the rule
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate_pref(feats, ro, search, folds=1)

@@ -115,3 +115,33 @@ def test_eval_items():
     assert [i.difficulty for i in items] == [p.level for p in problems]
     assert items[0].prompt == problems[0].expression and items[0].id == f"L{problems[0].level}:{problems[0].expression}"
     assert heldout_items(4) == eval_items(heldout_problems(4))
+
+
+def test_mix_levels_and_splits():
+    """Level mixes become interleaved cycles; the held-out reserve splits into disjoint dev/test halves;
+    seeded samples follow the mix, are deterministic, and never touch the other half or training draws."""
+    import collections
+
+    from dami_kernels import testbed
+
+    assert testbed.mix_levels((3, 3, 1, 1)) == (1, 2, 3, 4, 1, 2, 1, 2)
+    assert testbed.mix_levels((1, 0, 0, 2)) == (1, 4, 4)
+    for bad in ((1, 1, 1), (0, 0, 0, 0), (1, -1, 1, 1), (1.5, 1, 1, 1)):
+        with pytest.raises(ValueError, match="mix"):
+            testbed.mix_levels(bad)
+    dev, test = testbed.reserve_split("dev"), testbed.reserve_split("test")
+    assert len(dev) == len(test) == 1000
+    assert not {p.expression for p in dev} & {p.expression for p in test}
+    with pytest.raises(ValueError, match="split"):
+        testbed.reserve_split("train")
+    a = testbed.heldout_sample(140, seed=3)
+    assert a == testbed.heldout_sample(140, seed=3) and a != testbed.heldout_sample(140, seed=4)
+    counts = collections.Counter(it.difficulty for it in a)
+    assert counts == {1: 50, 2: 50, 3: 20, 4: 20}  # the default 5:5:2:2 mix
+    assert {it.prompt for it in a} <= {p.expression for p in test}
+    d = testbed.heldout_sample(40, seed=3, mix=(1, 1, 1, 1), split="dev")
+    assert {it.prompt for it in d} <= {p.expression for p in dev}
+    with pytest.raises(ValueError, match="held-out reserve has"):
+        testbed.heldout_sample(900, seed=0)  # needs more level-1 problems than the test half holds
+    train = testbed.train_items(60, seed=9)
+    assert not {it.prompt for it in train} & testbed.heldout_expressions()

@@ -19,26 +19,31 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
 
 
 def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_default: int = 0) -> None:
-    """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given."""
+    """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given: drawn from the
+    held-out reserve for evaluation, from outside it for training (see `load_eval_items`)."""
     p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
                    "default: testbed problems (--n, --seed)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
     p.add_argument("--n", type=int, default=n_default, help="testbed problems when --data is not given")
     p.add_argument("--seed", type=int, default=seed_default, help="seed of the testbed problems")
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4, e.g. 3,3,1,1 "
+                   "(the default) or 1,1,1,1 (balanced)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
 
 
-def load_eval_items(args):
-    """Items from --data, or seeded testbed problems. Returns (items, max new tokens)."""
+def load_eval_items(args, split: str = "test"):
+    """Items from --data, or --n testbed problems drawn by --seed from the "test" or "dev" half of the
+    held-out reserve (never trained on by the pair; estimators are fitted on "dev" and evaluated on
+    "test"). Returns (items, max new tokens)."""
     if args.data:
         from dami_kernels.evaluation import load_items
 
         items, default_tokens = load_items(args.data, limit=args.limit), 1024
     else:
-        from dami_kernels.testbed import eval_items, make_problems
+        from dami_kernels.testbed import heldout_sample
         from dami_kernels.testbed.training import MAX_NEW_TOKENS
 
-        items = eval_items(make_problems(positive_int("--n", args.n), seed=args.seed))
+        items = heldout_sample(positive_int("--n", args.n), args.seed, mix=parse_mix(args.mix), split=split)
         default_tokens = MAX_NEW_TOKENS
     return items, positive_int("--max-new-tokens", args.max_new_tokens or default_tokens)
 
@@ -65,6 +70,18 @@ def load_from_args(args):
         instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
         allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
     )
+
+
+def parse_mix(text: str | None) -> tuple[int, ...]:
+    """--mix "3,3,1,1" -> (3, 3, 1, 1); None -> the testbed's DEFAULT_MIX."""
+    from dami_kernels.testbed import DEFAULT_MIX
+
+    if text is None:
+        return DEFAULT_MIX
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--mix {text!r}: expected comma-separated integer weights, e.g. 3,3,1,1") from None
 
 
 def parse_grid(text: str) -> list[float]:

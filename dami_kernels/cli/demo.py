@@ -18,15 +18,17 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out problems (default 0)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"held-out problems (default {DEFAULT_N})")
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (default 3,3,1,1)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from dami_kernels.cli.common import parse_mix
     from dami_kernels.workflows.demo import run_demo
 
-    report = run_demo(args.out, seed=args.seed, n=positive_int("--n", args.n),
+    report = run_demo(args.out, seed=args.seed, n=positive_int("--n", args.n), mix=parse_mix(args.mix),
                       batch_size=positive_int("--batch-size", args.batch_size), progress=not args.quiet)
     print()
     print((__import__("pathlib").Path(args.out) / "report.md").read_text())

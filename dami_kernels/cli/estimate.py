@@ -14,7 +14,7 @@ import json
 from dami_kernels.cli.common import (add_items_args, add_pair_args, load_eval_items, load_from_args, parse_grid,
                                      positive_int)
 
-# Seed of the testbed train split of the shipped estimators; `dami demo` excludes those problems.
+# Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
 
 
@@ -24,9 +24,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split")
     add_pair_args(t, default_testbed=True)
-    add_items_args(t, n_default=1000, seed_default=TRAIN_SEED)
+    add_items_args(t, n_default=700, seed_default=TRAIN_SEED)
     t.add_argument("--grid", default="0:1:0.1", help="λ grid of the rollouts (default 0:1:0.1)")
-    t.add_argument("--pref-steps", type=int, default=400)
+    t.add_argument("--pref-steps", default=None,
+                   help="comma list of head training steps to cross-validate (default 50,100,200)")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--out", required=True, help="estimator directory to write")
     t.set_defaults(func=run_train)
@@ -42,18 +43,31 @@ def run_train(args) -> int:
     from dami_kernels.workflows.train_estimators import train_estimators
 
     grid = parse_grid(args.grid)
-    items, max_new_tokens = load_eval_items(args)
+    items, max_new_tokens = load_eval_items(args, split="dev")
     model, tokenizer = load_from_args(args)
     report = train_estimators(model, tokenizer, items, args.out, grid=grid,
                               batch_size=positive_int("--batch-size", args.batch_size),
                               max_new_tokens=max_new_tokens,
-                              pref_steps=positive_int("--pref-steps", args.pref_steps))
+                              pref_search=pref_search(args.pref_steps))
     summary = {k: report[k] for k in ("n_train", "oracle")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
     summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}/conf.json, {args.out}/pref/, rollouts.jsonl, train_report.json")
     return 0
+
+
+def pref_search(steps: str | None) -> dict | None:
+    """The DAMI-Pref settings to cross-validate, with --pref-steps replacing the default steps."""
+    if steps is None:
+        return None
+    from dami_kernels.estimators.fit import PREF_SEARCH
+
+    try:
+        values = [int(v) for v in steps.split(",")]
+    except ValueError:
+        raise ValueError(f"--pref-steps {steps!r}: expected comma-separated integers") from None
+    return {**PREF_SEARCH, "steps": [positive_int("--pref-steps", v) for v in values]}
 
 
 def run_predict(args) -> int:

@@ -15,7 +15,9 @@ p > accuracy_weight / (1 + accuracy_weight); accuracy_weight = 1 picks the cheap
 Prediction: λ(q) = grid[argmax_g s_g(q)] (ties -> the smaller λ).
 Features f(q) (`query_features`): the prompt's last hidden state (after the final norm) pooled over its
 tokens (pooling "mean" by default, "last" = the last prompt token, or "mean+last" = both concatenated), at
-λ=0 and at λ=1 from ONE batched forward of 2B rows, concatenated: f = [h_0(q), h_1(q)] ∈ R^{2H}.
+λ=0 and at λ=1 from ONE batched forward of 2B rows, concatenated: f = [h_0(q), h_1(q)] ∈ R^{2H}; with
+conf_signals, DAMI-Conf's two signals of the query (System 1's confidence c and the endpoints'
+discrepancy d, `conf.conf_signals` with its default settings) are appended: f = [h_0, h_1, c, d].
 Files: DIR/head.safetensors (the head's tensors) and DIR/config.json (grid, feature_dim, hidden,
 feature_spec, training record).
 """
@@ -83,8 +85,10 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 
 def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size: int = 32,
-                   progress: bool = True, chat_template: bool | None = None) -> torch.Tensor:
-    """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last").
+                   progress: bool = True, chat_template: bool | None = None,
+                   conf_signals: bool = False) -> torch.Tensor:
+    """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
+    plus 2 with conf_signals.
 
     Prompts are encoded as `dami_kernels.generation.generate` encodes them (see
     `batching.encode_prompts`).
@@ -109,16 +113,24 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
                                       use_cache=False).last_hidden_state
         pooled = _pool(hidden.float(), attn, pooling)  # [2b, ...]
         out.append(torch.cat([pooled[:b], pooled[b:]], dim=-1).cpu())
-    return torch.cat(out)
+    feats = torch.cat(out)
+    if conf_signals:
+        from dami_kernels.estimators.conf import conf_signals as measure
+
+        sig = measure(model, tokenizer, prompts, batch_size=batch_size, progress=progress,
+                      chat_template=chat_template)
+        feats = torch.cat([feats, sig.confidence.float()[:, None], sig.discrepancy.float()[:, None]], dim=1)
+    return feats
 
 
 # ----- the head -----
 def _check_spec(spec) -> dict:
     if not isinstance(spec, dict):
         raise ValueError(f"feature_spec must be a dict, got {type(spec).__name__}")
-    if spec.get("kind") != FEATURE_KIND or spec.get("pooling") not in POOLINGS:
-        raise ValueError(f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}}}, "
-                         f"got {spec}")
+    if spec.get("kind") != FEATURE_KIND or spec.get("pooling") not in POOLINGS \
+            or not isinstance(spec.get("conf_signals", False), bool):
+        raise ValueError(f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}, "
+                         f"'conf_signals': bool (optional)}}, got {spec}")
     return dict(spec)
 
 
@@ -171,6 +183,7 @@ class PrefHead(nn.Module):
                         chat_template: bool | None = None):
         """λ(q) for prompts, with features made as `feature_spec` says: [B] float32."""
         feats = query_features(model, tokenizer, prompts, pooling=self.feature_spec["pooling"],
+                               conf_signals=self.feature_spec.get("conf_signals", False),
                                batch_size=batch_size, progress=progress, chat_template=chat_template)
         return self.predict(feats)
 

@@ -95,6 +95,26 @@ def make_problem(rng: random.Random, level: int) -> Problem:
     return Problem(tuple(operands), tuple(ops), level)
 
 
+# The default workload mix: weights of levels 1..4. Most queries are easy (System 1 answers them at once),
+# 2 in 7 need several steps. Chosen from the pair's per-level metrics (testbed_metrics.json) as the
+# middle of the window where the pair meets its System-1/System-2 criteria (Instruct accuracy ≤
+# Thinking − 0.20 needs ≥ ~25% hard problems) and routing easy problems to λ=0 saves enough tokens to
+# matter (≤ ~30% hard); see the README. `make_problems` without `levels` stays balanced (1:1:1:1): the held-out
+# reserve the pair was trained around is drawn that way.
+DEFAULT_MIX = (5, 5, 2, 2)
+
+
+def mix_levels(mix=DEFAULT_MIX) -> tuple[int, ...]:
+    """Level weights (one non-negative integer per level of LEVELS) -> the level cycle that
+    `make_problems(levels=...)` takes, interleaved round-robin: (3, 3, 1, 1) -> (1, 2, 3, 4, 1, 2, 1, 2)."""
+    mix = tuple(mix)
+    if len(mix) != len(LEVELS) or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in mix) \
+            or sum(mix) == 0:
+        raise ValueError(f"mix must give one non-negative integer weight per level {sorted(LEVELS)} "
+                         f"(not all zero), got {mix!r}")
+    return tuple(lv for r in range(max(mix)) for lv, w in zip(sorted(LEVELS), mix) if w > r)
+
+
 def _check_levels(levels) -> tuple[int, ...]:
     levels = tuple(LEVELS) if levels is None else tuple(levels)
     if not levels or any(lv not in LEVELS for lv in levels):

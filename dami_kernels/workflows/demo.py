@@ -1,6 +1,7 @@
 """`dami demo`: DAMI on the shipped testbed pair, start to finish, in a few minutes on a CPU.
 
-1. N held-out problems are drawn from the seed (never the estimators' train problems).
+1. N held-out problems are drawn by the seed from the testbed's held-out reserve (never trained on by
+   the pair, and disjoint from the estimators' train split).
 2. The fixed-λ sweep runs every problem at every grid λ through the fused engine; it gives the
    Instruct (λ=0) and Thinking (λ=1) baselines, the frontier, and the oracle (cheapest correct λ).
 3. Both estimators (shipped, trained on a separate train split) pick λ(q) per problem: DAMI-Conf from
@@ -20,23 +21,30 @@ import torch
 
 from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
-from dami_kernels.evaluation.sweep import DEFAULT_GRID, plot_frontier, sweep_records, sweep_table, table_markdown
+from dami_kernels.evaluation.sweep import (DEFAULT_GRID, plot_frontier, representation_continuity, sweep_records,
+                                           sweep_table, table_markdown)
 from dami_kernels.workflows.train_estimators import rollouts_from_records
 
-DEFAULT_N = 300
+DEFAULT_N = 600
 TARGETS = {  # issue targets: accuracy slack vs Thinking, token ratio vs Thinking
     "dami_pref": {"max_accuracy_drop": 0.01, "max_token_ratio": 0.60},
     "dami_conf": {"max_accuracy_drop": 0.03, "max_token_ratio": 0.70},
 }
 
 
-def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR):
-    """n testbed problems from `seed`, excluding the estimators' train problems."""
-    from dami_kernels.testbed import eval_items, make_problems
+def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
+    """n held-out testbed problems drawn by `seed`; checked to be disjoint from the estimators' train
+    problems (train splits are drawn outside the held-out reserve)."""
+    from dami_kernels.testbed import DEFAULT_MIX, heldout_sample
 
+    items = heldout_sample(n, seed, mix=mix or DEFAULT_MIX)
     train = Path(estimator_dir) / "train_ids.json"
-    exclude = set(json.loads(train.read_text())) if train.exists() else set()
-    return eval_items(make_problems(n, seed=seed, exclude={e.split(":", 1)[1] for e in exclude}))
+    if train.exists():
+        overlap = {it.id for it in items} & set(json.loads(train.read_text()))
+        if overlap:
+            raise ValueError(f"{len(overlap)} demo problems are in the estimators' train split, e.g. "
+                             f"{sorted(overlap)[:3]}; retrain the estimators on `train_items`")
+    return items
 
 
 def check_targets(methods: dict, frontier_acc) -> dict:
@@ -60,7 +68,7 @@ def check_targets(methods: dict, frontier_acc) -> dict:
 
 def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batch_size: int = 512,
              examples: int = 6, progress: bool = True, log=print, pair_dirs=None,
-             estimator_dir=SHIPPED_DIR) -> dict:
+             estimator_dir=SHIPPED_DIR, mix=None) -> dict:
     """The study above. pair_dirs (instruct, thinking) and estimator_dir default to the shipped ones."""
     from dami_kernels.hf import load_pair_and_tokenizer
     from dami_kernels.testbed import testbed_dirs
@@ -73,7 +81,10 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model, tok = load_pair_and_tokenizer(*(pair_dirs or testbed_dirs()), dtype=torch.float32, device="cpu")
-    items = demo_items(n, seed, estimator_dir)
+    from dami_kernels.testbed import DEFAULT_MIX
+
+    mix = tuple(mix or DEFAULT_MIX)
+    items = demo_items(n, seed, estimator_dir, mix)
     prompts = [it.prompt for it in items]
     run = dict(batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS, progress=progress)
 
@@ -81,6 +92,7 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     sweep, sweep_s = sweep_records(model, tok, items, grid, **run)
     table = sweep_table(sweep)
     rollouts = rollouts_from_records(sweep)
+    continuity = representation_continuity(model, tok, prompts[:32], grid)
 
     log("[2/3] estimators: DAMI-Conf and DAMI-Pref pick λ(q)")
     conf, pref = load_estimator("conf", estimator_dir), load_estimator("pref", estimator_dir)
@@ -105,8 +117,9 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     lookup = {name: rollouts.evaluate({it.id: float(v) for it, v in zip(items, lam)})
               for name, lam in (("dami_conf", lam_conf), ("dami_pref", lam_pref))}
     report = {
-        "seed": seed, "n_problems": n, "grid": list(grid),
+        "seed": seed, "n_problems": n, "level_mix": list(mix), "grid": list(grid),
         "sweep": table,
+        "continuity": continuity,
         "methods": methods,
         "targets": check_targets(methods, rollouts.frontier_accuracy),
         "sweep_lookup_of_estimator_lambdas": lookup,
@@ -121,7 +134,7 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(report_markdown(report))
     plot_frontier(table, out_dir / "frontier.png",
-                  methods={k: methods[k] for k in ("dami_conf", "dami_pref", "oracle")})
+                  methods={k: methods[k] for k in ("dami_conf", "dami_pref", "oracle")}, continuity=continuity)
     return report
 
 

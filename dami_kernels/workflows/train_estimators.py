@@ -25,25 +25,23 @@ def rollouts_from_records(records) -> Rollouts:
     return Rollouts.from_records([asdict(r) for r in records])
 
 
-def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_steps: int = 400,
-                   pref_pooling: str = "last", pref_accuracy_weight: float = 9.0, seed: int = 0,
-                   batch_size: int = 64, progress: bool = True) -> dict:
+def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_search: dict | None = None,
+                   seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
-    DAMI-Pref defaults: last-token pooling and pairs "correct beats wrong" weighted 9x against "shorter
-    correct beats longer correct", so the head picks a cheaper λ only when it is right with
-    probability > 0.9 (see `estimators.pref.pair_weights`). Returns {"conf", "pref", "signals",
-    "sensitivity", "pref_losses"}.
+    DAMI-Pref: features = mean-pooled endpoint hidden states + DAMI-Conf's signals; head settings
+    (steps, accuracy weight of correct-vs-wrong pairs, hidden size) chosen by 5-fold cross-validation
+    on these rollouts (`estimators.fit.cross_validate_pref`, grid `pref_search`, default PREF_SEARCH).
+    Returns {"conf", "pref", "signals", "sensitivity", "pref_losses", "pref_cv"}.
     """
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
     signals = conf_signals(model, tokenizer, prompts, ids=rollouts.ids, batch_size=batch_size,
                            progress=progress)
     conf = DamiConf().tune(signals, rollouts)
-    head, losses = fit_pref(model, tokenizer, prompts, rollouts, pooling=pref_pooling,
-                            accuracy_weight=pref_accuracy_weight, steps=pref_steps, seed=seed,
-                            batch_size=batch_size, progress=progress)
+    head, losses, cv = fit_pref(model, tokenizer, prompts, rollouts, search=pref_search, seed=seed,
+                                batch_size=batch_size, progress=progress)
     return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
-            "pref_losses": losses}
+            "pref_losses": losses, "pref_cv": cv}
 
 
 def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=DEFAULT_GRID,
@@ -71,7 +69,8 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
                  "train": fit["conf"].tuned, "sensitivity": fit["sensitivity"]},
         "pref": {"train": rollouts.evaluate({it.id: float(v) for it, v in zip(items, pref_lam)}),
                  "loss_first": fit["pref_losses"][0], "loss_last": fit["pref_losses"][-1],
-                 "steps": len(fit["pref_losses"])},
+                 "steps": len(fit["pref_losses"]), "training": fit["pref"].training_record,
+                 "cross_validation": fit["pref_cv"]},
     }
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
     return report

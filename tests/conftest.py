@@ -1,6 +1,9 @@
 """Test configuration: run the real Triton kernels through the interpreter when no GPU is present.
 
 TRITON_INTERPRET must be set before any kernel module is imported, so it is set here, at collection.
+Without a GPU the default backend is the torch reference (DAMI_BACKEND=torch), as for a CPU user: the
+tests that exercise the kernels ask for backend="triton" explicitly (the interpreter is ~1000x slower,
+so whole-model runs through it are kept to the few tests that check the Triton path end to end).
 """
 import os
 
@@ -8,6 +11,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("DAMI_BACKEND", "torch")
 
 import pytest  # noqa: E402
 

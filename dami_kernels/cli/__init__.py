@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"dami_kernels.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"dami_kernels.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"dami_kernels.cli.{name}").register(sub)
     return parser
 
 

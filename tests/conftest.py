@@ -23,3 +23,12 @@ def _fresh_seed(request):
 
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests on tiny tensors: avoids oversubscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,13 +10,7 @@ from dami_kernels.estimators import ConfSignals, DamiConf, Rollouts
 GRID = [round(0.1 * i, 1) for i in range(11)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _synthetic(q: int):

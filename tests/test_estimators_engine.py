@@ -25,12 +25,7 @@ from helpers_pair import load_side, make_pair
 QUESTIONS = ["what is 2+3?", "12+7", "a much longer question: 123+456+789=?", "hi"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])

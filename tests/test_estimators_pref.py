@@ -17,13 +17,7 @@ from dami_kernels.estimators import (
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _synthetic(q: int, feature_dim: int = 8):

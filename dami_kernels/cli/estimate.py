@@ -78,5 +78,5 @@ def run_predict(args) -> int:
     model, tokenizer = load_from_args(args)
     lams = estimate(model, tokenizer, args.prompts, args.method, estimator=est, progress=False)
     for prompt, lam in zip(args.prompts, lams.tolist()):
-        print(json.dumps({"prompt": prompt, "lam": lam}))
+        print(json.dumps({"prompt": prompt, "lam": round(lam, 6)}))
     return 0

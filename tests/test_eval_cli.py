@@ -75,3 +75,15 @@ def test_user_mistakes_print_one_line(argv, message, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_out_dir_with_files_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--n", "4", "--grid", "0,1", "--out", str(out)]
+    assert main(argv) == 0
+    before = (out / "sweep.json").read_text()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "sweep.json").read_text() == before  # nothing written by the refused run
+    assert main(argv + ["--overwrite"]) == 0

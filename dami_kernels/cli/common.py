@@ -98,6 +98,22 @@ def parse_grid(text: str) -> list[float]:
         raise ValueError(f"--grid {text!r}: expected comma-separated λ values or start:stop:step") from None
 
 
+def add_out_args(p: argparse.ArgumentParser, help_text: str = "output directory") -> None:
+    p.add_argument("--out", required=True, help=help_text)
+    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
+
+
+def check_out_dir(args) -> None:
+    """Refuse to write into a non-empty --out (earlier results would be replaced) unless --overwrite."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} already holds files; pass --overwrite to replace them")
+
+
 def positive_int(name: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")

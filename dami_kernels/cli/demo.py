@@ -7,7 +7,9 @@ Writes DIR/report.json, DIR/report.md, DIR/frontier.png and per-item logs. About
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import positive_int
+from pathlib import Path
+
+from dami_kernels.cli.common import add_out_args, check_out_dir, parse_mix, positive_int
 
 
 def register(subparsers) -> None:
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("demo", help="the DAMI study on the shipped testbed pair",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output directory")
+    add_out_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out problems (default 0)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"held-out problems (default {DEFAULT_N})")
     p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (default 3,3,1,1)")
@@ -25,12 +27,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dami_kernels.cli.common import parse_mix
     from dami_kernels.workflows.demo import run_demo
 
+    check_out_dir(args)
     report = run_demo(args.out, seed=args.seed, n=positive_int("--n", args.n), mix=parse_mix(args.mix),
                       batch_size=positive_int("--batch-size", args.batch_size), progress=not args.quiet)
     print()
-    print((__import__("pathlib").Path(args.out) / "report.md").read_text())
+    print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/report.json, report.md, frontier.png ({report['seconds']['total']:.0f} s)")
     return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import (add_items_args, add_pair_args, load_eval_items, load_from_args, parse_grid,
-                                     positive_int)
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
+                                     load_from_args, parse_grid, positive_int)
 
 # Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     t.add_argument("--pref-steps", default=None,
                    help="comma list of head training steps to cross-validate (default 50,100,200)")
     t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--out", required=True, help="estimator directory to write")
+    add_out_args(t, "estimator directory to write")
     t.set_defaults(func=run_train)
     q = sub.add_parser("predict", help="print λ(q) for prompts")
     add_pair_args(q, default_testbed=True)
@@ -42,6 +42,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from dami_kernels.workflows.train_estimators import train_estimators
 
+    check_out_dir(args)
     grid = parse_grid(args.grid)
     items, max_new_tokens = load_eval_items(args, split="dev")
     model, tokenizer = load_from_args(args)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import add_items_args, add_pair_args, load_eval_items, load_from_args, positive_int
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
+                                     load_from_args, positive_int)
 
 
 def register(subparsers) -> None:
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
     how.add_argument("--estimator", choices=["conf", "pref"], help="estimate λ(q) per query")
     p.add_argument("--estimator-dir", default=None,
                    help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
-    p.add_argument("--out", required=True, help="output directory")
+    add_out_args(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=run)
 
@@ -35,6 +36,7 @@ def run(args) -> int:
     from dami_kernels.estimators.store import load_estimator
     from dami_kernels.evaluation.runner import evaluate
 
+    check_out_dir(args)
     items, max_new_tokens = load_eval_items(args)
     model, tokenizer = load_from_args(args)
     prompts = [it.prompt for it in items]

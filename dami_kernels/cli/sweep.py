@@ -5,8 +5,8 @@
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import (add_items_args, add_pair_args, load_eval_items, load_from_args, parse_grid,
-                                     positive_int)
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
+                                     load_from_args, parse_grid, positive_int)
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     add_pair_args(p, default_testbed=True)
     add_items_args(p)
     p.add_argument("--grid", default="0:1:0.1", help="λ grid: 'a,b,c' or start:stop:step (default 0:1:0.1)")
-    p.add_argument("--out", required=True, help="output directory")
+    add_out_args(p)
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=run)
 
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dami_kernels.evaluation.sweep import run_sweep, table_markdown
 
+    check_out_dir(args)
     grid = parse_grid(args.grid)
     items, max_new_tokens = load_eval_items(args)
     model, tokenizer = load_from_args(args)

@@ -105,14 +105,15 @@ def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict
 def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean", conf_signals: bool = True,
              search: dict | None = None, folds: int = 5, epsilon: float = 0.01, lr: float = 3e-3, seed: int = 0,
              weight_decay: float = 1e-4, batch_size: int = 32, progress: bool = True,
-             chat_template: bool | None = None) -> tuple[PrefHead, list[float], list[dict]]:
+             chat_template: bool | None = None, signals=None) -> tuple[PrefHead, list[float], list[dict]]:
     """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus DAMI-Conf's
     signals with conf_signals), head settings chosen by `cross_validate_pref` over `search`, then the
     head trained on all train queries with them. A search with one value per key skips the choice.
+    signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order).
     Returns (head, loss per step, CV table)."""
     feats = query_features(model, tokenizer, prompts_for(rollouts, prompts), pooling=pooling,
                            batch_size=batch_size, progress=progress, chat_template=chat_template,
-                           conf_signals=conf_signals)
+                           conf_signals=conf_signals, signals=signals)
     search = search or PREF_SEARCH
     if len(_settings(search)) == 1:
         chosen, table = _settings(search)[0], []

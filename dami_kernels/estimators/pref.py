@@ -86,9 +86,10 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size: int = 32,
                    progress: bool = True, chat_template: bool | None = None,
-                   conf_signals: bool = False) -> torch.Tensor:
+                   conf_signals: bool = False, signals=None) -> torch.Tensor:
     """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
-    plus 2 with conf_signals.
+    plus 2 with conf_signals. signals: the prompts' ConfSignals if already measured (with the default
+    settings), so they are not measured twice.
 
     Prompts are encoded as `dami_kernels.generation.generate` encodes them (see
     `batching.encode_prompts`).
@@ -117,8 +118,10 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
     if conf_signals:
         from dami_kernels.estimators.conf import conf_signals as measure
 
-        sig = measure(model, tokenizer, prompts, batch_size=batch_size, progress=progress,
-                      chat_template=chat_template)
+        sig = signals if signals is not None else measure(model, tokenizer, prompts, batch_size=batch_size,
+                                                          progress=progress, chat_template=chat_template)
+        if sig.confidence.shape[0] != len(prompts):
+            raise ValueError(f"signals hold {sig.confidence.shape[0]} queries for {len(prompts)} prompts")
         feats = torch.cat([feats, sig.confidence.float()[:, None], sig.discrepancy.float()[:, None]], dim=1)
     return feats
 
@@ -180,10 +183,11 @@ class PrefHead(nn.Module):
         return torch.tensor(self.grid, dtype=torch.float32)[scores.argmax(dim=1)]
 
     def predict_prompts(self, model, tokenizer, prompts, batch_size: int = 32, progress: bool = True,
-                        chat_template: bool | None = None):
-        """λ(q) for prompts, with features made as `feature_spec` says: [B] float32."""
+                        chat_template: bool | None = None, signals=None):
+        """λ(q) for prompts, with features made as `feature_spec` says: [B] float32. signals: the
+        prompts' DAMI-Conf signals if already measured (see `query_features`)."""
         feats = query_features(model, tokenizer, prompts, pooling=self.feature_spec["pooling"],
-                               conf_signals=self.feature_spec.get("conf_signals", False),
+                               conf_signals=self.feature_spec.get("conf_signals", False), signals=signals,
                                batch_size=batch_size, progress=progress, chat_template=chat_template)
         return self.predict(feats)
 

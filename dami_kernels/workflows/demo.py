@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dami_kernels.estimators.conf import conf_signals
 from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.sweep import (DEFAULT_GRID, plot_frontier, representation_continuity, sweep_records,
@@ -97,8 +98,12 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     log("[2/3] estimators: DAMI-Conf and DAMI-Pref pick λ(q)")
     conf, pref = load_estimator("conf", estimator_dir), load_estimator("pref", estimator_dir)
     t_est = time.perf_counter()
-    lam_conf = conf.predict(model, tok, prompts, batch_size=batch_size, progress=progress)
-    lam_pref = pref.predict_prompts(model, tok, prompts, batch_size=batch_size, progress=progress)
+    # Both estimators use DAMI-Conf's signals (Pref as two of its features): measure them once.
+    signals = conf_signals(model, tok, prompts, conf.max_answer_tokens, conf.think_prefix,
+                           batch_size=batch_size, progress=progress)
+    lam_conf = conf.lam_from_signals(signals)
+    lam_pref = pref.predict_prompts(model, tok, prompts, batch_size=batch_size, progress=progress,
+                                    signals=signals)
     est_s = time.perf_counter() - t_est
 
     log("[3/3] one mixed-λ pass: every problem at its DAMI-Conf λ and at its DAMI-Pref λ")

@@ -39,7 +39,7 @@ def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, 
                            progress=progress)
     conf = DamiConf().tune(signals, rollouts)
     head, losses, cv = fit_pref(model, tokenizer, prompts, rollouts, search=pref_search, seed=seed,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, progress=progress, signals=signals)
     return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
             "pref_losses": losses, "pref_cv": cv}
 
@@ -60,14 +60,15 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
     rollouts.to_jsonl(out_dir / "rollouts.jsonl")
     (out_dir / "conf_signals.json").write_text(json.dumps(fit["signals"].to_dict()))
     (out_dir / "train_ids.json").write_text(json.dumps([it.id for it in items]))
-    pref_lam = fit["pref"].predict_prompts(model, tokenizer, [it.prompt for it in items], progress=False)
+    prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
+    pref_lam = fit["pref"].predict_prompts(model, tokenizer, prompts, progress=False, signals=fit["signals"])
     report = {
         "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
         "fixed": rollouts.frontier(),
         "oracle": rollouts.evaluate(rollouts.oracle_lam()),
         "conf": {"hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},
                  "train": fit["conf"].tuned, "sensitivity": fit["sensitivity"]},
-        "pref": {"train": rollouts.evaluate({it.id: float(v) for it, v in zip(items, pref_lam)}),
+        "pref": {"train": rollouts.evaluate(pref_lam),
                  "loss_first": fit["pref_losses"][0], "loss_last": fit["pref_losses"][-1],
                  "steps": len(fit["pref_losses"]), "training": fit["pref"].training_record,
                  "cross_validation": fit["pref_cv"]},

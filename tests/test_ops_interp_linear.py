@@ -115,6 +115,7 @@ def test_empty_batch(backend):
 # --- the kernel paths, each reached on purpose -------------------------------------------------
 
 def run_kernel(x2d, w_i, w_t, lam_rows, b_i, b_t, seg_len, **kw):
+    """The launcher with λ given per row ([M], rows_per_lam=1) unless kw says otherwise."""
     from dami_kernels.ops.triton_launch import launch_interp_linear
 
     return launch_interp_linear(x2d, w_i, w_t, lam_rows.to(DEVICE).float().contiguous(), b_i, b_t, seg_len, **kw)
@@ -255,8 +256,9 @@ def test_custom_op_opcheck():
 
     x, w_i, w_t, b_i, b_t = make((9,), 20, 36, torch.float32)
     lam = torch.rand(9, device=DEVICE)
-    torch.library.opcheck(interp_linear_rows_op, (x, w_i, w_t, lam, b_i, b_t, 1))
-    torch.library.opcheck(interp_linear_rows_op, (x, w_i, w_t, lam, None, None, 9))
+    torch.library.opcheck(interp_linear_rows_op, (x, w_i, w_t, lam, b_i, b_t, 1, 1))
+    torch.library.opcheck(interp_linear_rows_op, (x, w_i, w_t, lam, None, None, 9, 1))
+    torch.library.opcheck(interp_linear_rows_op, (x, w_i, w_t, lam[:3], b_i, b_t, 3, 3))
 
 
 @needs_triton

@@ -31,7 +31,12 @@ class InterpEmbedding(LambdaBound, nn.Embedding):
         return new
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        lam = self.lam_state.for_batch(ids.shape[0])
+        lam, uniform = self.lam_state.for_layer(ids.shape[0])
+        if uniform == 0.0:
+            return F.embedding(ids, self.weight, self.padding_idx)
+        if uniform == 1.0:
+            return F.embedding(ids, self.weight_t, self.padding_idx)
+        lam = lam.expand(ids.shape[0])
         e_i = F.embedding(ids, self.weight, self.padding_idx)
         e_t = F.embedding(ids, self.weight_t, self.padding_idx)
         return blend(e_i, e_t, lam_view(lam, e_i.dim()))

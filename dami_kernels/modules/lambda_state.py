@@ -6,6 +6,11 @@ valid (also across `lambda_scope` restoring a scalar between calls). It is eithe
 that applies to any batch (set from a Python number or a 0-d tensor) or one value per sequence [B]
 (set from a 1-D tensor); a per-sequence λ whose length differs from the batch at forward time is a
 ValueError, never a silent broadcast.
+
+When λ is set, its values are checked on the host anyway, so the state also records there whether
+every sequence shares one λ (`uniform`, a float or None). Layers use it to pick cheaper paths (one
+weight at an endpoint, one blended GEMM in prefill) without any device sync; under torch.compile they
+ignore it, so compiled graphs never depend on λ's value.
 """
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from torch import nn
 
 
 def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[torch.Tensor, bool]:
-    """Check λ and return (fp32 values [n], per_sequence).
+    """Check λ and return (fp32 values [n] on the CPU, per_sequence).
 
     lam: a Python number, a 0-d tensor (scalar: applies to any batch), or a 1-D tensor or list of
-    numbers [B] (per sequence).
+    numbers [B] (per sequence). A device tensor is copied to the host once (one sync) for the checks.
     Raises ValueError for other types or shapes, for NaN/inf, and for values outside [0, 1] unless
     allow_extrapolation is set.
     """
@@ -34,7 +39,9 @@ def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[
             raise ValueError(f"{name} must be a float or a 1-D tensor [batch], got shape {tuple(lam.shape)}")
         if lam.dim() == 1 and lam.numel() == 0:
             raise ValueError(f"{name} is an empty tensor; give one value per sequence")
-        values = lam.detach().to(torch.float32).reshape(-1)
+        if lam.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (it holds no values)")
+        values = lam.detach().to(device="cpu", dtype=torch.float32).reshape(-1)
         per_sequence = lam.dim() == 1
     elif isinstance(lam, Real) and not isinstance(lam, bool):
         values = torch.tensor([float(lam)], dtype=torch.float32)
@@ -70,7 +77,9 @@ class LambdaState(nn.Module):
         self.allow_extrapolation = bool(allow_extrapolation)
         self.per_sequence = False
         self.n = 1
+        self.uniform: float | None = None  # the λ every sequence shares, when they share one
         self.register_buffer("buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # (buf[:n], buf[:1]), eager only
         self.set(lam)
 
     @property
@@ -84,9 +93,12 @@ class LambdaState(nn.Module):
         n = values.numel()
         if n > self.buf.numel():
             self.buf = torch.zeros(n, dtype=torch.float32, device=self.buf.device)
-        self.buf[:n].copy_(values)
+        self._views = None
+        self.buf[:n].copy_(values, non_blocking=True)
         self.n = n
         self.per_sequence = per_sequence
+        lo, hi = float(values.min()), float(values.max())
+        self.uniform = lo if lo == hi else None
 
     def get(self):
         """The current λ in the form `set` accepts: a float, or a copy of the per-sequence tensor [B]."""
@@ -97,14 +109,30 @@ class LambdaState(nn.Module):
     def for_batch(self, batch: int) -> torch.Tensor:
         """λ per sequence [batch] (fp32, on the buffer's device) for an input whose first dim is `batch`."""
         if self.per_sequence:
-            if self.n != batch:
-                raise ValueError(
-                    f"λ holds {self.n} values (one per sequence) but the input batch has "
-                    f"{batch} rows; set one λ per row (for generate with num_beams/num_return_sequences, "
-                    "expand λ per returned row, e.g. lambda_scope(model, lam, expand=n))"
-                )
+            self._check_batch(batch)
             return self.lam
         return self.buf[:1].expand(batch)
+
+    def for_layer(self, batch: int) -> tuple[torch.Tensor, float | None]:
+        """(λ, uniform) for a layer's input whose first dim is `batch`: λ is [batch] per sequence or
+        [1] for every row (fp32 contiguous on the buffer's device); uniform is the shared λ as a float,
+        or None when sequences differ or when tracing (torch.compile must not specialize on λ)."""
+        if self.per_sequence:
+            self._check_batch(batch)
+        if torch.compiler.is_compiling():
+            return (self.buf[: self.n] if self.per_sequence else self.buf[:1]), None
+        views = self._views
+        if views is None or views[1]._base is not self.buf:  # views of the current buffer, made once
+            views = self._views = (self.buf[: self.n], self.buf[:1])
+        return views[0] if self.per_sequence else views[1], self.uniform
+
+    def _check_batch(self, batch: int) -> None:
+        if self.n != batch:
+            raise ValueError(
+                f"λ holds {self.n} values (one per sequence) but the input batch has "
+                f"{batch} rows; set one λ per row (for generate with num_beams/num_return_sequences, "
+                "expand λ per returned row, e.g. lambda_scope(model, lam, expand=n))"
+            )
 
     def _apply(self, fn, recurse=True):
         # Keep λ in fp32 through model.to(dtype)/half()/bfloat16(): only its device may change.
@@ -123,7 +151,7 @@ def lam_view(lam_seq: torch.Tensor, ndim: int) -> torch.Tensor:
     return lam_seq.reshape((lam_seq.shape[0],) + (1,) * (ndim - 1))
 
 
-def blend(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def blend(a: torch.Tensor, b: torch.Tensor, lam) -> torch.Tensor:
     """(1-λ)·a + λ·b in fp32, returned in a's dtype; λ broadcasts against a and b."""
     return ((1.0 - lam) * a.float() + lam * b.float()).to(a.dtype)
 

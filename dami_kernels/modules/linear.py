@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
-from dami_kernels.ops import interp_linear
+from dami_kernels.ops.backend import resolve_backend
+from dami_kernels.ops.interp_linear import interp_linear_layer
 
 
 class InterpLinear(LambdaBound, nn.Linear):
@@ -13,6 +14,8 @@ class InterpLinear(LambdaBound, nn.Linear):
 
     ``weight``/``bias`` are the Instruct side [N, K]/[N], ``weight_t``/``bias_t`` the Thinking side.
     Input x [B, ..., K] whose first dim is the batch; output [B, ..., N] in x's dtype.
+    When the λ state knows on the host that every sequence shares one λ, the op takes the cheaper
+    path for it (one weight at an endpoint, one blended GEMM in prefill on the torch backend).
     """
 
     def __init__(self, in_features, out_features, bias=True, *, lam_state: LambdaState, backend=None,
@@ -20,6 +23,7 @@ class InterpLinear(LambdaBound, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.backend = backend
+        self._resolved: tuple | None = None  # (backend, device, "triton" | "torch") of the last call
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
         if bias:
             self.bias_t = nn.Parameter(torch.empty_like(self.bias), requires_grad=False)
@@ -34,6 +38,10 @@ class InterpLinear(LambdaBound, nn.Linear):
                   backend=backend, device="meta")
         new.weight = linear.weight
         new.bias = linear.bias
+        if weight_t.device.type != "meta" and weight_t.stride() != linear.weight.stride():
+            # The kernel needs both weights laid out alike: fix it once here, never per call.
+            linear.weight.data = linear.weight.data.contiguous()
+            weight_t = nn.Parameter(weight_t.detach().contiguous(), requires_grad=weight_t.requires_grad)
         new.weight_t = weight_t
         new.bias_t = bias_t
         return new
@@ -41,9 +49,20 @@ class InterpLinear(LambdaBound, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"InterpLinear needs x [B, ..., K] with the batch first, got shape {tuple(x.shape)}")
-        lam = self.lam_state.for_batch(x.shape[0])
-        return interp_linear(x, self.weight, self.weight_t, lam, self.bias, self.bias_t,
-                             backend=self.backend, check_finite=False)
+        lam, uniform = self.lam_state.for_layer(x.shape[0])
+        p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
+        return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
+                                   self._backend_name(x.device))
+
+    def _backend_name(self, device: torch.device) -> str:
+        """The resolved backend, remembered per (backend setting, device): $DAMI_BACKEND is read when a
+        layer first runs on a device (resolving on every call costs more host time than the rest)."""
+        if torch.compiler.is_compiling():
+            return resolve_backend(self.backend, device)
+        cached = self._resolved
+        if cached is None or cached[1] != device or cached[0] != self.backend:
+            cached = self._resolved = (self.backend, device, resolve_backend(self.backend, device))
+        return cached[2]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend or 'default'}"

@@ -24,7 +24,23 @@ def is_supported_rmsnorm(module: nn.Module) -> bool:
     return type(module).__name__ in RMSNORM_CLASS_NAMES and hasattr(module, "variance_epsilon")
 
 
-class InterpRMSNorm(LambdaBound, nn.Module):
+class _BlendedGain(LambdaBound):
+    """The per-sequence blended parameter of a norm, shaped to broadcast over an input [B, ..., D]."""
+
+    def gain(self, batch: int, ndim: int, name: str = "weight") -> torch.Tensor:
+        """(1-λ_b)·p_I + λ_b·p_T as [B, 1, ..., D] (or [D] when every sequence shares λ)."""
+        p_i, p_t = getattr(self, name), getattr(self, name + "_t")
+        lam, uniform = self.lam_state.for_layer(batch)
+        if uniform is not None:
+            if uniform == 0.0:
+                return p_i
+            if uniform == 1.0:
+                return p_t
+            return blend(p_i, p_t, uniform)
+        return blend(p_i, p_t, lam_view(lam.expand(batch), ndim))
+
+
+class InterpRMSNorm(_BlendedGain, nn.Module):
     """RMSNorm with a per-sequence blended gain; ``weight`` = Instruct side, ``weight_t`` = Thinking side."""
 
     def __init__(self, weight: nn.Parameter, weight_t: nn.Parameter, eps: float, *, lam_state: LambdaState):
@@ -39,16 +55,15 @@ class InterpRMSNorm(LambdaBound, nn.Module):
         return cls(norm.weight, weight_t, norm.variance_epsilon, lam_state=lam_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = lam_view(self.lam_state.for_batch(x.shape[0]), x.dim())
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return blend(self.weight, self.weight_t, lam) * h.to(x.dtype)
+        return self.gain(x.shape[0], x.dim()) * h.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-class InterpLayerNorm(LambdaBound, nn.Module):
+class InterpLayerNorm(_BlendedGain, nn.Module):
     """LayerNorm (elementwise affine) with per-sequence blended weight and bias."""
 
     def __init__(self, norm: nn.LayerNorm, weight_t: nn.Parameter, bias_t: nn.Parameter | None, *,
@@ -65,11 +80,10 @@ class InterpLayerNorm(LambdaBound, nn.Module):
         self.bias_t = bias_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = lam_view(self.lam_state.for_batch(x.shape[0]), x.dim())
         h = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        y = blend(self.weight, self.weight_t, lam) * h
+        y = self.gain(x.shape[0], x.dim()) * h
         if self.bias is not None:
-            y = y + blend(self.bias, self.bias_t, lam)
+            y = y + self.gain(x.shape[0], x.dim(), "bias")
         return y
 
     def extra_repr(self) -> str:

@@ -42,8 +42,23 @@ def default_backend() -> str:
     return name
 
 
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """Return "triton" or "torch" for tensors on `device`; raises ValueError when impossible."""
+    """Return "triton" or "torch" for tensors on `device`; raises ValueError when impossible.
+
+    Answers are cached per (backend, device type, DAMI_BACKEND, TRITON_INTERPRET): layers call this on
+    every forward, and the environment is still read each time, so changing it takes effect."""
+    env = os.environ
+    key = (backend, device.type, env.get("DAMI_BACKEND"), env.get("TRITON_INTERPRET"))
+    found = _RESOLVED.get(key)
+    if found is None:
+        found = _RESOLVED[key] = _resolve(backend, device)
+    return found
+
+
+def _resolve(backend: str | None, device: torch.device) -> str:
     name = default_backend() if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is not one of {BACKENDS}")

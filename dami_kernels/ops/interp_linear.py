@@ -1,11 +1,16 @@
-"""Public functional op: y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T) for every row r."""
+"""Public functional op: y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T) for every row r.
+
+`interp_linear` validates everything (the public API). `interp_linear_layer` is the lean entry that the
+interpolating layers call on every forward: their weights were checked when the pair was built and λ
+when it was set, so it only reshapes and dispatches (host time matters at decode).
+"""
 from __future__ import annotations
 
 import torch
 
 from dami_kernels.ops.backend import resolve_backend
 from dami_kernels.ops.checks import normalize_args
-from dami_kernels.ops.reference import interp_linear_rows_ref
+from dami_kernels.ops.torch_backend import interp_linear_torch
 
 
 def interp_linear(
@@ -24,22 +29,66 @@ def interp_linear(
     x [..., K] (any leading dims, may be non-contiguous); w_i, w_t [N, K]; bias_i, bias_t [N] or None.
     lam: a Python float, a 0-d tensor, a tensor of shape x.shape[:-1] (per row) or x.shape[:1] (per
     sequence, broadcast over the other leading dims). Any finite λ is computed (extrapolation too).
-    Returns [..., N] in x's dtype, accumulated in fp32.
+    Returns [..., N] in x's dtype, accumulated in fp32 (fp32 inputs: exact fp32 products, TF32 only
+    when enabled through torch's own switch). Differentiable on both backends (x, weights, biases, λ).
 
     backend: "auto" (default, or $DAMI_BACKEND), "triton" or "torch"; see `dami_kernels.ops.backend`.
+    float64 inputs run on the torch backend only.
     check_finite: check a tensor λ for NaN/inf (a host sync on CUDA; skipped automatically under
     torch.compile and CUDA-graph capture). Layers whose λ was validated when set pass False.
     Raises ValueError naming the argument on bad shapes, dtypes, devices or non-finite λ.
     """
-    args = normalize_args(x, w_i, w_t, lam, bias_i, bias_t, check_finite=check_finite)
+    name = resolve_backend(backend, x.device) if isinstance(x, torch.Tensor) else "torch"
+    args = normalize_args(x, w_i, w_t, lam, bias_i, bias_t, check_finite=check_finite,
+                          allow_float64=name == "torch")
     if args.x2d.shape[0] == 0:
         return x.new_empty(args.out_shape)
-    if resolve_backend(backend, x.device) == "torch":
-        y = interp_linear_rows_ref(
-            args.x2d, w_i, w_t, args.lam_rows, bias_i, bias_t, lam_scalar=args.lam_scalar
-        )
+    if name == "torch":
+        y = interp_linear_torch(args.x2d, w_i, w_t, args.lam_rows(), bias_i, bias_t, lam_value=args.lam_scalar)
     else:
+        y = _triton_entry()(args.x2d, w_i, w_t, args.lam, bias_i, bias_t, args.seg_len, args.rows_per_lam)
+    return y.reshape(args.out_shape)
+
+
+_TRITON_ENTRY = None
+
+
+def _triton_entry():
+    """`triton_launch.interp_linear_triton`, imported on first use (triton is optional)."""
+    global _TRITON_ENTRY
+    if _TRITON_ENTRY is None:
         from dami_kernels.ops.triton_launch import interp_linear_triton
 
-        y = interp_linear_triton(args.x2d, w_i, w_t, args.lam_rows, bias_i, bias_t, args.seg_len)
-    return y.reshape(args.out_shape)
+        _TRITON_ENTRY = interp_linear_triton
+    return _TRITON_ENTRY
+
+
+def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch.Tensor,
+                        bias_i: torch.Tensor | None, bias_t: torch.Tensor | None, lam_value: float | None,
+                        backend: str) -> torch.Tensor:
+    """The layers' entry. x [B, ..., K]; lam fp32 contiguous on x's device, [B] (per sequence) or [1]
+    (one λ for every row); lam_value: the λ every row shares when known on the host (None otherwise,
+    and always None under torch.compile so that graphs never depend on λ's value); backend: "triton"
+    or "torch", already resolved (`resolve_backend`).
+    Returns [B, ..., N]. Only the cheap structural checks are made here (every statement counts: this
+    runs once per linear per decode step)."""
+    k = w_i.shape[1]
+    if x.shape[-1] != k or x.dtype != w_i.dtype or k == 0:
+        # Rare: the public op gives the precise error message (or the K = 0 result).
+        return interp_linear(x, w_i, w_t, lam if lam.shape[0] > 1 else lam.reshape(()), bias_i, bias_t,
+                             backend=backend, check_finite=False)
+    m = x.numel() // k
+    if m == 0:
+        return x.new_empty(x.shape[:-1] + (w_i.shape[0],))
+    rows_per_lam = max(m // lam.shape[0], 1) if lam.shape[0] > 1 else m
+    if backend == "triton":
+        return _triton_entry()(x, w_i, w_t, lam, bias_i, bias_t, m if lam_value is not None else rows_per_lam,
+                               rows_per_lam)
+    if lam_value is not None:
+        lam_rows = None
+    elif lam.shape[0] == 1 or rows_per_lam == 1:
+        lam_rows = lam
+    else:
+        lam_rows = lam.repeat_interleave(rows_per_lam)
+    y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_rows, bias_i, bias_t, lam_value)
+    return y.reshape(x.shape[:-1] + (w_i.shape[0],))

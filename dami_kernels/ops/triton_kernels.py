@@ -6,7 +6,7 @@ One kernel, four per-tile paths chosen at run time from the λ values of the til
      (same bytes, half the tensor-core work);
   3. dual accumulator: mixed λ -> two fp32 accumulators, per-row blend in the epilogue;
   4. split-K (SPLIT_K > 1, used for small M): each program reduces one K-slice into an fp32 partial
-     [SPLIT_K, M, N] that the launcher sums; with one row tile covering all M rows, both weights are
+     [SPLIT_K, M, N] that `splitk_reduce_kernel` sums and casts (two kernels per call in all); with one row tile covering all M rows, both weights are
      streamed exactly once (the decode path).
 Row tiles can follow sequence boundaries: rows are grouped in segments of SEG_LEN rows (one sequence
 each, when λ is per sequence) and a row tile never straddles two segments, so it always shares one λ.
@@ -16,10 +16,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot(a, b, acc, UPCAST: tl.constexpr):
-    """acc += a @ b. UPCAST: fp32 operands (the CPU interpreter's bf16/fp16 dot is not reliable)."""
+def _dot(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b. UPCAST: fp32 operands (the CPU interpreter's bf16/fp16 dot is not reliable).
+    PRECISION: tl.dot's input_precision for fp32 operands ("ieee": exact fp32, the default; "tf32" only
+    when the user enabled TF32 through torch's switch). Ignored for fp16/bf16 operands."""
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
     return tl.dot(a, b, acc)
 
 
@@ -44,14 +48,14 @@ def _load_w(ptrs, rk, k_left, SWAP_AB: tl.constexpr):
 
 
 @triton.jit
-def _dot_xw(x, w, acc, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
+def _dot_xw(x, w, acc, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc += x @ W^T, or acc^T += W @ x^T with SWAP_AB (the weight is the A operand: on Hopper a
     weight tile computed in registers, such as a blend, then feeds the MMA without a shared-memory
     round trip, and a small M becomes the MMA's narrow N side)."""
     if SWAP_AB:
-        acc = _dot(w, x, acc, UPCAST)
+        acc = _dot(w, x, acc, UPCAST, PRECISION)
     else:
-        acc = _dot(x, w, acc, UPCAST)
+        acc = _dot(x, w, acc, UPCAST, PRECISION)
     return acc
 
 
@@ -75,7 +79,7 @@ def _out_orient(acc, SWAP_AB: tl.constexpr):
 @triton.jit
 def _mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
+            SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """x @ W^T over K in [k_lo, k_hi) -> fp32 [BLOCK_M, BLOCK_N].
 
     x_ptrs and w_ptrs point at the first K-tile (rows and columns already clamped in range, laid out
@@ -86,7 +90,7 @@ def _mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
         k_left = k_hi - k0
         a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
         b = _load_w(w_ptrs, rk, k_left, SWAP_AB)
-        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST, PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
     return _out_orient(acc, SWAP_AB)
@@ -95,7 +99,7 @@ def _mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
 @triton.jit
 def _mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
+              SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """x @ ((1-λ)W_I + λW_T)^T for one scalar λ: the blend is done per K-tile in registers (fp32,
     rounded to the weights' dtype) and feeds ONE matrix product. Returns fp32 [BLOCK_M, BLOCK_N]."""
     acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
@@ -106,7 +110,7 @@ def _mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
         bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
         bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
         b = ((1.0 - lam) * bi.to(tl.float32) + lam * bt.to(tl.float32)).to(bi.dtype)
-        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST, PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         wi_ptrs += BLOCK_K * stride_wk
         wt_ptrs += BLOCK_K * stride_wk
@@ -116,7 +120,7 @@ def _mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
 @triton.jit
 def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             SWAP_AB: tl.constexpr, UPCAST: tl.constexpr):
+             SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(x @ W_I^T, x @ W_T^T) with two fp32 accumulators; each x tile is loaded once."""
     acc_i = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
     acc_t = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
@@ -126,31 +130,36 @@ def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
         a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
         bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
         bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
-        acc_i = _dot_xw(a, bi, acc_i, SWAP_AB, UPCAST)
-        acc_t = _dot_xw(a, bt, acc_t, SWAP_AB, UPCAST)
+        acc_i = _dot_xw(a, bi, acc_i, SWAP_AB, UPCAST, PRECISION)
+        acc_t = _dot_xw(a, bt, acc_t, SWAP_AB, UPCAST, PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         wi_ptrs += BLOCK_K * stride_wk
         wt_ptrs += BLOCK_K * stride_wk
     return _out_orient(acc_i, SWAP_AB), _out_orient(acc_t, SWAP_AB)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "K_PER_SPLIT", "ROWS_PER_LAM",
+                                "stride_xm", "stride_os"])
 def interp_linear_kernel(
     x_ptr, wi_ptr, wt_ptr, bi_ptr, bt_ptr, lam_ptr, out_ptr, path_ptr,
-    M, N, K, SEG_LEN, TILES_PER_SEG, NUM_PID_M, K_PER_SPLIT,
+    M, N, K, SEG_LEN, TILES_PER_SEG, NUM_PID_M, K_PER_SPLIT, ROWS_PER_LAM,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_os, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, BLEND: tl.constexpr, UPCAST: tl.constexpr,
-    RECORD_PATH: tl.constexpr, SWAP_AB: tl.constexpr,
+    RECORD_PATH: tl.constexpr, SWAP_AB: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (NUM_PID_M * cdiv(N, BLOCK_N), SPLIT_K).
 
-    x [M, K] (any strides), W_I/W_T [N, K] (same strides), biases [N], lam [M] fp32 (per row),
+    x [M, K] (any strides), W_I/W_T [N, K] (same strides), biases [N], lam [ceil(M / ROWS_PER_LAM)]
+    fp32 (row r reads lam[r // ROWS_PER_LAM]: 1 per row, T per sequence of T rows, >= M for a scalar),
     out [SPLIT_K, M, N] (stride_os ignored when SPLIT_K == 1). NUM_PID_M = segments * TILES_PER_SEG.
     SKIP / BLEND switch the endpoint-skip and blend-in-registers paths on (tests switch them off to
     reach the dual-accumulator path with uniform λ). RECORD_PATH: write the path each program took to
     path_ptr [grid0, SPLIT_K] (0: W_I only, 1: W_T only, 2: blend, 3: dual), for tests. SWAP_AB:
-    compute each tile transposed (W @ x^T), see `_dot_xw`.
+    compute each tile transposed (W @ x^T), see `_dot_xw`. INT64: 64-bit element offsets (the launcher
+    sets it when an offset of this launch can reach 2**31). PRECISION: see `_dot`.
+    Arguments that change from call to call (M and what derives from it) are not specialized, so a
+    decode loop or a new prompt length never triggers a recompile.
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -173,14 +182,14 @@ def interp_linear_kernel(
     k_lo = pid_k * K_PER_SPLIT
     k_hi = min(k_lo + K_PER_SPLIT, K)
 
-    lam = tl.load(lam_ptr + rows, mask=row_mask, other=0.0)
+    lam = tl.load(lam_ptr + rows // ROWS_PER_LAM, mask=row_mask, other=0.0)
     lam_lo = tl.min(tl.where(row_mask, lam, float("inf")), axis=0)
     lam_hi = tl.max(tl.where(row_mask, lam, float("-inf")), axis=0)
-    # Bias enters once: only the first K-split loads it (the others see zeros).
-    bias_mask = col_mask & (pid_k == 0)
+    # Bias enters once: only the first K-split adds it (the others add zeros).
     if HAS_BIAS:
-        b_i = tl.load(bi_ptr + cols, mask=bias_mask, other=0.0).to(tl.float32)
-        b_t = tl.load(bt_ptr + cols, mask=bias_mask, other=0.0).to(tl.float32)
+        first = (pid_k == 0).to(tl.float32)
+        b_i = tl.load(bi_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) * first
+        b_t = tl.load(bt_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) * first
     else:
         b_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
         b_t = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -191,6 +200,10 @@ def interp_linear_kernel(
     rows_c = tl.where(row_mask, rows, 0)
     cols_c = tl.where(col_mask, cols, 0)
     rk = k_lo + tl.arange(0, BLOCK_K)
+    if INT64:
+        rows_c = rows_c.to(tl.int64)
+        cols_c = cols_c.to(tl.int64)
+        rk = rk.to(tl.int64)
     if SWAP_AB:
         x_ptrs = x_ptr + rows_c[None, :] * stride_xm + rk[:, None] * stride_xk
         w_offs = cols_c[:, None] * stride_wn + rk[None, :] * stride_wk
@@ -201,23 +214,45 @@ def interp_linear_kernel(
     if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
         path = tl.full((), 0, tl.int32)
         out = _mm_one(x_ptrs, wi_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST) + b_i[None, :]
+                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION) + b_i[None, :]
     elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
         path = tl.full((), 1, tl.int32)
         out = _mm_one(x_ptrs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST) + b_t[None, :]
+                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION) + b_t[None, :]
     elif BLEND and (lam_lo == lam_hi):
         path = tl.full((), 2, tl.int32)
         out = _mm_blend(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, lam_lo, k_lo, k_hi,
-                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST)
+                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
         out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
     else:
         acc_i, acc_t = _mm_dual(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, k_lo, k_hi,
-                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST)
+                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
         lam2 = lam[:, None]
         out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
 
-    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om + cols[None, :] * stride_on
+    rows_o = rows
+    cols_o = cols
+    split_off = pid_k * stride_os
+    if INT64:
+        rows_o = rows.to(tl.int64)
+        cols_o = cols.to(tl.int64)
+        split_off = pid_k.to(tl.int64) * stride_os
+    out_ptrs = out_ptr + split_off + rows_o[:, None] * stride_om + cols_o[None, :] * stride_on
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
     if RECORD_PATH:
         tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+
+
+@triton.jit(do_not_specialize=["MN"])
+def splitk_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, INT64: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """out[i] = sum_s part[s, i], cast to out's dtype. part [SPLIT_K, M*N] fp32 contiguous, out [M*N]
+    contiguous. Grid: (cdiv(MN, BLOCK),). The second (and last) kernel of a split-K launch."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        offs = offs.to(tl.int64)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -275,8 +275,8 @@ def test_layer_entry_keeps_leading_dims_of_strided_inputs():
 
     state = LambdaState(torch.tensor([0.2, 0.9]))
     lin = nn.Linear(24, 10)
-    layers = [InterpLinear.from_linear(lin, state, nn.Parameter(torch.randn(10, 24)), nn.Parameter(torch.randn(10)),
-                                       backend=b) for b in ("triton", "torch")]
+    w_t, b_t = nn.Parameter(torch.randn(10, 24)), nn.Parameter(torch.randn(10))
+    layers = [InterpLinear.from_linear(lin, state, w_t, b_t, backend=b) for b in ("triton", "torch")]
     h = torch.randn(2, 5, 24)
     for x in (h, h[:, -1:, :], h.transpose(0, 1).contiguous().transpose(0, 1)):
         with torch.no_grad():

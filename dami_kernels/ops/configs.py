@@ -83,46 +83,57 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool) -> KernelConfig:
-    """Default configs. The GPU ones were picked (untimed) so that sm_90 builds keep every variant
-    free of register spills and within shared memory (`scripts/compile_check.py`); timing-based
-    tuning on a GPU overrides them through the tuned table."""
+def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool,
+               k_contiguous: bool = True) -> KernelConfig:
+    """Default configs. The GPU ones were picked (untimed) so that the sm_90 builds of exactly what
+    the launcher runs keep every variant free of register spills and within shared memory
+    (`scripts/compile_check.py`); timing-based tuning on a GPU overrides them through the tuned table.
+    fp32 products are exact fp32 (FMA, not tensor cores), which needs smaller tiles than bf16/fp16.
+    k_contiguous=False: weights strided along K (the autograd backward's W^T views), whose loads do
+    not vectorize; decode then takes half the K tile (the full one spills)."""
     bucket = m_bucket(m)
+    fp32 = elem_bytes == 4
     if bucket <= DECODE_MAX_M:
         # Decode: one row tile holds all rows, so each weight byte is read once; split K until the
         # grid covers the GPU about twice.
         block_m = max(16, _next_pow2(m))
         if not on_gpu:
             return KernelConfig(block_m, 32, 32, split_k=max(1, min(4, k // 64)), group_m=1, num_stages=1)
-        block_n, block_k = 64, 64
+        if fp32:
+            block_n, block_k = (32, 32) if block_m == 16 else (64, 16)
+        else:
+            block_n, block_k = 64, (64 if k_contiguous else 32)
         tiles_n = -(-n // block_n)
         split = max(1, min(-(-2 * sms // tiles_n), k // (4 * block_k)))
         warps = 4 if block_m == 16 else 8
-        stages = 3 if (elem_bytes == 4 or block_m > 16) else 4
+        stages = 3 if (fp32 or block_m > 16) else 4
         return KernelConfig(block_m, block_n, block_k, split_k=split, group_m=1, num_warps=warps,
                             num_stages=stages)
     if not on_gpu:
         return KernelConfig(32, 32, 32, group_m=4, num_stages=1)
+    if fp32:
+        return KernelConfig(64, 64, 16, group_m=8, num_warps=8, num_stages=3)
     if bucket <= 256:
-        return KernelConfig(64, 128, 32, group_m=8, num_warps=8, num_stages=4 if elem_bytes == 2 else 3)
-    return KernelConfig(128, 64, 64 if elem_bytes == 2 else 32, group_m=8, num_warps=8, num_stages=3)
+        return KernelConfig(64, 128, 32, group_m=8, num_warps=8, num_stages=4)
+    return KernelConfig(128, 64, 32, group_m=8, num_warps=8, num_stages=4)
 
 
 @lru_cache(maxsize=None)
 def _cached_config(bucket: int, n: int, k: int, dtype: torch.dtype, device_key: str,
-                   sms: int, on_gpu: bool) -> KernelConfig:
-    entry = _tuned_table(device_key).get(table_key(n, k, bucket, dtype))
+                   sms: int, on_gpu: bool, k_contiguous: bool = True) -> KernelConfig:
+    entry = _tuned_table(device_key).get(table_key(n, k, bucket, dtype)) if k_contiguous else None
     if entry is not None:
         return KernelConfig(**entry)
-    return _heuristic(bucket, n, k, torch.empty((), dtype=dtype).element_size(), sms, on_gpu)
+    return _heuristic(bucket, n, k, torch.empty((), dtype=dtype).element_size(), sms, on_gpu, k_contiguous)
 
 
 def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
-                seg_len: int = 1) -> KernelConfig:
-    """Config for an [M, K] x [N, K]^T problem (cached per M bucket; seg_len is not part of the key)."""
+                seg_len: int = 1, k_contiguous: bool = True) -> KernelConfig:
+    """Config for an [M, K] x [N, K]^T problem (cached per M bucket; seg_len is not part of the key).
+    k_contiguous: the weights are contiguous along K (tuned tables cover only that layout)."""
     del seg_len  # segment tiling is decided by KernelConfig.follow_segments at launch
     return _cached_config(m_bucket(m), n, k, dtype, _device_key(device), _sm_count(device),
-                          device.type == "cuda")
+                          device.type == "cuda", k_contiguous)
 
 
 def config_to_json(cfg: KernelConfig) -> dict:

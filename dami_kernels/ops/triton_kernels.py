@@ -138,7 +138,7 @@ def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
     return _out_orient(acc_i, SWAP_AB), _out_orient(acc_t, SWAP_AB)
 
 
-@triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "K_PER_SPLIT", "ROWS_PER_LAM",
+@triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM",
                                 "stride_xm", "stride_os"])
 def interp_linear_kernel(
     x_ptr, wi_ptr, wt_ptr, bi_ptr, bt_ptr, lam_ptr, out_ptr, path_ptr,

@@ -102,7 +102,7 @@ def plan_launch(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
 
 
 def _make_plan(m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strides, config) -> LaunchPlan:
-    cfg = config or pick_config(m, n, k, dtype, device, seg_len)
+    cfg = config or pick_config(m, n, k, dtype, device, seg_len, k_contiguous=w_strides[1] == 1)
     # Segments: row tiles follow sequence boundaries when a segment fills most of its tiles.
     if cfg.follow_segments(seg_len, m):
         seg, tiles_per_seg = seg_len, _cdiv(seg_len, cfg.block_m)

@@ -5,6 +5,8 @@ For each Qwen3-4B shape and M bucket it checks every candidate config against th
 on the bucket's scenarios (decode: mixed λ and all-λ=0; prefill: per-sequence λ and mixed per-row λ),
 and keeps the config with the smallest summed time. The launcher reads the table from
 dami_kernels/ops/tuned/<GPU name>.json (or $DAMI_TUNED_TABLE), so no tuning happens at run time.
+The table is written after every (shape, bucket), and --budget-s is checked before every candidate,
+so a timeout or a kill keeps every bucket finished so far.
 
     PYTHONPATH=. python scripts/tune_kernels.py --out dami_kernels/ops/tuned/NVIDIA_H100_80GB_HBM3.json
 """
@@ -59,27 +61,45 @@ def main() -> int:
     dtype = torch.bfloat16
     start = time.time()
     table, log = {}, []
+    card = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter smoke run)"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"device": card, "torch": torch.__version__, "configs": table, "log": log},
+                                  indent=1))
+        tmp.replace(args.out)  # atomic: a kill never leaves half a table
+
+    over = False
     for name in (args.shapes.split(",") if args.shapes else shapes):
+        if over:
+            break
         n, k = shapes[name]
         w_i = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
         w_t = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
         for m in (int(b) for b in args.buckets.split(",")):
             if time.time() - start > args.budget_s:
                 print(f"budget of {args.budget_s} s spent; stopping at {name} M={m}")
+                over = True
                 break
             x = torch.randn(m, k, device=device).to(dtype)
             cases = []
-            for scen, lam_rows, lam_arg, view in scenarios(m, device):
+            for scen, _lam_rows, lam_arg, view in scenarios(m, device):
                 a = normalize_args(x.view(*view, k), w_i, w_t, lam_arg)
                 ref = interp_linear_fp64(x.view(*view, k), w_i, w_t, lam_arg).reshape(m, n)
                 cases.append((scen, a, ref))
             best = None
             for cfg in candidates(m, k)[:3 if args.tiny else None]:
+                if time.time() - start > args.budget_s:
+                    print(f"budget of {args.budget_s} s spent inside {name} M={m}: best so far kept")
+                    over = True
+                    break
                 total = 0.0
                 try:
                     for scen, a, ref in cases:
                         def fn(a=a, cfg=cfg):
-                            return launch_interp_linear(a.x2d, w_i, w_t, a.lam_rows, None, None, a.seg_len, config=cfg)
+                            return launch_interp_linear(a.x2d, w_i, w_t, a.lam, None, None, a.seg_len, config=cfg,
+                                                        rows_per_lam=a.rows_per_lam)
                         err = ((fn().double() - ref).norm() / ref.norm()).item()
                         if not err <= 1e-2:
                             raise ValueError(f"relative error {err:.2e}")
@@ -93,9 +113,8 @@ def main() -> int:
             if best:
                 table[table_key(n, k, m, dtype)] = config_to_json(best[1])
                 print(f"{name:8} M={m:5} best {best[0]:.4f} ms {best[1]}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter smoke run)"
-    args.out.write_text(json.dumps({"device": card, "configs": table, "log": log}, indent=1))
+            write()
+    write()
     return 0
 
 

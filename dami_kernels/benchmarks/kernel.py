@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -91,8 +92,9 @@ class Rotating:
         return self.sets[self.i]
 
 
-def providers(x, x_view, lam_rows, lam_arg, rot: Rotating):
-    """x [M, K] for the torch baselines; x_view: the same rows as [B, T, K] when λ is per sequence."""
+def providers(x, x_view, lam_rows, lam_arg, rot: Rotating, backend: str = "triton"):
+    """x [M, K] for the torch baselines; x_view: the same rows as [B, T, K] when λ is per sequence.
+    backend: the fused provider's backend (triton, or the torch reference in a CPU run without triton)."""
     n = rot.sets[0][0].shape[0]
     lam_col = lam_rows.to(x.dtype).unsqueeze(-1)
 
@@ -111,7 +113,7 @@ def providers(x, x_view, lam_rows, lam_arg, rot: Rotating):
 
     def fused():
         w_i, w_t, _, _ = rot.next()
-        return interp_linear(x_view, w_i, w_t, lam_arg, backend="triton", check_finite=False)
+        return interp_linear(x_view, w_i, w_t, lam_arg, backend=backend, check_finite=False)
 
     return {"merged": merged, "unfused": unfused, "catgemm": catgemm, "fused": fused}
 
@@ -133,15 +135,43 @@ def scenarios(m: int, device: str):
     return out
 
 
-def run(shapes: dict, ms, dtype: torch.dtype, device: str, bandwidth: float, log=print):
+def cpu_fused_backend() -> str:
+    """The fused provider's backend in a CPU smoke run: the real Triton kernel through the interpreter, else
+    the torch reference when triton is not installed. Sets TRITON_INTERPRET=1 when triton is not imported
+    yet (its @jit functions, triton's own included, are built in interpreter mode only if it is set first)."""
+    import importlib.util
+
+    from dami_kernels.ops import interpreting
+
+    if importlib.util.find_spec("triton") is None:
+        return "torch"
+    if not interpreting():
+        if "triton" in sys.modules:
+            raise ValueError("triton was imported without TRITON_INTERPRET=1: set it before starting, "
+                             "or run the benchmark in a new process")
+        os.environ["TRITON_INTERPRET"] = "1"
+    return "triton"
+
+
+def run(shapes: dict, ms, dtype: torch.dtype, device: str, bandwidth: float, log=print, backend: str = "triton",
+        budget_s: float | None = None, on_record=None, skipped: list | None = None):
+    """Time every provider per (shape, M, scenario). budget_s: start no new (shape, M) after this many
+    seconds (those are appended to `skipped`); on_record(records) runs after every record, so a run cut
+    short keeps what it measured."""
     time_ms = timer(device)
     records = []
+    start = time.perf_counter()
     for name, (n, k) in shapes.items():
-        rot = Rotating(n, k, dtype, device)
+        rot = None
         for m in ms:
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                if skipped is not None:
+                    skipped.append({"shape": name, "M": m})
+                continue
+            rot = rot or Rotating(n, k, dtype, device)
             x_flat = torch.randn(m, k, device=device).to(dtype)
             for scen, lam_rows, lam_arg, view in scenarios(m, device):
-                provs = providers(x_flat, x_flat.view(*view, k), lam_rows, lam_arg, rot)
+                provs = providers(x_flat, x_flat.view(*view, k), lam_rows, lam_arg, rot, backend)
                 rec = {"shape": name, "N": n, "K": k, "M": m, "scenario": scen}
                 for prov, fn in provs.items():
                     rec[prov] = time_ms(fn)
@@ -153,6 +183,8 @@ def run(shapes: dict, ms, dtype: torch.dtype, device: str, bandwidth: float, log
                 rec["fused_over_floor"] = rec["fused"] / rec["floor_two_weights"]
                 records.append(rec)
                 log(format_row(rec))
+                if on_record is not None:
+                    on_record(records)
     return records
 
 
@@ -173,6 +205,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     parser.add_argument("--shapes", default=None, help="comma list of shape names")
     parser.add_argument("--m", default=None, help="comma list of M values")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new (shape, M) after this many seconds (default: no limit)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.tiny:
@@ -183,13 +217,16 @@ def main(argv=None) -> int:
     ms = [int(v) for v in args.m.split(",")] if args.m else (
         (1, 16, 256) if args.tiny else DECODE_M + PREFILL_M)
     dtype = DTYPES[args.dtype] if device == "cuda" else torch.float32
+    backend = "triton" if device == "cuda" else cpu_fused_backend()
     bandwidth = copy_bandwidth(device)
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"device: {card}; copy bandwidth {bandwidth / 1e12:.3f} TB/s (read+write); dtype {dtype}")
-    print("times in ms (medians)" + (" - CPU smoke run, not a performance number" if device == "cpu" else ""))
-    print(HEADER)
-    records = run(shapes, ms, dtype, device, bandwidth)
-    meta = {"device": card, "torch": torch.__version__, "dtype": str(dtype),
+    if device == "cpu":
+        print("CPU smoke run, not a performance number: fused = " + (
+            "the Triton kernel through the interpreter (TRITON_INTERPRET=1)" if backend == "triton"
+            else "the torch reference (triton is not installed)"))
+    meta = {"device": card, "torch": torch.__version__, "dtype": str(dtype), "fused_backend": backend,
+            "interpreter": device == "cpu" and backend == "triton",
             "copy_bandwidth_Bps": bandwidth, "timer": "do_bench median" if device == "cuda" else "cpu median"}
     try:
         import triton
@@ -198,7 +235,22 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    skipped: list = []
+
+    def write(records) -> None:  # after every record: a run cut short keeps its numbers
+        meta["skipped_over_budget"] = skipped
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+        tmp.replace(args.out)
+
+    print("times in ms (medians)")
+    print(HEADER)
+    records = run(shapes, ms, dtype, device, bandwidth, backend=backend, budget_s=args.budget_s,
+                  on_record=write, skipped=skipped)
+    write(records)
+    if skipped:
+        print(f"skipped over the {args.budget_s:.0f} s budget: "
+              + ", ".join(f"{s['shape']}/M={s['M']}" for s in skipped))
     return 0
 
 

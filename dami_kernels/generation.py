@@ -2,9 +2,17 @@
 
 λ is expanded per returned row (max(num_beams, num_return_sequences) rows per prompt, the order HF
 generate uses) and set in place on the model's λ state for the duration of each batch.
+
+`generate(..., compile=True)` runs the decode step through transformers' own compiled path: a static KV
+cache (``cache_implementation="static"``) plus a ``compile_config``, which makes ``model.generate``
+wrap the model's forward in ``torch.compile`` (``model.get_compiled_call``) for every decode step; the
+prefill stays eager. λ is read from the model's λ buffer, which is updated in place between batches, so
+changing λ (uniform or mixed) between calls reuses the compiled graph (and the CUDA graphs of
+``mode="reduce-overhead"``) without recompiling.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -63,8 +71,108 @@ def count_generated(tokens: list[int], eos_ids: set[int]) -> int:
     return len(tokens)
 
 
+# Cache implementations transformers can compile the decode step with (its STATIC_CACHE_IMPLEMENTATIONS).
+COMPILE_CACHE_IMPLEMENTATIONS = ("static", "offloaded_static")
+
+
+def compile_config_for(device, backend: str = "inductor"):
+    """The transformers `CompileConfig` that `generate(compile=...)` uses on `device`.
+
+    backend "inductor" (the default): mode="reduce-overhead" on CUDA (inductor kernels plus CUDA graphs,
+    transformers' own default) and mode="default" elsewhere (CUDA graphs need CUDA; on the CPU inductor
+    needs a C++ compiler). Any other torch.compile backend ("aot_eager", "eager", ...) runs with no mode.
+    The config is flagged to compile on every device (transformers' `generate` compiles on accelerators
+    such as CUDA and XPU only unless `_compile_all_devices` is set).
+    """
+    from transformers import CompileConfig
+
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"compile backend must be a non-empty string such as 'inductor', got {backend!r}")
+    device = torch.device(device)
+    if backend == "inductor":
+        config = CompileConfig(backend=backend, mode="reduce-overhead" if device.type == "cuda" else "default")
+    else:
+        config = CompileConfig(backend=backend, mode=None)
+    config._compile_all_devices = True
+    return config
+
+
+def resolve_compile(compile, device):
+    """`generate`'s compile argument as a transformers CompileConfig, or None for eager decoding.
+
+    False/None: eager. True: `compile_config_for(device)`. A string: that torch.compile backend
+    (`compile_config_for(device, backend)`). A `transformers.CompileConfig`: used as given (a copy,
+    flagged to compile on every device).
+    """
+    from transformers import CompileConfig
+
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return compile_config_for(device)
+    if isinstance(compile, str):
+        return compile_config_for(device, compile)
+    if isinstance(compile, CompileConfig):
+        config = copy.deepcopy(compile)
+        config._compile_all_devices = True
+        return config
+    raise ValueError(f"compile must be a bool, a torch.compile backend name or a transformers CompileConfig, "
+                     f"got {type(compile).__name__}")
+
+
+# The options that select a generation mode other than greedy/sampling, named in the error. Beam search
+# never runs the compiled forward in transformers 5.x (`_beam_search` calls the model directly); assisted
+# decoding takes one sequence per call.
+_MODE_OPTIONS = {
+    "beam_search": "num_beams > 1", "beam_sample": "num_beams > 1",
+    "group_beam_search": "num_beam_groups > 1", "constrained_beam_search": "constraints / force_words_ids",
+    "contrastive_search": "penalty_alpha with top_k > 1",
+    "assisted_generation": "assistant_model / prompt_lookup_num_tokens / assistant_early_exit / use_mtp",
+}
+
+
+def compile_generation_kwargs(model, generation_kwargs: dict, config, max_prompt_len: int) -> dict:
+    """`generation_kwargs` for a compiled decode: static cache, `compile_config`, one cache length for all
+    batches. Raises ValueError naming the option when the options cannot run compiled."""
+    from transformers.generation import GenerationMode
+
+    kwargs = dict(generation_kwargs)
+    for key in ("compile_config", "disable_compile"):
+        if key in kwargs:
+            raise ValueError(f"{key} cannot be combined with compile=...; pass a transformers CompileConfig "
+                             "as compile= instead")
+    for key in ("past_key_values", "cache"):
+        if kwargs.get(key) is not None:
+            raise ValueError(f"{key} is not supported with compile=True (the compiled decode step builds its "
+                             "own static cache)")
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("custom_generate is not supported with compile=True (only transformers' own greedy "
+                         "and sampling loop runs the compiled forward)")
+    cache_impl = kwargs.get("cache_implementation")
+    if cache_impl is not None and cache_impl not in COMPILE_CACHE_IMPLEMENTATIONS:
+        raise ValueError(f"cache_implementation={cache_impl!r} cannot be compiled; compile=True needs one of "
+                         f"{COMPILE_CACHE_IMPLEMENTATIONS} (the default is 'static')")
+    gen_config = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
+    gen_config.update(**{k: v for k, v in kwargs.items() if k != "generation_config"})
+    if gen_config.use_cache is False:
+        raise ValueError("use_cache=False is not supported with compile=True (the decode step needs the static "
+                         "KV cache)")
+    mode = gen_config.get_generation_mode(kwargs.get("assistant_model"))
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        option = _MODE_OPTIONS.get(str(getattr(mode, "value", mode)), "the generation options")
+        raise ValueError(f"compile=True supports greedy decoding and sampling only: {option} selects "
+                         f"{getattr(mode, 'value', mode)}; use compile=False")
+    kwargs["cache_implementation"] = cache_impl or "static"
+    kwargs["compile_config"] = config
+    # One static cache length for every batch of this call (and never shorter than an earlier call's:
+    # transformers keeps the longest), so that batches with shorter prompts reuse the compiled graph.
+    if gen_config.max_cache_len is None and gen_config.max_new_tokens is not None:
+        kwargs["max_cache_len"] = max_prompt_len + int(gen_config.max_new_tokens)
+    return kwargs
+
+
 def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, chat_template: bool | None = None,
-             progress: bool = True, **generation_kwargs) -> list[GenerationResult]:
+             progress: bool = True, compile=False, **generation_kwargs) -> list[GenerationResult]:
     """Generate for every prompt at its own λ; returns results ordered by prompt, then returned sequence.
 
     prompts: a string or a list of strings. lam: one number for all prompts, or a list / 1-D tensor
@@ -73,6 +181,13 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     always (error without one). generation_kwargs go to `model.generate` (e.g. max_new_tokens,
     do_sample, num_beams, num_return_sequences). The prompts are left-padded; `num_tokens` counts
     generated tokens up to and including EOS, never padding.
+
+    compile: False (eager decoding), True, a torch.compile backend name, or a transformers CompileConfig.
+    When set, the decode step runs compiled with a static KV cache: on CUDA, True means inductor with
+    mode="reduce-overhead" (CUDA graphs); on other devices inductor with mode="default". Greedy decoding
+    and sampling only (num_beams > 1, assisted decoding, a dynamic cache or use_cache=False are a
+    ValueError). λ is updated in place, so later calls with new λ values, the same batch size and no
+    longer prompts + max_new_tokens reuse the compiled graph; a new batch size compiles once more.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -95,8 +210,12 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     n_return = int(generation_kwargs.get("num_return_sequences") or
                    getattr(generation_kwargs.get("generation_config") or model.generation_config,
                            "num_return_sequences", None) or 1)
-    encoded = encode_prompts(tokenizer, prompts, chat_template)
     device = state.lam.device
+    compile_config = resolve_compile(compile, device)
+    encoded = encode_prompts(tokenizer, prompts, chat_template)
+    if compile_config is not None:
+        generation_kwargs = compile_generation_kwargs(model, generation_kwargs, compile_config,
+                                                      max(len(e) for e in encoded))
     results: list[GenerationResult] = []
     starts = range(0, len(prompts), batch_size)
     with tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:

@@ -9,7 +9,8 @@ setup(
     include_package_data=True,
     package_data={"dami_kernels": ["testbed/assets/**/*", "estimators/assets/**/*", "ops/tuned/*.json"]},
     python_requires=">=3.10",
-    # Install torch==2.13.0 (a CPU build) before this package: a bare `torch` requirement
+    # torch==2.13.0 is the version CI tests; install it before this package (on a CPU-only machine from
+    # PyTorch's CPU wheel index, see the README): a bare `torch` requirement
     # otherwise resolves to a CUDA build of several GB.
     install_requires=[
         "torch>=2.4",
@@ -18,9 +19,12 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        "math-verify>=0.9",  # grades MATH/AIME answers in `dami eval` (evaluation/grading.py)
     ],
     extras_require={
         "triton": ["triton>=3.6"],
+        # `dami lm-eval` and the `dami` model for lm-evaluation-harness (dami_kernels/integrations/lm_eval.py)
+        "eval": ["lm-eval[hf]>=0.4.13", "math-verify>=0.9"],
         "test": [
             "pytest>=8",
             "hypothesis>=6",
@@ -29,7 +33,14 @@ setup(
             # GPU machines) needs numpy<2.4 in its interpreter.
             "triton==3.6.0",
             "numpy<2.4",
+            # tests/test_lm_eval.py runs lm-eval on the testbed pair (the subclass uses HFLM internals)
+            "lm-eval[hf]==0.4.13",
         ],
     },
-    entry_points={"console_scripts": ["dami=dami_kernels.cli:main"]},
+    entry_points={
+        "console_scripts": ["dami=dami_kernels.cli:main"],
+        # lm-eval's plugin entry points (read by lm-eval releases after 0.4.13; on 0.4.13 use `dami lm-eval`)
+        "lm_eval.models": ["dami = dami_kernels.integrations.lm_eval:DamiLM"],
+        "lm_eval.filters": ["dami_answer = dami_kernels.integrations.lm_eval:DamiAnswerFilter"],
+    },
 )

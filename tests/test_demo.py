@@ -1,5 +1,7 @@
 """`dami demo` on a small N (report schema; numbers agree with the per-item logs) and
 `dami estimate train` on a small train split (files, round trip, falling loss)."""
+import contextlib
+import io
 import json
 
 import pytest
@@ -11,10 +13,30 @@ METHOD_KEYS = {"instruct", "thinking", "dami_conf", "dami_pref", "oracle"}
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """(output directory, what the command printed)."""
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--n", "16", "--seed", "7", "--quiet"]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--n", "16", "--seed", "7", "--quiet"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
+
+
+def test_demo_prints_its_tables(demo_run):
+    from dami_kernels.evaluation.sweep import table_markdown
+    from dami_kernels.workflows.demo import methods_markdown, targets_markdown
+
+    out, printed = demo_run
+    r = json.loads((out / "report.json").read_text())
+    for table in (table_markdown(r["sweep"], r["continuity"]), methods_markdown(r), targets_markdown(r)):
+        assert table in printed
+    conf = r["methods"]["dami_conf"]
+    assert f"| dami_conf | {conf['accuracy']:.3f} | {conf['mean_tokens']:.1f} | {conf['mean_lam']:.2f} |" in printed
 
 
 def test_demo_report_schema(demo_dir):

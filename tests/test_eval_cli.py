@@ -1,13 +1,15 @@
 """`dami eval` and `dami sweep` on the shipped testbed pair with a small N: the summaries agree with the
-per-item logs, and the logs agree with the answer checker."""
+per-item logs, the logs agree with the grader, and the printed tables hold the summaries' numbers."""
 import json
 import math
 
 import pytest
 
 from dami_kernels.cli import main
-from dami_kernels.evaluation import answers_match, extract_answer
+from dami_kernels.evaluation import grade
 from dami_kernels.evaluation.runner import read_records
+from dami_kernels.evaluation.sweep import table_markdown
+from dami_kernels.evaluation.tables import summary_markdown
 
 
 def check_log_and_summary(items_path, summary):
@@ -16,15 +18,18 @@ def check_log_and_summary(items_path, summary):
     assert summary["accuracy"] == pytest.approx(sum(r.correct for r in records) / len(records))
     assert summary["mean_tokens"] == pytest.approx(sum(r.tokens for r in records) / len(records))
     for r in records:
-        assert r.correct == answers_match(extract_answer(r.output), r.answer)
+        assert (r.pred, r.correct) == grade(r.output, r.answer)  # testbed answers: the exact grader
         assert r.tokens >= 1
     return records
 
 
-def test_eval_fixed_lambda(tmp_path):
+def test_eval_fixed_lambda(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--n", "10", "--seed", "3", "--lam", "0.3", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    printed = capsys.readouterr().out
+    assert summary_markdown(summary) in printed
+    assert f"| {summary['n']} | {summary['accuracy']:.3f} | {summary['mean_tokens']:.1f} | 0.300 |" in printed
     records = check_log_and_summary(out / "items.jsonl", summary)
     assert {r.lam for r in records} == {0.3}
     assert summary["tokens_per_s"] > 0 and math.isfinite(summary["tokens_per_s"])
@@ -45,10 +50,14 @@ def test_eval_with_estimator_and_data_file(tmp_path):
     assert summary["mean_lam"] == pytest.approx(sum(r.lam for r in records) / len(records))
 
 
-def test_sweep_table_matches_log(tmp_path):
+def test_sweep_table_matches_log(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", "--n", "8", "--seed", "4", "--grid", "0,0.5,1", "--out", str(out)]) == 0
     result = json.loads((out / "sweep.json").read_text())
+    printed = capsys.readouterr().out
+    assert table_markdown(result["table"], result["continuity"]) in printed
+    half = next(row for row in result["table"] if row["lam"] == 0.5)
+    assert f"| 0.5 | {half['accuracy']:.3f} | {half['mean_tokens']:.1f} |" in printed
     records = read_records(out / "sweep_items.jsonl")
     assert [row["lam"] for row in result["table"]] == [0.0, 0.5, 1.0]
     for row in result["table"]:

@@ -10,8 +10,11 @@ import argparse
 import importlib
 import sys
 
-# Subcommand modules, in the order `dami --help` lists them.
-SUBCOMMANDS = ["demo", "generate", "merge", "sweep", "estimate", "eval", "bench"]
+from dami_kernels.cli.common import attach_dash_values
+
+# Subcommand modules, in the order `dami --help` lists them. Each imports torch, transformers and the
+# rest only when its command runs, so that `dami --help` starts at once.
+SUBCOMMANDS = ["demo", "generate", "merge", "sweep", "estimate", "eval", "lm_eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,18 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own command line gets the rest unchanged (no parsing here)
+        from dami_kernels.cli.lm_eval import run_lm_eval
+
+        return guarded("lm-eval", lambda: run_lm_eval(argv[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_dash_values(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return guarded(args.command, lambda: args.func(args))
+
+
+def guarded(command: str, run) -> int:
+    """run() -> exit status; user mistakes print one line and return 2, without a traceback."""
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        print(f"dami {args.command}: error: {err}", file=sys.stderr)
+        print(f"dami {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dami {args.command}: interrupted", file=sys.stderr)
+        print(f"dami {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,7 @@
 """`dami bench`: the fused-kernel microbenchmark (merged / unfused / catgemm / fused in one run).
 
     dami bench --out results.json            # on a GPU: Qwen3-4B shapes, bf16
-    dami bench --out results.json --tiny     # CPU smoke run (needs TRITON_INTERPRET=1 set before start)
+    dami bench --out results.json --tiny     # CPU smoke run: the Triton kernel through the interpreter
 """
 from __future__ import annotations
 

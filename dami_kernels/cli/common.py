@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> None:
@@ -16,6 +17,13 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
                    help="fused-op backend (default: $DAMI_BACKEND or auto)")
     p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: $DAMI_THREADS, else 1 on the tiny testbed pair, "
+                        "else torch's default)")
 
 
 def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_default: int = 0) -> None:
@@ -59,12 +67,16 @@ def pair_dirs(args) -> tuple[str, str]:
 
 
 def load_from_args(args):
-    """(model, tokenizer) for the pair named by the arguments."""
+    """(model, tokenizer) for the pair named by the arguments, after setting torch's threads (--threads,
+    $DAMI_THREADS, else one thread on the tiny testbed pair: see `dami_kernels.testbed.threads`)."""
     import torch
 
     from dami_kernels.hf import load_pair_and_tokenizer
 
+    from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
+
     instruct, thinking = pair_dirs(args)
+    configure_threads(getattr(args, "threads", None), testbed=is_testbed_pair(instruct, thinking), name="--threads")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load_pair_and_tokenizer(
         instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
@@ -118,3 +130,22 @@ def positive_int(name: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")
     return value
+
+
+# Options whose value may start with "-" without being a plain negative number ("-0.5,0,0.5" or
+# "-0.5:1:0.1"): argparse would take such a value for an option flag.
+DASH_VALUE_OPTIONS = ("--grid",)
+
+
+def attach_dash_values(argv: list[str]) -> list[str]:
+    """["--grid", "-0.5,0,1"] -> ["--grid=-0.5,0,1"], so that argparse reads the value as a value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in DASH_VALUE_OPTIONS and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out

@@ -8,8 +8,6 @@ Writes DIR/items.jsonl (prompt, λ, output, tokens, prediction, correct) and DIR
 """
 from __future__ import annotations
 
-import json
-
 from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
                                      load_from_args, positive_int)
 
@@ -35,6 +33,7 @@ def run(args) -> int:
     from dami_kernels.estimators import estimate
     from dami_kernels.estimators.store import load_estimator
     from dami_kernels.evaluation.runner import evaluate
+    from dami_kernels.evaluation.tables import summary_markdown
 
     check_out_dir(args)
     items, max_new_tokens = load_eval_items(args)
@@ -48,6 +47,6 @@ def run(args) -> int:
     res = evaluate(model, tokenizer, items, lams, out_dir=Path(args.out),
                    batch_size=positive_int("--batch-size", args.batch_size),
                    max_new_tokens=max_new_tokens)
-    print(json.dumps(res["summary"], indent=1))
+    print(summary_markdown(res["summary"]))
     print(f"wrote {args.out}/items.jsonl and {args.out}/summary.json")
     return 0

@@ -29,7 +29,7 @@ def run(args) -> int:
     model, tokenizer = load_from_args(args)
     res = run_sweep(model, tokenizer, items, args.out, grid=grid,
                     batch_size=positive_int("--batch-size", args.batch_size), max_new_tokens=max_new_tokens)
-    print(table_markdown(res["table"]))
+    print(table_markdown(res["table"], res["continuity"]))
     print(f"{len(items)} items x {len(grid)} λ in {res['seconds']:.1f} s; wrote {args.out}/sweep.json, "
           f"sweep.md, sweep_items.jsonl, frontier.png")
     return 0

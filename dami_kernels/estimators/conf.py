@@ -121,6 +121,7 @@ def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_pref
     λ=0 row has emitted an EOS.
     """
     from dami_kernels.hf import lambda_scope  # imported here: `estimators` math works without transformers
+    from dami_kernels.hf.kv_cache import cache_kwarg, output_cache
 
     prompts = check_prompts(prompts)
     max_answer_tokens = _check_positive_int(max_answer_tokens, "max_answer_tokens")
@@ -133,6 +134,7 @@ def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_pref
     ids, attn = left_pad(prompt_ids, pad, device)
     pos = position_ids(attn)
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+    cache_arg = cache_kwarg(model)
 
     toks, masks, maxp, jsds, logits_kept = [], [], [], [], []
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -154,8 +156,8 @@ def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_pref
             feed = torch.cat([tok, tok]).unsqueeze(1)  # [2B, 1]: teacher forcing of the λ=1 rows
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=feed, attention_mask=attn, position_ids=pos,
-                        past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                        **{cache_arg: output_cache(out)})
     return ConfTrace(
         answer_ids=torch.stack(toks, dim=1).cpu(),
         answer_mask=torch.stack(masks, dim=1).cpu(),

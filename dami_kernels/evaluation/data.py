@@ -9,6 +9,8 @@ Record formats (one JSON object per line; blank lines are skipped):
 - ``testbed``: ``{"prompt": ..., "answer": ..., "difficulty": 2}`` (also any generic prompt/answer file).
 
 An optional ``id`` (or ``unique_id``) is kept; otherwise the id is ``<file stem>-<line number>``.
+MATH-style items are graded with math-verify, the others with the exact checker (see `grading.py`); a
+record may name its grader (``"grader": "math"`` or ``"exact"``), which `write_items` keeps.
 """
 from __future__ import annotations
 
@@ -19,16 +21,24 @@ from pathlib import Path
 from dami_kernels.evaluation.answers import last_boxed, to_number
 
 FORMATS = ("gsm8k", "math", "testbed")
+GRADERS = ("exact", "math")
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One question: ``prompt`` is the user message (no chat template applied), ``answer`` the reference."""
+    """One question: ``prompt`` is the user message (no chat template applied), ``answer`` the reference,
+    ``grader`` how an output is graded against it: "exact" (numbers and plain answers: testbed, GSM8K) or
+    "math" (LaTeX answers through math-verify: MATH, AIME)."""
 
     id: str
     prompt: str
     answer: str
     difficulty: int | str | None = None
+    grader: str = "exact"
+
+    def __post_init__(self):
+        if self.grader not in GRADERS:
+            raise ValueError(f"grader must be one of {GRADERS}, got {self.grader!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +100,10 @@ def parse_record(record: dict, fmt: str, default_id: str) -> EvalItem:
         prompt, answer = _text(record, "prompt"), _text(record, "answer").strip()
     if not answer:
         raise ValueError("the reference answer is empty")
-    return EvalItem(rid, prompt, answer, _difficulty(record))
+    grader = record.get("grader", "math" if fmt == "math" else "exact")
+    if grader not in GRADERS:
+        raise ValueError(f"field 'grader' must be one of {GRADERS}, got {grader!r}")
+    return EvalItem(rid, prompt, answer, _difficulty(record), grader)
 
 
 def load_items(path, fmt: str = "auto", limit: int | None = None) -> list[EvalItem]:
@@ -131,7 +144,7 @@ def load_items(path, fmt: str = "auto", limit: int | None = None) -> list[EvalIt
 
 
 def write_items(path, items: list[EvalItem]) -> None:
-    """Write ``items`` as testbed-style JSONL (``id``, ``prompt``, ``answer``, ``difficulty``)."""
+    """Write ``items`` as testbed-style JSONL (``id``, ``prompt``, ``answer``, ``difficulty``, ``grader``)."""
     with Path(path).open("w", encoding="utf-8") as f:
         for item in items:
             f.write(json.dumps(item.to_dict()) + "\n")

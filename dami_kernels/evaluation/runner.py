@@ -6,8 +6,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dami_kernels.evaluation.answers import answers_match, extract_answer
 from dami_kernels.evaluation.data import EvalItem
+from dami_kernels.evaluation.grading import grade
 from dami_kernels.generation import generate
 
 
@@ -30,7 +30,8 @@ class ItemRecord:
 def run_items(model, tokenizer, items: list[EvalItem], lams, *, batch_size: int = 64,
               max_new_tokens: int = 256, progress: bool = True, **generation_kwargs
               ) -> tuple[list[ItemRecord], float]:
-    """Greedy-decode every item at its own λ (one number, or one per item) in mixed-λ batches.
+    """Greedy-decode every item at its own λ (one number, or one per item) in mixed-λ batches, and
+    grade each output with the item's grader (`grading.grade`).
 
     Returns (records in item order, wall seconds). Extra keyword arguments go to `model.generate`.
     """
@@ -44,9 +45,9 @@ def run_items(model, tokenizer, items: list[EvalItem], lams, *, batch_size: int 
     records = []
     for res in results:
         item = items[res.prompt_index]
-        pred = extract_answer(res.text)
+        pred, correct = grade(res.text, item.answer, item.grader)
         records.append(ItemRecord(item.id, item.prompt, res.lam, res.text, res.num_tokens, pred,
-                                  item.answer, answers_match(pred, item.answer), item.difficulty))
+                                  item.answer, correct, item.difficulty))
     return records, seconds
 
 

@@ -9,6 +9,7 @@ import torch
 
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.runner import ItemRecord, run_items, summarize, write_records
+from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.hf.lam import lambda_scope
 from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
 
@@ -106,10 +107,17 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     plt.close(fig)
 
 
-def table_markdown(table: list[dict]) -> str:
-    lines = ["| λ | accuracy | mean tokens |", "|---|---|---|"]
-    lines += [f"| {r['lam']:g} | {r['accuracy']:.3f} | {r['mean_tokens']:.1f} |" for r in table]
-    return "\n".join(lines)
+def table_markdown(table: list[dict], continuity: list[dict] | None = None) -> str:
+    """λ, accuracy and mean tokens per grid λ; with `continuity`, its two cosine similarities too."""
+    headers = ["λ", "accuracy", "mean tokens"]
+    rows = [[f"{r['lam']:g}", f"{r['accuracy']:.3f}", f"{r['mean_tokens']:.1f}"] for r in table]
+    if continuity:
+        cos = {c["lam"]: c for c in continuity}
+        headers += ["cos(h(λ), h(0))", "cos(h(λ), h(1))"]
+        for row, r in zip(rows, table):
+            c = cos.get(r["lam"])
+            row += [f"{c['cos_instruct']:.3f}", f"{c['cos_thinking']:.3f}"] if c else ["-", "-"]
+    return markdown_table(headers, rows)
 
 
 def run_sweep(model, tokenizer, items: list[EvalItem], out_dir, grid=DEFAULT_GRID,
@@ -124,6 +132,6 @@ def run_sweep(model, tokenizer, items: list[EvalItem], out_dir, grid=DEFAULT_GRI
     write_records(out_dir / "sweep_items.jsonl", records)
     (out_dir / "sweep.json").write_text(json.dumps(
         {"table": table, "continuity": continuity, "seconds": seconds}, indent=1))
-    (out_dir / "sweep.md").write_text("# λ sweep\n\n" + table_markdown(table) + "\n")
+    (out_dir / "sweep.md").write_text("# λ sweep\n\n" + table_markdown(table, continuity) + "\n")
     plot_frontier(table, out_dir / "frontier.png", continuity=continuity)
     return {"table": table, "continuity": continuity, "seconds": seconds, "records": records}

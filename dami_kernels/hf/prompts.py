@@ -14,7 +14,8 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
 
     chat_template None: apply the tokenizer's chat template (one user message, generation prompt
     added) when it has one; True: always (ValueError without one); False: never (the raw text,
-    tokenized with the tokenizer's own special tokens).
+    tokenized with the tokenizer's own special tokens, except a BOS when the text already starts with
+    it, e.g. a chat-formatted prompt from another tool).
     """
     if chat_template not in (None, True, False):
         raise ValueError(f"chat_template must be None, True or False, got {chat_template!r}")
@@ -23,7 +24,8 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
     if use and not has_template:
         raise ValueError("chat_template=True but the tokenizer has no chat template")
     if not use:
-        return [list(tokenizer(p)["input_ids"]) for p in prompts]
+        bos = getattr(tokenizer, "bos_token", None)
+        return [list(tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"]) for p in prompts]
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
     return [encode_text(tokenizer, t) for t in texts]

@@ -22,11 +22,12 @@ import torch
 from dami_kernels.estimators.conf import conf_signals
 from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
+from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.evaluation.sweep import (DEFAULT_GRID, plot_frontier, representation_continuity, sweep_records,
                                            sweep_table, table_markdown)
+from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows.train_estimators import rollouts_from_records
 
-DEFAULT_N = 600
 TARGETS = {  # issue targets: accuracy slack vs Thinking, token ratio vs Thinking
     "dami_pref": {"max_accuracy_drop": 0.01, "max_token_ratio": 0.60},
     "dami_conf": {"max_accuracy_drop": 0.03, "max_token_ratio": 0.70},
@@ -143,26 +144,37 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     return report
 
 
+def methods_markdown(r: dict) -> str:
+    """Accuracy, mean tokens and mean λ of each method (report["methods"])."""
+    rows = [[name, f"{m['accuracy']:.3f}", f"{m['mean_tokens']:.1f}",
+             f"{m['mean_lam']:.2f}" if "mean_lam" in m else "-"] for name, m in r["methods"].items()]
+    return markdown_table(["method", "accuracy", "mean tokens", "mean λ"], rows)
+
+
+def targets_markdown(r: dict) -> str:
+    """Each estimator against the issue's targets and the fixed-λ frontier (report["targets"])."""
+    rows = [[name, f"{t['accuracy_minus_thinking']:+.3f}", f"{t['token_ratio_vs_thinking']:.2f}",
+             f"{t['frontier_accuracy_at_its_tokens']:.3f}", "met" if t["accuracy_target_met"] else "MISSED",
+             "met" if t["token_target_met"] else "MISSED", "yes" if t["above_frontier"] else "NO"]
+            for name, t in r["targets"].items()]
+    return markdown_table(["estimator", "Δacc vs Thinking", "tokens / Thinking", "frontier acc at its tokens",
+                           "accuracy target", "token target", "above frontier"], rows)
+
+
+def time_line(r: dict) -> str:
+    s = r["seconds"]
+    return (f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, estimators {s['estimators']:.1f} s, "
+            f"mixed pass {s['mixed_pass']:.1f} s), CPU, {r['torch_threads']} threads.")
+
+
 def report_markdown(r: dict) -> str:
     lines = [f"# DAMI demo (seed {r['seed']}, {r['n_problems']} held-out testbed problems)", "",
-             "## Fixed-λ sweep", "", table_markdown(r["sweep"]), "", "## Methods", "",
-             "| method | accuracy | mean tokens | mean λ |", "|---|---|---|---|"]
-    for name, m in r["methods"].items():
-        lam = f"{m['mean_lam']:.2f}" if "mean_lam" in m else "-"
-        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['mean_tokens']:.1f} | {lam} |")
-    lines += ["", "## Targets (measured)", "", "| estimator | Δacc vs Thinking | tokens / Thinking | "
-              "frontier acc at its tokens | accuracy target | token target | above frontier |",
-              "|---|---|---|---|---|---|---|"]
-    for name, t in r["targets"].items():
-        lines.append(f"| {name} | {t['accuracy_minus_thinking']:+.3f} | {t['token_ratio_vs_thinking']:.2f} | "
-                     f"{t['frontier_accuracy_at_its_tokens']:.3f} | {'met' if t['accuracy_target_met'] else 'MISSED'} | "
-                     f"{'met' if t['token_target_met'] else 'MISSED'} | {'yes' if t['above_frontier'] else 'NO'} |")
-    lines += ["", "## Examples from the mixed-λ pass", ""]
+             "## Fixed-λ sweep", "", table_markdown(r["sweep"], r["continuity"]), "", "## Methods", "",
+             methods_markdown(r), "", "## Targets (measured)", "", targets_markdown(r), "",
+             "## Examples from the mixed-λ pass", ""]
     for e in r["examples"]:
         out = e["output"].replace("\n", " ⏎ ")
         lines.append(f"- `{e['prompt']}` at λ={e['lam']:.2f}: `{out}` "
                      f"({e['tokens']} tokens, {'correct' if e['correct'] else 'wrong'}, answer {e['answer']})")
-    s = r["seconds"]
-    lines += ["", f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, estimators {s['estimators']:.1f} s, "
-              f"mixed pass {s['mixed_pass']:.1f} s), CPU, {r['torch_threads']} threads.", ""]
+    lines += ["", time_line(r), ""]
     return "\n".join(lines)

@@ -26,17 +26,20 @@ from torch import nn  # noqa: E402
 from dami_kernels.modules import InterpLinear, LambdaState  # noqa: E402
 
 
-def median_us(fn, calls: int, chunk: int = 200) -> float:
-    """Median over chunks of `chunk` calls of the mean µs per call."""
-    for _ in range(chunk):
-        fn()
-    per_call = []
-    for _ in range(max(1, calls // chunk)):
-        t0 = time.perf_counter_ns()
+def median_us(fns: dict, calls: int, chunk: int = 200) -> dict[str, float]:
+    """Median over chunks of `chunk` calls of the mean µs per call, per function; the functions take
+    turns chunk by chunk, so a noisy neighbour on a shared machine slows all of them alike."""
+    for fn in fns.values():
         for _ in range(chunk):
             fn()
-        per_call.append((time.perf_counter_ns() - t0) / chunk / 1000)
-    return statistics.median(per_call)
+    per_call = {name: [] for name in fns}
+    for _ in range(max(1, calls // chunk)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(chunk):
+                fn()
+            per_call[name].append((time.perf_counter_ns() - t0) / chunk / 1000)
+    return {name: statistics.median(v) for name, v in per_call.items()}
 
 
 def main(argv=None) -> int:
@@ -57,11 +60,9 @@ def main(argv=None) -> int:
             lin, state, nn.Parameter(torch.randn(n, k), requires_grad=False),
             nn.Parameter(torch.randn(n), requires_grad=False), backend=backend)
     x = torch.randn(1, 1, k)
-    results = {}
     with torch.no_grad():
-        results["triton_stubbed"] = median_us(lambda: layers["triton"](x), args.calls)
-        results["torch"] = median_us(lambda: layers["torch"](x), args.calls)
-        results["f_linear"] = median_us(lambda: F.linear(x, lin.weight, lin.bias), args.calls)
+        results = median_us({"triton_stubbed": lambda: layers["triton"](x), "torch": lambda: layers["torch"](x),
+                             "f_linear": lambda: F.linear(x, lin.weight, lin.bias)}, args.calls)
     out = {"us_per_call": {key: round(v, 2) for key, v in results.items()}, "calls": args.calls}
     print(f"host µs per InterpLinear.forward (M=1, N=K=64, one thread, {args.calls} calls):")
     for key, v in results.items():

@@ -14,39 +14,11 @@ import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
 from dami_kernels.ops.backend import resolve_backend
 from dami_kernels.ops.configs import KernelConfig, m_bucket, pick_config
+from helpers_ops import DEVICE, make, poison_outputs, rel_err  # noqa: F401 (poison_outputs: autouse fixture)
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 3e-4, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = list(TOL)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative Frobenius error; NaN anywhere in out gives inf."""
-    if not torch.isfinite(out).all():
-        return math.inf
-    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    """Every kernel output buffer starts as NaN."""
-    if not triton_available():
-        return
-    from dami_kernels.ops import triton_launch
-
-    monkeypatch.setattr(
-        triton_launch, "_alloc", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
-    )
-
-
-def make(m_shape, n, k, dtype, bias=True):
-    x = torch.randn(*m_shape, k, device=DEVICE).to(dtype)
-    w_i = (torch.randn(n, k, device=DEVICE) / math.sqrt(k)).to(dtype)
-    w_t = (torch.randn(n, k, device=DEVICE) / math.sqrt(k)).to(dtype)
-    b_i = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    b_t = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    return x, w_i, w_t, b_i, b_t
 
 
 def lam_forms(lead):

@@ -1,7 +1,6 @@
 """Kernel readiness: exact fp32 unless TF32 is switched on, 64-bit offsets, autograd, edge cases,
 path-independent results and the number of kernels per call. Triton runs through the interpreter on
 the CPU (conftest), so what only the sm_90 build can show is in tests/test_compile_check.py."""
-import math
 import subprocess
 import sys
 import textwrap
@@ -11,24 +10,10 @@ import torch
 
 import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
+from helpers_ops import DEVICE, make, poison_outputs  # noqa: F401 (poison_outputs: autouse fixture)
+from helpers_ops import rel_err as rel
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def rel(a, b) -> float:
-    if not torch.isfinite(a).all():
-        return math.inf
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-def make(m_shape, n, k, dtype=torch.float32, bias=True):
-    x = torch.randn(*m_shape, k, device=DEVICE).to(dtype)
-    w_i = (torch.randn(n, k, device=DEVICE) / math.sqrt(k)).to(dtype)
-    w_t = (torch.randn(n, k, device=DEVICE) / math.sqrt(k)).to(dtype)
-    b_i = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    b_t = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    return x, w_i, w_t, b_i, b_t
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

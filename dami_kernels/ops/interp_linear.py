@@ -84,11 +84,8 @@ def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
     if backend == "triton":
         return _triton_entry()(x, w_i, w_t, lam, bias_i, bias_t, m if lam_value is not None else rows_per_lam,
                                rows_per_lam)
-    if lam_value is not None:
-        lam_rows = None
-    elif lam.shape[0] == 1 or rows_per_lam == 1:
-        lam_rows = lam
-    else:
-        lam_rows = lam.repeat_interleave(rows_per_lam)
-    y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_rows, bias_i, bias_t, lam_value)
+    if lam_value is not None:  # every path for a shared λ takes x with its leading dims as is
+        return interp_linear_torch(x, w_i, w_t, None, bias_i, bias_t, lam_value)
+    lam_rows = lam if (lam.shape[0] == 1 or rows_per_lam == 1) else lam.repeat_interleave(rows_per_lam)
+    y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_rows, bias_i, bias_t)
     return y.reshape(x.shape[:-1] + (w_i.shape[0],))

@@ -4,9 +4,11 @@ Paths, chosen on the host from `lam_value` (a λ that every row shares, known wi
   - endpoint (λ = 0 or 1 for every row): one F.linear on that side's weight;
   - uniform λ with at least BLEND_MIN_ROWS rows: blend the two weights once (N·K work) and run one
     GEMM instead of two;
-  - otherwise (mixed λ, or few rows): y = b_I + ((1-λ)∘x) W_Iᵀ + (λ∘x) W_Tᵀ + λ(b_T - b_I), two
-    accumulating `addmm` calls into one output buffer (both weights read once, no other [M, N]
-    intermediate; the λ scaling is applied to x, which is [M, K]).
+  - uniform λ with fewer rows: two accumulating `addmm` calls into one output buffer, λ as their
+    scale factors;
+  - mixed λ: y = b_I + ((1-λ)∘x) W_Iᵀ + (λ∘x) W_Tᵀ + λ(b_T - b_I), two accumulating `addmm` calls into
+    one output buffer (both weights read once, no other [M, N] intermediate; the per-row λ scaling is
+    applied to x, which is [M, K]).
 BLEND_MIN_ROWS was measured on the 2-core CPU machine (fp32, one thread, 512×1536, 1536×512 and
 2048×512 layers): blending costs about two single-row GEMMs, so from 4 rows on one blended GEMM beats two
 (M=4: 425 µs against 497 µs; M=1: 263 µs against 199 µs). See README "The CPU path".
@@ -19,25 +21,34 @@ import torch.nn.functional as F
 BLEND_MIN_ROWS = 4
 
 
-def interp_linear_torch(x2d: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam_rows: torch.Tensor | None,
+def interp_linear_torch(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam_rows: torch.Tensor | None,
                         bias_i: torch.Tensor | None, bias_t: torch.Tensor | None,
                         lam_value: float | None = None) -> torch.Tensor:
-    """y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T). Returns [M, N] in x's dtype.
+    """y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T). Returns [..., N] in x's dtype.
 
-    x2d [M, K]; w [N, K]; biases [N] | None; lam_rows [M] (or [1], broadcast) fp32, may be None when
-    lam_value is given; lam_value: the λ shared by every row when the caller knows it on the host.
+    x [..., K] (M = all leading dims; the mixed path needs x [M, K]); w [N, K]; biases [N] | None;
+    lam_rows [M] (or [1], broadcast) fp32, may be None when lam_value is given; lam_value: the λ
+    shared by every row when the caller knows it on the host.
     """
     if lam_value is not None:
         if lam_value == 0.0:
-            return F.linear(x2d, w_i, bias_i)
+            return F.linear(x, w_i, bias_i)
         if lam_value == 1.0:
-            return F.linear(x2d, w_t, bias_t)
-        if x2d.shape[0] >= BLEND_MIN_ROWS:
+            return F.linear(x, w_t, bias_t)
+        if x.numel() >= BLEND_MIN_ROWS * x.shape[-1]:
             w = torch.lerp(w_i, w_t, lam_value)
             b = torch.lerp(bias_i, bias_t, lam_value) if bias_i is not None else None
-            return F.linear(x2d, w, b)
-        if lam_rows is None:
-            lam_rows = torch.full((1,), lam_value, dtype=torch.float32, device=x2d.device)
+            return F.linear(x, w, b)
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, x.shape[-1])
+        # Few rows: the two products accumulate into one buffer, λ as the GEMMs' scale factors.
+        if bias_i is None:
+            out = torch.mm(x2d, w_i.t()).mul_(1.0 - lam_value)
+        else:
+            out = torch.addmm(bias_i, x2d, w_i.t(), beta=1.0 - lam_value, alpha=1.0 - lam_value)
+            out.add_(bias_t, alpha=lam_value)
+        return out.addmm_(x2d, w_t.t(), alpha=lam_value).reshape(lead + (w_i.shape[0],))
+    x2d = x
     lam = lam_rows.reshape(-1, 1).to(x2d.dtype)
     if bias_i is None:
         out = torch.mm(x2d * (1.0 - lam), w_i.t())

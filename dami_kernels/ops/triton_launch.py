@@ -10,7 +10,7 @@ output allocation and at most two kernel launches (the split-K reduction is the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -71,6 +71,7 @@ class LaunchPlan:
     upcast: bool
     int_args: tuple[int, ...]  # the kernel's integer arguments, in order (M ... stride_on)
     out_shape: tuple[int, ...]  # the fp32 partials [SPLIT_K, M, N] when split (else [M, N])
+    kwargs_cache: dict = field(default_factory=dict, compare=False)  # constexpr kwargs per flag set
 
 
 def needs_int64(m: int, n: int, k: int, x_strides, w_strides, split_k: int, block_k: int) -> bool:
@@ -128,18 +129,21 @@ def kernel_arguments(plan: LaunchPlan, x2d, w_i, w_t, lam, bias_i, bias_t, out, 
                      skip: bool = True, blend: bool = True, precision: str = "ieee") -> tuple[tuple, dict]:
     """(positional args, keyword args) of `interp_linear_kernel` for `plan` and these tensors (also
     used by scripts/compile_check.py, so that it compiles exactly what runs). out has plan.out_shape."""
-    cfg = plan.config
     has_bias = bias_i is not None
     args = (
         x2d, w_i, w_t, bias_i if has_bias else w_i, bias_t if has_bias else w_t, lam, out,
         record_path if record_path is not None else lam,
     ) + plan.int_args
-    kwargs = dict(
-        HAS_BIAS=has_bias, SKIP=skip, BLEND=blend, UPCAST=plan.upcast, RECORD_PATH=record_path is not None,
-        SWAP_AB=cfg.swap_ab, INT64=plan.int64, PRECISION=precision,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    flags = (has_bias, skip, blend, record_path is not None, precision)
+    kwargs = plan.kwargs_cache.get(flags)
+    if kwargs is None:
+        cfg = plan.config
+        kwargs = plan.kwargs_cache[flags] = dict(
+            HAS_BIAS=has_bias, SKIP=skip, BLEND=blend, UPCAST=plan.upcast, RECORD_PATH=record_path is not None,
+            SWAP_AB=cfg.swap_ab, INT64=plan.int64, PRECISION=precision,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return args, kwargs
 
 

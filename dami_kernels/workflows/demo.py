@@ -162,9 +162,9 @@ def targets_markdown(r: dict) -> str:
 
 
 def time_line(r: dict) -> str:
-    s = r["seconds"]
+    s, threads = r["seconds"], r["torch_threads"]
     return (f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, estimators {s['estimators']:.1f} s, "
-            f"mixed pass {s['mixed_pass']:.1f} s), CPU, {r['torch_threads']} threads.")
+            f"mixed pass {s['mixed_pass']:.1f} s), CPU, {threads} thread{'' if threads == 1 else 's'}.")
 
 
 def report_markdown(r: dict) -> str:

@@ -79,7 +79,7 @@ class LambdaState(nn.Module):
         self.n = 1
         self.uniform: float | None = None  # the λ every sequence shares, when they share one
         self.register_buffer("buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
-        self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # (buf[:n], buf[:1]), eager only
+        self._views: tuple | None = None  # (buf[:n], buf[:1], buf), eager only
         self.set(lam)
 
     @property
@@ -122,8 +122,9 @@ class LambdaState(nn.Module):
         if torch.compiler.is_compiling():
             return (self.buf[: self.n] if self.per_sequence else self.buf[:1]), None
         views = self._views
-        if views is None or views[1]._base is not self.buf:  # views of the current buffer, made once
-            views = self._views = (self.buf[: self.n], self.buf[:1])
+        buf = self._buffers["buf"]  # (the dict, not nn.Module.__getattr__: this runs once per layer call)
+        if views is None or views[2] is not buf:  # views of the current buffer, made once
+            views = self._views = (buf[: self.n], buf[:1], buf)
         return views[0] if self.per_sequence else views[1], self.uniform
 
     def _check_batch(self, batch: int) -> None:

@@ -23,7 +23,7 @@ class InterpLinear(LambdaBound, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.backend = backend
-        self._resolved: tuple | None = None  # (backend, device, "triton" | "torch") of the last call
+        self._resolved: tuple | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
         if bias:
             self.bias_t = nn.Parameter(torch.empty_like(self.bias), requires_grad=False)
@@ -52,16 +52,17 @@ class InterpLinear(LambdaBound, nn.Linear):
         lam, uniform = self.lam_state.for_layer(x.shape[0])
         p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
         return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
-                                   self._backend_name(x.device))
+                                   self._backend_name(x))
 
-    def _backend_name(self, device: torch.device) -> str:
-        """The resolved backend, remembered per (backend setting, device): $DAMI_BACKEND is read when a
-        layer first runs on a device (resolving on every call costs more host time than the rest)."""
+    def _backend_name(self, x: torch.Tensor) -> str:
+        """The resolved backend, remembered per (backend setting, CUDA or not): $DAMI_BACKEND is read
+        when a layer first runs on a device type (resolving on every call costs more host time than
+        the rest of a decode call)."""
         if torch.compiler.is_compiling():
-            return resolve_backend(self.backend, device)
+            return resolve_backend(self.backend, x.device)
         cached = self._resolved
-        if cached is None or cached[1] != device or cached[0] != self.backend:
-            cached = self._resolved = (self.backend, device, resolve_backend(self.backend, device))
+        if cached is None or cached[1] is not x.is_cuda or cached[0] != self.backend:
+            cached = self._resolved = (self.backend, x.is_cuda, resolve_backend(self.backend, x.device))
         return cached[2]
 
     def extra_repr(self) -> str:

@@ -185,23 +185,26 @@ def launch_interp_linear(
     """
     k = x.shape[-1]
     n = w_i.shape[0]
-    if w_t.stride() != w_i.stride():
-        raise ValueError(f"w_i and w_t must have the same strides, got {w_i.stride()} and {w_t.stride()}; "
+    w_strides = w_i.stride()
+    if w_t.stride() != w_strides:
+        raise ValueError(f"w_i and w_t must have the same strides, got {w_strides} and {w_t.stride()}; "
                          "make both contiguous once (at load time), not per call")
     lead = x.shape[:-1]
-    if x.dim() != 2 and not x.is_contiguous():
-        x = x.reshape(-1, k)  # [M, K] views of any strides are used as is; this copies only when needed
+    two_d = x.dim() == 2
+    if not two_d and not x.is_contiguous():
+        x, two_d = x.reshape(-1, k), True  # [M, K] views of any strides are used as is; copies only if needed
     if k == 0:
         return _bias_only(math.prod(lead), x, n, lam, rows_per_lam, bias_i, bias_t).reshape(lead + (n,))
     m = x.numel() // k
-    x_strides = x.stride() if x.dim() == 2 else (k, 1)
-    plan = plan_launch(m, n, k, x.dtype, x.device, seg_len, x_strides, w_i.stride(), config, rows_per_lam)
+    dtype, device = x.dtype, x.device
+    plan = plan_launch(m, n, k, dtype, device, seg_len, x.stride() if two_d else (k, 1), w_strides, config,
+                       rows_per_lam)
     split = plan.split_k > 1
-    y = _alloc(lead + (n,), x.dtype, x.device)
-    out = _alloc(plan.out_shape, torch.float32, x.device) if split else y
+    y = _alloc(lead + (n,), dtype, device)
+    out = _alloc(plan.out_shape, torch.float32, device) if split else y
     if record_path is not None:
         record_path.resize_(plan.grid[0] * plan.grid[1]).fill_(-1)
-    precision = "tf32" if x.dtype == torch.float32 and tf32_enabled() else "ieee"
+    precision = "tf32" if dtype == torch.float32 and tf32_enabled() else "ieee"
     args, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, out, record_path,
                                     skip, blend, precision)
     _launch(interp_linear_kernel, plan.grid, args, kwargs)
@@ -295,4 +298,5 @@ def interp_linear_triton(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_pe
         k = x.shape[-1]
         y = interp_linear_rows_op(x.reshape(-1, k), w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam)
         return y.reshape(x.shape[:-1] + (w_i.shape[0],))
-    return launch_interp_linear(x, w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam=rows_per_lam)
+    return launch_interp_linear(x, w_i, w_t, lam, bias_i, bias_t, seg_len, None, True, True, None,
+                                rows_per_lam=rows_per_lam)

@@ -36,12 +36,17 @@ class LinearArgs:
 
     def lam_rows(self) -> torch.Tensor:
         """λ per row [M] (a view or, for per-sequence λ, a copy)."""
-        m = self.x2d.shape[0]
-        if self.lam.numel() == 1:
-            return self.lam.expand(m)
-        if self.rows_per_lam == 1:
-            return self.lam
-        return self.lam.repeat_interleave(self.rows_per_lam)[:m]
+        return lam_per_row(self.lam, self.rows_per_lam, self.x2d.shape[0])
+
+
+def lam_per_row(lam: torch.Tensor, rows_per_lam: int, m: int) -> torch.Tensor:
+    """λ per row [M] from the canonical λ [S], where row r reads lam[r // rows_per_lam] (a view, or
+    for several rows per λ a copy)."""
+    if lam.numel() == 1:
+        return lam.reshape(1).expand(m)
+    if rows_per_lam == 1:
+        return lam[:m]
+    return lam.repeat_interleave(rows_per_lam)[:m]
 
 
 def _is_capturing_or_compiling() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from dami_kernels.ops.backend import resolve_backend
-from dami_kernels.ops.checks import normalize_args
+from dami_kernels.ops.checks import lam_per_row, normalize_args
 from dami_kernels.ops.torch_backend import interp_linear_torch
 
 
@@ -86,6 +86,5 @@ def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
                                rows_per_lam)
     if lam_value is not None:  # every path for a shared λ takes x with its leading dims as is
         return interp_linear_torch(x, w_i, w_t, None, bias_i, bias_t, lam_value)
-    lam_rows = lam if (lam.shape[0] == 1 or rows_per_lam == 1) else lam.repeat_interleave(rows_per_lam)
-    y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_rows, bias_i, bias_t)
+    y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_per_row(lam, rows_per_lam, m), bias_i, bias_t)
     return y.reshape(x.shape[:-1] + (w_i.shape[0],))

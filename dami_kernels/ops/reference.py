@@ -1,21 +1,8 @@
-"""Pure-torch interpolated linear, written as plainly as possible: the test oracles and the unfused
-benchmark baseline (the torch backend's faster paths live in `torch_backend.py`)."""
+"""The fp64 test oracle of the interpolated linear, written as plainly as possible (the torch backend,
+the CPU path, lives in `torch_backend.py`)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-
-def interp_linear_rows_ref(x2d, w_i, w_t, lam_rows, bias_i=None, bias_t=None):
-    """y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T).
-
-    x2d [M, K]; w_i, w_t [N, K]; lam_rows [M] (fp32); biases [N] or None. Returns [M, N] in x's dtype.
-    Two F.linear calls (fp32 accumulation inside each) and an fp32 blend.
-    """
-    y_i = F.linear(x2d, w_i, bias_i).float()
-    y_t = F.linear(x2d, w_t, bias_t).float()
-    lam = lam_rows.reshape(-1, 1)
-    return ((1.0 - lam) * y_i + lam * y_t).to(x2d.dtype)
 
 
 def interp_linear_fp64(x, w_i, w_t, lam, bias_i=None, bias_t=None):

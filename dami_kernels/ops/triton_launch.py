@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dami_kernels.ops.backend import interpreting
+from dami_kernels.ops.checks import lam_per_row
 from dami_kernels.ops.configs import KernelConfig, pick_config
 from dami_kernels.ops.triton_kernels import interp_linear_kernel, splitk_reduce_kernel
 
@@ -145,15 +146,6 @@ def kernel_arguments(plan: LaunchPlan, x2d, w_i, w_t, lam, bias_i, bias_t, out, 
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return args, kwargs
-
-
-def lam_per_row(lam: torch.Tensor, rows_per_lam: int, m: int) -> torch.Tensor:
-    """λ per row [M] from λ [S] where row r reads lam[r // rows_per_lam]."""
-    if lam.numel() == 1:
-        return lam.reshape(1).expand(m)
-    if rows_per_lam == 1:
-        return lam[:m]
-    return lam.repeat_interleave(rows_per_lam)[:m]
 
 
 def launch_interp_linear(

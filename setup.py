@@ -14,7 +14,7 @@ setup(
     # otherwise resolves to a CUDA build of several GB.
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.56",
+        "transformers>=5.17",  # its loading API (conversion mappings, DistributedConfig); CI tests 5.17 and the newest
         "safetensors>=0.4",
         "numpy",
         "tqdm",
@@ -25,6 +25,10 @@ setup(
         "triton": ["triton>=3.6"],
         # `dami lm-eval` and the `dami` model for lm-evaluation-harness (dami_kernels/integrations/lm_eval.py)
         "eval": ["lm-eval[hf]>=0.4.13", "math-verify>=0.9"],
+        # LoRA on a pair merges into both sides (dami_kernels/hf/peft.py)
+        "peft": ["peft>=0.21"],
+        # `dami serve` (transformers' own server stack and its serving extra)
+        "serve": ["fastapi>=0.115", "uvicorn>=0.30", "openai>=1.98"],
         "test": [
             "pytest>=8",
             "hypothesis>=6",
@@ -35,6 +39,11 @@ setup(
             "numpy<2.4",
             # tests/test_lm_eval.py runs lm-eval on the testbed pair (the subclass uses HFLM internals)
             "lm-eval[hf]==0.4.13",
+            # tests/test_peft.py, tests/test_serve*.py (the official openai client against `dami serve`)
+            "peft==0.21.2",
+            "fastapi==0.165.0",
+            "uvicorn==0.54.0",
+            "openai==3.57.0",
         ],
     },
     entry_points={

@@ -11,6 +11,7 @@ _LAZY = {
     # Hugging Face pair API (issue 3)
     "load_pair": "dami_kernels.hf", "load_pair_and_tokenizer": "dami_kernels.hf", "convert_pair": "dami_kernels.hf",
     "set_lambda": "dami_kernels.hf", "lambda_scope": "dami_kernels.hf", "merge_pair": "dami_kernels.hf",
+    "save_pair": "dami_kernels.hf",
     "generate": "dami_kernels.generation",
     # λ(q) estimators (issue 5)
     "estimate": "dami_kernels.estimators",

@@ -3,7 +3,9 @@
 `make_pair(instruct_dir, thinking_dir, arch=...)` builds one random base model from a tiny config and
 perturbs EVERY tensor (norm gains included) differently per side, then saves both sides with
 `save_pretrained` and a small character-level tokenizer with a chat template. Architectures: "qwen3"
-(tied embeddings, q/k norms), "llama" (untied) and "qwen2" (attention biases).
+(tied embeddings, q/k norms), "llama" (untied), "qwen2" (attention biases), "mistral", "phi3" (fused
+qkv and gate_up projections), "gemma3" (text model: 1 + w norms, scaled embeddings, tied) and
+"qwen3_moe" (4 experts, top-2).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GenerationConfig, LlamaConfig, MistralConfig,
+                          Phi3Config, PreTrainedTokenizerFast, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
 SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,?!:+-=\n") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -44,7 +46,17 @@ def tiny_config(arch: str = "qwen3", **overrides):
                   initializer_range=0.2, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     classes = {"qwen3": (Qwen3Config, dict(head_dim=8, tie_word_embeddings=True)),
                "llama": (LlamaConfig, dict(head_dim=8, tie_word_embeddings=False)),
-               "qwen2": (Qwen2Config, dict(tie_word_embeddings=False))}
+               "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
+               "mistral": (MistralConfig, dict(head_dim=8, tie_word_embeddings=False, sliding_window=16)),
+               "phi3": (Phi3Config, dict(tie_word_embeddings=False)),  # fused qkv_proj and gate_up_proj
+               # (1 + w) RMSNorm, scaled embeddings, tied lm_head, sliding + full attention layers
+               "gemma3": (Gemma3TextConfig, dict(head_dim=8, tie_word_embeddings=True, sliding_window=4,
+                                                 query_pre_attn_scalar=8, layer_types=["sliding_attention",
+                                                                                       "full_attention"])),
+               # fused experts [E, 2I, H] / [E, H, I] (stored per expert, fused by transformers at load)
+               "qwen3_moe": (Qwen3MoeConfig, dict(head_dim=8, moe_intermediate_size=24, num_experts=4,
+                                                  num_experts_per_tok=2, norm_topk_prob=True,
+                                                  tie_word_embeddings=True))}
     if arch not in classes:
         raise ValueError(f"unknown arch {arch!r}")
     cls, extra = classes[arch]

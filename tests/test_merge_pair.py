@@ -62,11 +62,18 @@ def test_merge_refuses_existing_dir_and_bad_lambda(tmp_path):
         with pytest.raises(ValueError, match="lam"):
             dk.merge_pair(paths.instruct, paths.thinking, bad, tmp_path / "n", progress=False)
     assert not (tmp_path / "n").exists()
-    dk.merge_pair(paths.instruct, paths.thinking, 1.5, tmp_path / "x", allow_extrapolation=True, progress=False)
-    dk.merge_pair(paths.instruct, paths.thinking, 1.0, out, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists()
+    with pytest.raises(ValueError, match="lam must lie in \\[0, 1\\], got -0.2;"):  # the value as given
+        dk.merge_pair(paths.instruct, paths.thinking, -0.2, tmp_path / "n", progress=False)
+    with pytest.raises(ValueError, match="lam must lie"):  # checked in float64: not rounded into [0, 1]
+        dk.merge_pair(paths.instruct, paths.thinking, 1.00000001, tmp_path / "n", progress=False)
+    x = dk.merge_pair(paths.instruct, paths.thinking, 1.5, tmp_path / "x", allow_extrapolation=True, progress=False)
+    # overwrite replaces only what dami_kernels wrote: the user's directory with keep.txt is refused
+    with pytest.raises(ValueError, match="did not write"):
+        dk.merge_pair(paths.instruct, paths.thinking, 1.0, out, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "x"
+    dk.merge_pair(paths.instruct, paths.thinking, 1.0, x, overwrite=True, progress=False)
     ids = torch.randint(4, 70, (2, 6))
-    assert rel_err(_logits(load_side(out), ids), _logits(load_side(paths.thinking), ids)) < 1e-6
+    assert rel_err(_logits(load_side(x), ids), _logits(load_side(paths.thinking), ids)) < 1e-6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "x"]
 
 

@@ -14,7 +14,7 @@ from dami_kernels.cli.common import attach_dash_values
 
 # Subcommand modules, in the order `dami --help` lists them. Each imports torch, transformers and the
 # rest only when its command runs, so that `dami --help` starts at once.
-SUBCOMMANDS = ["demo", "generate", "merge", "sweep", "estimate", "eval", "lm_eval", "bench"]
+SUBCOMMANDS = ["demo", "generate", "merge", "sweep", "estimate", "eval", "lm_eval", "bench", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(args.command, lambda: args.func(args))
 
 
+# Python keyword spellings in library messages -> the option the command line user types instead.
+CLI_FLAGS = {"allow_pickle=True": "--allow-pickle", "allow_extrapolation=True": "--allow-extrapolation",
+             "overwrite=True": "--overwrite"}
+
+
+def cli_message(err: BaseException) -> str:
+    """The error's message on one line, with Python keywords replaced by the CLI flags (CLI_FLAGS)."""
+    text = " ".join(str(err).split())
+    for keyword, flag in CLI_FLAGS.items():
+        text = text.replace(keyword, flag)
+    return text
+
+
 def guarded(command: str, run) -> int:
     """run() -> exit status; user mistakes print one line and return 2, without a traceback."""
     try:
         return int(run() or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        print(f"dami {command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as err:
+        print(f"dami {command}: error: {cli_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dami {command}: interrupted", file=sys.stderr)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from contextlib import contextmanager
 
 
 def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> None:
@@ -75,9 +77,11 @@ def load_from_args(args):
 
     from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 
+    from dami_kernels.hf.device import resolve_device
+
     instruct, thinking = pair_dirs(args)
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), flag="--device")
     configure_threads(getattr(args, "threads", None), testbed=is_testbed_pair(instruct, thinking), name="--threads")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load_pair_and_tokenizer(
         instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
         allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
@@ -112,7 +116,32 @@ def parse_grid(text: str) -> list[float]:
 
 def add_out_args(p: argparse.ArgumentParser, help_text: str = "output directory") -> None:
     p.add_argument("--out", required=True, help=help_text)
-    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (only a directory that dami wrote, or an empty one)")
+
+
+@contextmanager
+def output_dir(args, what: str):
+    """Write --out through `write_output_dir`: yields a temporary directory, published atomically at the end.
+
+    --out may not be, contain or lie inside the --instruct/--thinking directories given; with --overwrite
+    it replaces only a directory that dami wrote.
+    """
+    from dami_kernels.hf.outdir import write_output_dir
+
+    inputs = [d for d in (getattr(args, "instruct", None), getattr(args, "thinking", None)) if d]
+    with write_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what=what,
+                          overwrite_flag="--overwrite") as tmp:
+        yield tmp
+
+
+def check_lams(values: list[float], allow_extrapolation: bool, flag: str = "--lam") -> None:
+    """λ values from the command line: finite, in [0, 1] unless --allow-extrapolation (shown as typed)."""
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{flag} must be finite, got {v!r}")
+        if not allow_extrapolation and not 0.0 <= v <= 1.0:
+            raise ValueError(f"{flag} {v!r} lies outside [0, 1]; pass --allow-extrapolation to accept it")
 
 
 def check_out_dir(args) -> None:

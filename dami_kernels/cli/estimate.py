@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
-                                     load_from_args, parse_grid, positive_int)
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
+                                     load_from_args, output_dir, parse_grid, positive_int)
 
 # Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
@@ -42,14 +42,13 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from dami_kernels.workflows.train_estimators import train_estimators
 
-    check_out_dir(args)
     grid = parse_grid(args.grid)
     items, max_new_tokens = load_eval_items(args, split="dev")
-    model, tokenizer = load_from_args(args)
-    report = train_estimators(model, tokenizer, items, args.out, grid=grid,
-                              batch_size=positive_int("--batch-size", args.batch_size),
-                              max_new_tokens=max_new_tokens,
-                              pref_search=pref_search(args.pref_steps))
+    batch_size, search = positive_int("--batch-size", args.batch_size), pref_search(args.pref_steps)
+    with output_dir(args, "estimator directory") as tmp:
+        model, tokenizer = load_from_args(args)
+        report = train_estimators(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens, pref_search=search)
     summary = {k: report[k] for k in ("n_train", "oracle")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
     summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import add_pair_args, load_from_args
+from dami_kernels.cli.common import add_pair_args, check_lams, load_from_args
 
 
 def register(subparsers) -> None:
@@ -52,6 +52,7 @@ def run(args) -> int:
     from dami_kernels.generation import generate
 
     lams = prompt_lambdas(args.lam, len(args.prompts))
+    check_lams(lams, args.allow_extrapolation)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.compile_backend is not None and not args.compile:

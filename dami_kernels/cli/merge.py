@@ -12,16 +12,19 @@ def register(subparsers) -> None:
     p.add_argument("--thinking", required=True, help="Thinking checkpoint directory (λ=1)")
     p.add_argument("--lam", type=float, required=True, help="λ in [0, 1]")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (only a directory that dami wrote, or an empty one)")
     p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from dami_kernels.cli.common import check_lams
     from dami_kernels.hf import merge_pair
 
+    check_lams([args.lam], args.allow_extrapolation)
     out = merge_pair(args.instruct, args.thinking, args.lam, args.out, overwrite=args.overwrite,
                      allow_pickle=args.allow_pickle, allow_extrapolation=args.allow_extrapolation)
-    print(f"wrote {out} (λ={args.lam:g})")
+    print(f"wrote {out} (λ={args.lam!r})")
     return 0

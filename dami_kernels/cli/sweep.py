@@ -5,8 +5,8 @@
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
-                                     load_from_args, parse_grid, positive_int)
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
+                                     load_from_args, output_dir, parse_grid, positive_int)
 
 
 def register(subparsers) -> None:
@@ -23,12 +23,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dami_kernels.evaluation.sweep import run_sweep, table_markdown
 
-    check_out_dir(args)
     grid = parse_grid(args.grid)
     items, max_new_tokens = load_eval_items(args)
-    model, tokenizer = load_from_args(args)
-    res = run_sweep(model, tokenizer, items, args.out, grid=grid,
-                    batch_size=positive_int("--batch-size", args.batch_size), max_new_tokens=max_new_tokens)
+    batch_size = positive_int("--batch-size", args.batch_size)
+    with output_dir(args, "sweep results") as tmp:
+        model, tokenizer = load_from_args(args)
+        res = run_sweep(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens)
     print(table_markdown(res["table"], res["continuity"]))
     print(f"{len(items)} items x {len(grid)} λ in {res['seconds']:.1f} s; wrote {args.out}/sweep.json, "
           f"sweep.md, sweep_items.jsonl, frontier.png")

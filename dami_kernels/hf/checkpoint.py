@@ -4,6 +4,12 @@ Weights: safetensors, single (`model.safetensors`) or sharded (`model.safetensor
 weights (`pytorch_model.bin`, sharded or not) are refused unless `allow_pickle=True`, because unpickling
 can run code. Tensors are streamed one file at a time; a truncated or corrupt file is a ValueError that
 names it.
+
+Nothing in a checkpoint runs code: configs load with trust_remote_code=False, and a config with an
+`auto_map` (custom code) or a model type transformers does not know is refused. Every file the checkpoint
+names (index shards, the weight file, symlinks among them) must lie inside its directory after resolving
+symlinks; for a Hugging Face hub cache snapshot (``.../snapshots/REV``) the repository's ``blobs`` folder,
+where the snapshot's symlinks point, counts as inside.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE_SINGLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -107,16 +114,13 @@ def open_checkpoint(path, *, allow_pickle: bool = False) -> Checkpoint:
         raise ValueError(f"checkpoint path {path} is not a directory")
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
-    try:
-        config = AutoConfig.from_pretrained(str(path))
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path / 'config.json'}: cannot read the config ({err})") from err
+    config = read_config(path)
     if (path / SAFE_INDEX).is_file():
         return Checkpoint(path, config, _index_files(path, SAFE_INDEX), "safetensors")
     if (path / SAFE_SINGLE).is_file():
-        return Checkpoint(path, config, [path / SAFE_SINGLE], "safetensors")
+        return Checkpoint(path, config, [confined(path, SAFE_SINGLE, path / SAFE_SINGLE)], "safetensors")
     pickle_files = _index_files(path, PICKLE_INDEX) if (path / PICKLE_INDEX).is_file() else (
-        [path / PICKLE_SINGLE] if (path / PICKLE_SINGLE).is_file() else [])
+        [confined(path, PICKLE_SINGLE, path / PICKLE_SINGLE)] if (path / PICKLE_SINGLE).is_file() else [])
     if pickle_files:
         if not allow_pickle:
             raise ValueError(
@@ -128,15 +132,74 @@ def open_checkpoint(path, *, allow_pickle: bool = False) -> Checkpoint:
     raise ValueError(f"{path} holds no weights ({SAFE_SINGLE}, {SAFE_INDEX}, {PICKLE_SINGLE} or {PICKLE_INDEX})")
 
 
-def _index_files(path: Path, index_name: str) -> list[Path]:
+def read_json(f: Path, what: str):
+    """Parse a JSON file; undecodable bytes, bad JSON or absurd nesting are a ValueError naming the file."""
     try:
-        weight_map = json.loads((path / index_name).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path / index_name}: not a valid weight index ({err})") from err
-    files = [path / name for name in sorted(set(weight_map.values()))]
-    for f in files:
-        if not f.is_file():
-            raise ValueError(f"{path / index_name} lists shard {f.name}, which is missing")
+        return json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{f}: {what} is not UTF-8 text ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{f}: {what} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{f}: {what} is nested too deeply to parse") from None
+
+
+def read_config(path: Path) -> PretrainedConfig:
+    """The config of checkpoint directory `path`, never running custom code (see the module docstring)."""
+    f = path / "config.json"
+    raw = read_json(f, "the config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{f}: the config must be a JSON object, got {type(raw).__name__}")
+    if raw.get("auto_map"):
+        raise ValueError(f"{f} has an auto_map entry (the model ships its own Python code); "
+                         "custom-code models are not supported")
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ValueError(f"{f}: model_type {model_type!r} is not a model type this transformers knows; "
+                         "custom-code models are not supported")
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except RecursionError:
+        raise ValueError(f"{f}: the config is nested too deeply to parse") from None
+    except Exception as err:  # noqa: BLE001 - transformers' validators raise their own exception types
+        raise ValueError(f"{f}: cannot read the config ({type(err).__name__}: {err})") from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n, types = getattr(text, "num_hidden_layers", None), getattr(text, "layer_types", None)
+    if isinstance(n, int) and isinstance(types, (list, tuple)) and len(types) != n:
+        raise ValueError(f"{f}: num_hidden_layers is {n} but layer_types lists {len(types)} layers")
+    return config
+
+
+def confined(root: Path, name, where) -> Path:
+    """root/name after resolving symlinks; ValueError (naming `where`) if it lies outside root.
+
+    For a hub cache snapshot (root = .../snapshots/REV) the repository's blobs folder is allowed too.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"{where}: file name {name!r} is not a valid file name")
+    base = root.resolve()
+    allowed = [base]
+    if base.parent.name == "snapshots":
+        allowed.append(base.parent.parent / "blobs")
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or not any(target == a or a in target.parents for a in allowed):
+        raise ValueError(f"{where}: {name!r} points outside the checkpoint directory {root} (to {target}); refused")
+    return root / name
+
+
+def _index_files(path: Path, index_name: str) -> list[Path]:
+    f = path / index_name
+    index = read_json(f, "the weight index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{f}: not a valid weight index ('weight_map' must be an object mapping tensor names "
+                         f"to shard files, got {type(weight_map).__name__})")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{f}: not a valid weight index (every shard name in 'weight_map' must be a string)")
+    files = [confined(path, name, f) for name in sorted(set(weight_map.values()))]
+    for shard in files:
+        if not shard.is_file():
+            raise ValueError(f"{f} lists shard {shard.name}, which is missing")
     return files
 
 

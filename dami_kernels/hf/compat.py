@@ -1,7 +1,7 @@
 """Check that two checkpoints are one base model's Instruct and Thinking sides, before any weight is read.
 
 Order of checks: architecture and model type, the config fields that shape tensors (vocabulary first),
-the tensor name set, then each tensor's shape. The first difference raises a ValueError naming it.
+the tensor name set, each tensor's shape, then every tensor against what the config implies (`expected.py`). The first difference raises a ValueError naming it.
 Other differing config fields only warn: the model is built from the Instruct config.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 from dami_kernels.hf.checkpoint import Checkpoint
+from dami_kernels.hf.expected import Expected, check_against_config, check_tied_copies
 
 # Config fields that determine tensor shapes or which tensors exist (checked when either side has them).
 SHAPE_FIELDS = (
@@ -51,8 +52,10 @@ def check_configs(cfg_i, cfg_t, name_i: str = "instruct", name_t: str = "thinkin
         )
 
 
-def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> None:
-    """Full compatibility check of two opened checkpoints (configs, tensor names, tensor shapes)."""
+def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> Expected:
+    """Full compatibility check of two opened checkpoints, reading headers only (plus tied copies):
+    configs, tensor names, tensor shapes, every tensor against the shape the config implies, and tied
+    tensors stored twice. Returns the stored -> model name mapping (`Expected`)."""
     check_configs(ckpt_i.config, ckpt_t.config)
     si, st = ckpt_i.specs(), ckpt_t.specs()
     only_i, only_t = sorted(set(si) - set(st)), sorted(set(st) - set(si))
@@ -68,3 +71,7 @@ def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> None:
                 f"tensor {name!r} has shape {list(si[name].shape)} in {ckpt_i.path} but "
                 f"{list(st[name].shape)} in {ckpt_t.path}"
             )
+    expected = check_against_config(ckpt_i)
+    check_tied_copies(ckpt_i, expected)
+    check_tied_copies(ckpt_t, expected)
+    return expected

@@ -1,25 +1,27 @@
-"""Load an Instruct/Thinking pair from two local checkpoint directories into ONE model skeleton.
+"""Load an Instruct/Thinking pair from two local checkpoint directories as ONE interpolating model.
 
-The skeleton is built from the Instruct config with its parameters on the meta device (buffers such as
-rotary tables are real), its layers are swapped for interpolating ones, the parameters are allocated
-once on the target device, and both checkpoints are streamed into the Instruct and Thinking slots one
-file at a time. Two full models never exist in memory.
+Both sides load through transformers' own `from_pretrained` (conversion mappings such as fused MoE
+experts, sharded safetensors, dtype, device maps, tensor-parallel plans), never a re-implementation of
+it. The project's checks come before and after: before any weight is read, the two configs, tensor
+names and shapes are compared and every tensor is checked against the shape the config implies
+(`compat.check_pair`); after loading, transformers' loading report must be clean, and tensors that no
+interpolating layer covers must be equal. The Thinking side's Parameters then become the `*_t` slots of
+the Instruct model (no copy), so peak memory is both sides' weights.
 """
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from dami_kernels.hf.checkpoint import Checkpoint, open_checkpoint
 from dami_kernels.hf.compat import check_pair
-from dami_kernels.hf.convert import attach_pair_state, uncovered_mismatch
-from dami_kernels.modules import Slot, pair_slots
+from dami_kernels.hf.convert import convert_pair
+from dami_kernels.hf.device import resolve_device
+from dami_kernels.hf.tokenizer import load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -39,109 +41,77 @@ def resolve_dtype(dtype, ckpt: Checkpoint) -> torch.dtype:
 
 
 @contextmanager
-def params_on_meta():
-    """Build modules with every new nn.Parameter on the meta device (buffers stay real)."""
-    original = nn.Module.register_parameter
-
-    def register(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register
+def hf_progress(enabled: bool):
+    """Show transformers' own loading progress bars or not, restoring the global setting after."""
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
     try:
         yield
     finally:
-        nn.Module.register_parameter = original
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
-def materialize(model: nn.Module, device: torch.device) -> None:
-    """Replace meta parameters by uninitialized ones on `device`; shared (tied) Parameters stay shared."""
-    new_by_id: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is None or p.device.type != "meta":
-                continue
-            if id(p) not in new_by_id:
-                new_by_id[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
-                                                requires_grad=False)
-            module._parameters[name] = new_by_id[id(p)]
+def placement_kwargs(device, device_map, tp_plan) -> dict:
+    """from_pretrained keywords for where the weights go: one device, a device map, or a TP plan."""
+    given = [k for k, v in (("device", device), ("device_map", device_map), ("tp_plan", tp_plan)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of device, device_map and tp_plan (got {', '.join(given)})")
+    if tp_plan is not None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) and "WORLD_SIZE" not in __import__("os").environ:
+            raise ValueError("tp_plan needs a torch.distributed run: start the program with torchrun")
+        try:
+            from transformers.distributed import DistributedConfig
+        except ImportError:  # transformers before DistributedConfig took the plan
+            return {"tp_plan": tp_plan}
+        return {"distributed_config": DistributedConfig(tp_plan=tp_plan)}
+    if device_map is not None:
+        return {"device_map": device_map}
+    return {"device_map": resolve_device(device)}
 
 
-def _stream_into(ckpt: Checkpoint, slots: dict[str, Slot], side: str, filled: set[int], bar) -> None:
-    """Copy every tensor of `ckpt` into its Instruct (side "i") or Thinking ("t") slot."""
-    for name, value in ckpt.iter_tensors():
-        slot = slots.get(name)
-        if slot is None:
-            raise ValueError(f"{ckpt.path}: tensor {name!r} has no place in the model built from the config")
-        target = slot.get()
-        if side == "t":
-            if slot.t_attr is None:
-                uncovered_mismatch(name, target, value)
-                bar.update(1)
-                continue
-            target = slot.get_t()
-        with torch.no_grad():
-            target.copy_(value)
-        filled.add(id(target))
-        bar.update(1)
+def load_side(ckpt: Checkpoint, dtype: torch.dtype, placement: dict, *, progress: bool = True) -> nn.Module:
+    """One side through `AutoModelForCausalLM.from_pretrained`; a non-empty loading report is a ValueError."""
+    with hf_progress(progress):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(ckpt.path), dtype=dtype, trust_remote_code=False, use_safetensors=ckpt.fmt == "safetensors",
+            output_loading_info=True, **placement)
+    for key, what in (("missing_keys", "is missing"), ("unexpected_keys", "has no place in the model"),
+                      ("mismatched_keys", "has the wrong shape"), ("error_msgs", "failed to load"),
+                      ("conversion_errors", "could not be converted")):
+        problems = info.get(key) or ()
+        if problems:
+            first = sorted(map(str, problems))[0]
+            raise ValueError(f"{ckpt.path}: transformers reports that tensor {first} {what} "
+                             f"({len(problems)} such problems)")
+    return model
 
 
-def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, allow_pickle: bool = False,
-              allow_extrapolation: bool = False, backend: str | None = None, progress: bool = True) -> nn.Module:
+def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map=None, tp_plan=None,
+              allow_pickle: bool = False, allow_extrapolation: bool = False, backend: str | None = None,
+              progress: bool = True) -> nn.Module:
     """Load two checkpoints of one base model as one λ-interpolating transformers causal-LM model.
 
-    dtype: None/"auto" (the Instruct checkpoint's storage dtype), a torch dtype or its name. device:
-    where the weights go (default CPU). allow_pickle: accept pickle-only (.bin) checkpoints.
-    allow_extrapolation: accept λ outside [0, 1]. backend: the fused op's backend for every layer.
-    λ starts at 0 (the Instruct model); set it with `set_lambda` or `lambda_scope`. The generation
-    config is the Instruct one. Raises ValueError, before reading weights, when the pair does not match.
+    dtype: None/"auto" (the Instruct checkpoint's storage dtype), a torch dtype or its name. Placement
+    (at most one): device (default CPU), device_map (as from_pretrained takes it, e.g. "auto"), or
+    tp_plan="auto" under torchrun (each rank holds its shard of both sides). allow_pickle: accept
+    pickle-only (.bin) checkpoints. allow_extrapolation: accept λ outside [0, 1]. backend: the fused
+    op's backend for every layer. λ starts at 0 (the Instruct model); set it with `set_lambda` or
+    `lambda_scope`. The generation config is the Instruct one. Raises ValueError, before reading
+    weights, when the pair does not match or a tensor does not fit the config.
     """
     ckpt_i = open_checkpoint(instruct_dir, allow_pickle=allow_pickle)
     ckpt_t = open_checkpoint(thinking_dir, allow_pickle=allow_pickle)
     check_pair(ckpt_i, ckpt_t)
     dtype = resolve_dtype(dtype, ckpt_i)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    with params_on_meta():
-        model = AutoModelForCausalLM.from_config(ckpt_i.config, dtype=dtype)
-    attach_pair_state(model, allow_extrapolation=allow_extrapolation, backend=backend)
-    materialize(model, device)
-    slots = pair_slots(model)
-    filled: set[int] = set()
-    total = len(ckpt_i.specs()) + len(ckpt_t.specs())
-    with tqdm(total=total, desc="loading pair", unit="tensor", disable=not progress) as bar:
-        _stream_into(ckpt_i, slots, "i", filled, bar)
-        _stream_into(ckpt_t, slots, "t", filled, bar)
-    for name, slot in slots.items():
-        for tensor, side in ((slot.get(), ckpt_i.path), (slot.get_t(), ckpt_t.path)):
-            if isinstance(tensor, nn.Parameter) and id(tensor) not in filled:
-                raise ValueError(f"tensor {name!r} is missing from {side}")
-    model.to(device)  # buffers (rotary tables, λ) follow the weights
-    if (Path(instruct_dir) / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(str(instruct_dir))
+    placement = placement_kwargs(device, device_map, tp_plan)
+    model = load_side(ckpt_i, dtype, placement, progress=progress)
+    model_t = load_side(ckpt_t, dtype, placement, progress=progress)
+    convert_pair(model, model_t, allow_extrapolation=allow_extrapolation, backend=backend)
+    del model_t
     model.eval()
     return model
-
-
-def load_tokenizer(instruct_dir, thinking_dir=None):
-    """The Instruct tokenizer; warns when the Thinking directory's tokenizer differs from it."""
-    tok = AutoTokenizer.from_pretrained(str(instruct_dir))
-    if thinking_dir is not None:
-        try:
-            tok_t = AutoTokenizer.from_pretrained(str(thinking_dir))
-        except (OSError, ValueError) as err:
-            warnings.warn(f"cannot load the tokenizer of {thinking_dir} to compare ({err}); using the instruct one",
-                          stacklevel=2)
-            return tok
-        diffs = [what for what, a, b in (
-            ("vocabulary", tok.get_vocab(), tok_t.get_vocab()),
-            ("special tokens", tok.special_tokens_map, tok_t.special_tokens_map),
-            ("chat template", getattr(tok, "chat_template", None), getattr(tok_t, "chat_template", None)),
-        ) if a != b]
-        if diffs:
-            warnings.warn(f"the two tokenizers differ ({', '.join(diffs)}); using the instruct one from {instruct_dir}",
-                          stacklevel=2)
-    return tok
 
 
 def load_pair_and_tokenizer(instruct_dir, thinking_dir, **kwargs):

@@ -1,5 +1,6 @@
 """Drop-in interpolating layers that read λ from one shared per-model LambdaState."""
 from dami_kernels.modules.embedding import InterpEmbedding
+from dami_kernels.modules.experts import InterpExperts, InterpTokenLinear, InterpTopKRouter, check_moe_supported
 from dami_kernels.modules.lambda_state import LambdaState, blend, lam_view, validate_lambda
 from dami_kernels.modules.linear import InterpLinear
 from dami_kernels.modules.norms import InterpLayerNorm, InterpRMSNorm, is_supported_rmsnorm
@@ -14,6 +15,10 @@ __all__ = [
     "InterpEmbedding",
     "InterpRMSNorm",
     "InterpLayerNorm",
+    "InterpTopKRouter",
+    "InterpExperts",
+    "InterpTokenLinear",
+    "check_moe_supported",
     "is_supported_rmsnorm",
     "swap_modules",
     "INTERP_MODULES",

@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_view
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_view, token_rows
 
 
 class InterpEmbedding(LambdaBound, nn.Embedding):
     """e = (1-λ_b)·E_I[id] + λ_b·E_T[id]; ``weight`` is E_I [V, H], ``weight_t`` is E_T.
 
-    Input ids [B, ...]; output [B, ..., H] in the weights' dtype (blend in fp32).
+    Input ids [B, ...]; output [B, ..., H] in the weights' dtype (blend in fp32). With λ per packed
+    token row (`LambdaState.set_rows`) every id reads its own row's λ.
     """
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, lam_state: LambdaState,
@@ -31,12 +32,17 @@ class InterpEmbedding(LambdaBound, nn.Embedding):
         return new
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        lam, uniform = self.lam_state.for_layer(ids.shape[0])
+        state = self.lam_state
+        if state.per_row:
+            lam, _, uniform = state.for_rows(token_rows(ids.shape, ids=True))
+        else:
+            lam, uniform = state.for_layer(ids.shape[0])
         if uniform == 0.0:
             return F.embedding(ids, self.weight, self.padding_idx)
         if uniform == 1.0:
             return F.embedding(ids, self.weight_t, self.padding_idx)
-        lam = lam.expand(ids.shape[0])
         e_i = F.embedding(ids, self.weight, self.padding_idx)
         e_t = F.embedding(ids, self.weight_t, self.padding_idx)
-        return blend(e_i, e_t, lam_view(lam, e_i.dim()))
+        if state.per_row:
+            return blend(e_i, e_t, lam.reshape(tuple(ids.shape) + (1,) * (e_i.dim() - ids.dim())))
+        return blend(e_i, e_t, lam_view(lam.expand(ids.shape[0]), e_i.dim()))

@@ -7,14 +7,21 @@ that applies to any batch (set from a Python number or a 0-d tensor) or one valu
 (set from a 1-D tensor); a per-sequence λ whose length differs from the batch at forward time is a
 ValueError, never a silent broadcast.
 
+A third form, per row (`set_rows`), serves continuous batching: the engine packs the tokens of many
+requests into one [1, T] batch, and λ is given for every token row of the packed [B, T] grid (row-major),
+plus optionally for the rows that the output layer sees when the engine keeps only the logits rows
+(``logits_to_keep``). Layers ask `for_rows(rows)`; rows past the ones set are the engine's padding
+(CUDA graphs pad the packed batch) and read λ = 0.
+
 When λ is set, its values are checked on the host anyway, so the state also records there whether
 every sequence shares one λ (`uniform`, a float or None). Layers use it to pick cheaper paths (one
-weight at an endpoint, one blended GEMM in prefill) without any device sync; under torch.compile they
-ignore it, so compiled graphs never depend on λ's value.
+weight at an endpoint, one blended GEMM in prefill) without any device sync; under torch.compile and
+CUDA-graph capture they ignore it, so compiled graphs never depend on λ's value.
 """
 from __future__ import annotations
 
 from numbers import Real
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -63,23 +70,44 @@ def _show(values: torch.Tensor) -> str:
     return f"{v[0]}" if len(v) == 1 else f"{v[:8]}{' ...' if len(v) > 8 else ''}"
 
 
+class RowLambda(NamedTuple):
+    """λ per packed token row [T] and, when the output layer sees fewer rows, per output row [L] (or None).
+    What `LambdaState.get` returns in per-row mode; `LambdaState.set` takes it back."""
+
+    rows: torch.Tensor
+    out: torch.Tensor | None = None
+
+
+def token_rows(shape: torch.Size, ids: bool = False) -> int:
+    """Token rows of a layer input: B·T of features [B, T, ...] (≥ 3 dims) or M of flat rows [M, K];
+    ids: every dim of the token ids counts ([B, T] -> B·T)."""
+    if ids:
+        return shape.numel()
+    return shape[0] * shape[1] if len(shape) >= 3 else shape[0]
+
+
 class LambdaState(nn.Module):
-    """Holds λ for one model: ``lam`` (fp32, [1] for a scalar or [B] per sequence).
+    """Holds λ for one model: ``lam`` (fp32, [1] for a scalar, [B] per sequence or [T] per token row).
 
     ``lam`` is a view of the front of the non-persistent buffer ``buf``, which only grows: setting a λ
     that fits reuses the same memory (the address compiled graphs and CUDA graphs captured), also
-    after a scalar/other batch size was set in between (e.g. by `lambda_scope` restoring). Registered
-    once on the root model (so ``.to()`` moves it); layers hold it by plain reference.
+    after a scalar/other batch size was set in between (e.g. by `lambda_scope` restoring). In per-row
+    mode the output rows live in a second buffer ``out_buf`` (a fixed address too). Registered once on
+    the root model (so ``.to()`` moves it); layers hold it by plain reference.
     """
 
     def __init__(self, lam=0.0, *, allow_extrapolation: bool = False, device=None):
         super().__init__()
         self.allow_extrapolation = bool(allow_extrapolation)
         self.per_sequence = False
+        self.per_row = False  # λ per packed token row (`set_rows`)
         self.n = 1
+        self.n_out: int | None = None  # per-row mode: output rows set (None: the output layer reads the rows)
         self.uniform: float | None = None  # the λ every sequence shares, when they share one
         self.register_buffer("buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("out_buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
         self._views: tuple | None = None  # (buf[:n], buf[:1], buf), eager only
+        self._row_cache: dict = {}  # per-row mode: (rows, output) -> (view, exact), eager only
         self.set(lam)
 
     @property
@@ -88,20 +116,69 @@ class LambdaState(nn.Module):
         return self.buf[: self.n]
 
     def set(self, lam) -> None:
-        """Validate and store λ (float, 0-d tensor, or 1-D tensor [B]); in place unless it outgrows the buffer."""
+        """Validate and store λ (float, 0-d tensor, 1-D tensor [B], or a `RowLambda` from `get`); in place
+        unless it outgrows the buffer."""
+        if isinstance(lam, RowLambda):
+            self.set_rows(lam.rows, lam.out)
+            return
         values, per_sequence = validate_lambda(lam, self.allow_extrapolation)
-        n = values.numel()
-        if n > self.buf.numel():
-            self.buf = torch.zeros(n, dtype=torch.float32, device=self.buf.device)
-        self._views = None
-        self.buf[:n].copy_(values, non_blocking=True)
+        n = self._store("buf", values)
         self.n = n
         self.per_sequence = per_sequence
+        self.per_row = False
+        self.n_out = None
         lo, hi = float(values.min()), float(values.max())
         self.uniform = lo if lo == hi else None
 
+    def set_rows(self, rows, out=None) -> None:
+        """Per-row mode (continuous batching): λ for every token row of the packed batch, rows [T] (a 1-D
+        tensor or list), and out [L] for the rows the output layer sees when the engine keeps only the
+        logits rows (None: the output layer reads `rows`). Rows past T (and past L) read λ = 0: they are
+        the engine's padding. Validated as `set` validates λ."""
+        values, _ = validate_lambda(_as_vector(rows, "rows"), self.allow_extrapolation, "rows")
+        out_values = None
+        if out is not None:
+            out_values, _ = validate_lambda(_as_vector(out, "out"), self.allow_extrapolation, "out")
+        self.n = self._store("buf", values, pad=True)
+        self.n_out = None if out_values is None else self._store("out_buf", out_values, pad=True)
+        self.per_sequence = False
+        self.per_row = True
+        both = values if out_values is None else torch.cat([values, out_values])
+        lo, hi = float(both.min()), float(both.max())
+        self.uniform = lo if lo == hi else None
+
+    def reserve_rows(self, rows: int) -> None:
+        """Grow both buffers to hold `rows` λ values now, so that later `set_rows` calls never reallocate
+        (a CUDA graph captured on the buffers stays valid)."""
+        for name in ("buf", "out_buf"):
+            old = self._buffers[name]
+            if rows > old.numel():
+                new = torch.zeros(rows, dtype=torch.float32, device=old.device)
+                new[: old.numel()].copy_(old)
+                setattr(self, name, new)
+        self._views = None
+        self._row_cache = {}
+
+    def _store(self, name: str, values: torch.Tensor, pad: bool = False) -> int:
+        """Copy values to the front of buffer `name` (grown if needed); pad: zero the rest."""
+        n = values.numel()
+        buf = self._buffers[name]
+        if n > buf.numel():
+            buf = torch.zeros(n, dtype=torch.float32, device=buf.device)
+            setattr(self, name, buf)
+        self._views = None
+        self._row_cache = {}
+        buf[:n].copy_(values, non_blocking=True)
+        if pad and n < buf.numel():
+            buf[n:].zero_()
+        return n
+
     def get(self):
-        """The current λ in the form `set` accepts: a float, or a copy of the per-sequence tensor [B]."""
+        """The current λ in the form `set` accepts: a float, a copy of the per-sequence tensor [B], or in
+        per-row mode a `RowLambda` of copies."""
+        if self.per_row:
+            out = None if self.n_out is None else self.out_buf[: self.n_out].detach().clone()
+            return RowLambda(self.lam.detach().clone(), out)
         if self.per_sequence:
             return self.lam.detach().clone()
         return float(self.buf[0])
@@ -113,12 +190,54 @@ class LambdaState(nn.Module):
             return self.lam
         return self.buf[:1].expand(batch)
 
+    def for_rows(self, rows: int, output: bool = False) -> tuple[torch.Tensor, int, float | None]:
+        """(λ, rows_per_lam, uniform) for a layer input of `rows` token rows (B·T of a [B, T] batch,
+        sequence after sequence): row r reads λ[r // rows_per_lam]; λ is [rows] per row, [B] per sequence
+        or [1]. output: the layer sees the output rows (the model's output layer, when the engine keeps
+        only the logits rows). uniform as in `for_layer`. This is the form `interp_linear_layer` takes
+        (as `lam` with `rows_per_lam`)."""
+        if self.per_row:
+            if torch.compiler.is_compiling():
+                return self._row_view(rows, output)[0], 1, None
+            hit = self._row_cache.get((rows, output))  # every layer of a step asks the same two keys
+            if hit is None:
+                hit = self._row_cache[(rows, output)] = self._row_view(rows, output)
+            view, exact = hit
+            return view, 1, (self._uniform_now() if exact and self.uniform is not None else None)
+        if self.per_sequence:
+            if rows % self.n:
+                raise ValueError(f"λ holds {self.n} values (one per sequence) but the layer got {rows} "
+                                 f"rows, not a multiple of {self.n}; set one λ per sequence")
+            lam, uniform = self.for_layer(self.n)
+            return lam, rows // self.n, uniform
+        lam, uniform = self.for_layer(rows)
+        return lam, max(rows, 1), uniform
+
+    def _row_view(self, rows: int, output: bool) -> tuple[torch.Tensor, bool]:
+        """(λ for `rows` packed rows, whether rows is exactly the number set) in per-row mode."""
+        n, buf = (self.n_out, self._buffers["out_buf"]) if output and self.n_out is not None \
+            else (self.n, self._buffers["buf"])
+        if rows < n or rows > buf.numel():
+            raise ValueError(f"λ is set for {n} packed token rows (buffer of {buf.numel()}) but the layer "
+                             f"got {rows} rows; set λ for every row of the packed batch (set_rows)")
+        return buf[:rows], rows == n
+
+    def _uniform_now(self) -> float | None:
+        """`uniform`, or None while tracing or capturing a CUDA graph (graphs must not bake in λ)."""
+        if torch.compiler.is_compiling():
+            return None
+        if self._buffers["buf"].is_cuda and torch.cuda.is_current_stream_capturing():
+            return None
+        return self.uniform
+
     def for_layer(self, batch: int) -> tuple[torch.Tensor, float | None]:
         """(λ, uniform) for a layer's input whose first dim is `batch`: λ is [batch] per sequence or
         [1] for every row (fp32 contiguous on the buffer's device); uniform is the shared λ as a float,
         or None when sequences differ or when tracing (torch.compile must not specialize on λ)."""
         if self.per_sequence:
             self._check_batch(batch)
+        elif self.per_row:
+            raise ValueError("λ is set per packed token row (set_rows); this layer must read it with for_rows")
         if torch.compiler.is_compiling():
             return (self.buf[: self.n] if self.per_sequence else self.buf[:1]), None
         views = self._views
@@ -138,13 +257,34 @@ class LambdaState(nn.Module):
     def _apply(self, fn, recurse=True):
         # Keep λ in fp32 through model.to(dtype)/half()/bfloat16(): only its device may change.
         out = super()._apply(fn, recurse)
-        if self.buf.dtype != torch.float32:
-            self.buf = self.buf.float()
+        for name in ("buf", "out_buf"):
+            if self._buffers[name].dtype != torch.float32:
+                setattr(self, name, self._buffers[name].float())
+        self._views = None
+        self._row_cache = {}
         return out
 
     def extra_repr(self) -> str:
-        kind = "per_sequence" if self.per_sequence else "scalar"
+        kind = "per_row" if self.per_row else "per_sequence" if self.per_sequence else "scalar"
         return f"{kind}, n={self.n}, allow_extrapolation={self.allow_extrapolation}"
+
+
+def _as_vector(values, name: str):
+    """A list or 1-D tensor of λ values (per-row mode takes no scalar)."""
+    if isinstance(values, torch.Tensor) and values.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor or a list of λ values, got shape {tuple(values.shape)}")
+    if not isinstance(values, (torch.Tensor, list, tuple)):
+        raise ValueError(f"{name} must be a 1-D tensor or a list of λ values, got {type(values).__name__}")
+    if len(values) == 0:
+        raise ValueError(f"{name} is empty; give one λ per packed token row")
+    return values
+
+
+def lam_rows_view(lam: torch.Tensor, shape: torch.Size, ndim: int) -> torch.Tensor:
+    """λ per token row (`for_rows(token_rows(shape))`) as [B, T, 1, ..., 1] for an input [B, T, ...] (or
+    [M, 1] for flat rows [M, D]), with `ndim` dims, for broadcasting."""
+    lead = tuple(shape[:2]) if len(shape) >= 3 else tuple(shape[:1])
+    return lam.reshape(lead + (1,) * (ndim - len(lead)))
 
 
 def lam_view(lam_seq: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -153,8 +293,19 @@ def lam_view(lam_seq: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, lam) -> torch.Tensor:
-    """(1-λ)·a + λ·b in fp32, returned in a's dtype; λ broadcasts against a and b."""
+    """(1-λ)·a + λ·b in fp32, returned in a's dtype; λ broadcasts against a and b.
+
+    Under tensor parallelism a and b may be DTensors (e.g. a vocab-sharded embedding lookup); a plain λ
+    tensor is then wrapped as a replicated DTensor on their mesh, as distributed ops require."""
+    if isinstance(lam, torch.Tensor) and _is_dtensor(a) and not _is_dtensor(lam):
+        from torch.distributed.tensor import DTensor, Replicate
+
+        lam = DTensor.from_local(lam, a.device_mesh, [Replicate()] * a.device_mesh.ndim, run_check=False)
     return ((1.0 - lam) * a.float() + lam * b.float()).to(a.dtype)
+
+
+def _is_dtensor(t) -> bool:
+    return type(t).__name__ == "DTensor"  # no torch.distributed import on the common path
 
 
 class LambdaBound:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
 from dami_kernels.ops.backend import resolve_backend
 from dami_kernels.ops.interp_linear import interp_linear_layer
 
@@ -16,7 +16,12 @@ class InterpLinear(LambdaBound, nn.Linear):
     Input x [B, ..., K] whose first dim is the batch; output [B, ..., N] in x's dtype.
     When the λ state knows on the host that every sequence shares one λ, the op takes the cheaper
     path for it (one weight at an endpoint, one blended GEMM in prefill on the torch backend).
+    With λ per packed token row (`LambdaState.set_rows`), row r of x [B, T, ..., K] reads its token's λ;
+    ``output_rows = True`` marks the model's output layer, which then reads the state's output rows
+    (set by a continuous-batching engine that keeps only the logits rows).
     """
+
+    output_rows = False
 
     def __init__(self, in_features, out_features, bias=True, *, lam_state: LambdaState, backend=None,
                  device=None, dtype=None):
@@ -49,7 +54,11 @@ class InterpLinear(LambdaBound, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"InterpLinear needs x [B, ..., K] with the batch first, got shape {tuple(x.shape)}")
-        lam, uniform = self.lam_state.for_layer(x.shape[0])
+        state = self.lam_state
+        if state.per_row:
+            lam, _, uniform = state.for_rows(token_rows(x.shape), self.output_rows)
+        else:
+            lam, uniform = state.for_layer(x.shape[0])
         p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
         return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
                                    self._backend_name(x))

@@ -2,6 +2,7 @@
 
 The gain (and LayerNorm bias) is blended per sequence: g_b = (1-λ_b)·g_I + λ_b·g_T. Inputs are
 [B, ..., D] with the batch first (q_norm/k_norm see [B, T, H, D]); outputs have the input's shape.
+With λ per packed token row (`LambdaState.set_rows`) the gain is blended per token of [B, T].
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_view
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_rows_view, lam_view, token_rows
 
 # RMSNorm classes whose forward is exactly: weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype),
 # with the epsilon in `variance_epsilon`. Other RMSNorm flavours (e.g. Gemma's 1 + weight) are not
@@ -27,16 +28,25 @@ def is_supported_rmsnorm(module: nn.Module) -> bool:
 class _BlendedGain(LambdaBound):
     """The per-sequence blended parameter of a norm, shaped to broadcast over an input [B, ..., D]."""
 
-    def gain(self, batch: int, ndim: int, name: str = "weight") -> torch.Tensor:
-        """(1-λ_b)·p_I + λ_b·p_T as [B, 1, ..., D] (or [D] when every sequence shares λ)."""
+    def gain(self, batch: int, ndim: int, name: str = "weight", shape: torch.Size | None = None) -> torch.Tensor:
+        """(1-λ_b)·p_I + λ_b·p_T as [B, 1, ..., D] (or [D] when every sequence shares λ). shape: the
+        input's shape, needed when λ is set per packed token row (then [B, T, 1, ..., D])."""
         p_i, p_t = getattr(self, name), getattr(self, name + "_t")
-        lam, uniform = self.lam_state.for_layer(batch)
+        state = self.lam_state
+        if state.per_row:
+            if shape is None:
+                raise ValueError(f"{type(self).__name__}: λ is set per packed token row; gain() needs shape=x.shape")
+            lam, _, uniform = state.for_rows(token_rows(shape))
+        else:
+            lam, uniform = state.for_layer(batch)
         if uniform is not None:
             if uniform == 0.0:
                 return p_i
             if uniform == 1.0:
                 return p_t
             return blend(p_i, p_t, uniform)
+        if state.per_row:
+            return blend(p_i, p_t, lam_rows_view(lam, shape, ndim))
         return blend(p_i, p_t, lam_view(lam.expand(batch), ndim))
 
 
@@ -57,7 +67,7 @@ class InterpRMSNorm(_BlendedGain, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.gain(x.shape[0], x.dim()) * h.to(x.dtype)
+        return self.gain(x.shape[0], x.dim(), shape=x.shape) * h.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -81,9 +91,9 @@ class InterpLayerNorm(_BlendedGain, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        y = self.gain(x.shape[0], x.dim()) * h
+        y = self.gain(x.shape[0], x.dim(), shape=x.shape) * h
         if self.bias is not None:
-            y = y + self.gain(x.shape[0], x.dim(), "bias")
+            y = y + self.gain(x.shape[0], x.dim(), "bias", shape=x.shape)
         return y
 
     def extra_repr(self) -> str:

@@ -1,7 +1,9 @@
 """Swap a model's layers for interpolating ones by walking `named_modules()` (no monkey-patching).
 
-Swapped: exact nn.Linear, nn.Embedding and affine nn.LayerNorm, and the RMSNorm classes listed in
-`norms.RMSNORM_CLASS_NAMES`. The new layer keeps the original Parameter objects as the Instruct side,
+Swapped: exact nn.Linear, nn.Embedding and affine nn.LayerNorm, the RMSNorm classes listed in
+`norms.RMSNORM_CLASS_NAMES`, the Gemma (1 + w) norms and scaled embeddings (`gemma.py`), and the MoE
+routers and fused experts in `experts.ROUTER_CLASSES` / `experts.EXPERTS_CLASSES` (any other MoE router or
+experts class is a ValueError that names it). The new layer keeps the original Parameter objects as the Instruct side,
 so tied weights (embeddings/lm_head) stay tied; the Thinking-side Parameter of a tied weight is created
 once and shared the same way.
 """
@@ -14,11 +16,15 @@ import torch
 from torch import nn
 
 from dami_kernels.modules.embedding import InterpEmbedding
+from dami_kernels.modules.experts import (InterpExperts, InterpTokenLinear, InterpTopKRouter, check_moe_supported,
+                                          is_supported_experts, is_supported_router, token_row_linears)
+from dami_kernels.modules.gemma import (InterpOffsetRMSNorm, InterpScaledEmbedding, is_offset_rmsnorm,
+                                        is_scaled_embedding)
 from dami_kernels.modules.lambda_state import LambdaState
 from dami_kernels.modules.linear import InterpLinear
 from dami_kernels.modules.norms import InterpLayerNorm, InterpRMSNorm, is_supported_rmsnorm
 
-INTERP_MODULES = (InterpLinear, InterpEmbedding, InterpRMSNorm, InterpLayerNorm)
+INTERP_MODULES = (InterpLinear, InterpEmbedding, InterpRMSNorm, InterpLayerNorm, InterpTopKRouter, InterpExperts)
 
 # make_t(name, instruct_param) -> the Thinking-side Parameter for the tensor called `name`.
 MakeT = Callable[[str, nn.Parameter], nn.Parameter]
@@ -30,16 +36,20 @@ def empty_like_param(name: str, p: nn.Parameter) -> nn.Parameter:
 
 
 def is_swappable(module: nn.Module) -> bool:
-    """True for the layer types `swap_modules` replaces."""
+    """True for the layer types `swap_modules` replaces (an unsupported MoE module raises ValueError)."""
     kind = type(module)
+    check_moe_supported(module)
     return (kind in (nn.Linear, nn.Embedding) or (kind is nn.LayerNorm and module.elementwise_affine)
-            or is_supported_rmsnorm(module))
+            or is_supported_rmsnorm(module) or is_offset_rmsnorm(module) or is_scaled_embedding(module)
+            or is_supported_router(module) or is_supported_experts(module))
 
 
 def covered_names(model: nn.Module) -> set[str]:
-    """State-dict names of the parameters that `swap_modules` would make interpolating."""
+    """State-dict names of the parameters that `swap_modules` would make interpolating (MoE experts:
+    the fused names, e.g. `...mlp.experts.gate_up_proj`). Raises ValueError on an unsupported MoE module."""
     names = set()
     for mname, module in model.named_modules(remove_duplicate=False):
+        check_moe_supported(module, mname)
         if is_swappable(module) or isinstance(module, INTERP_MODULES):
             names.update(f"{mname}.{p}" if mname else p for p, v in module._parameters.items()
                          if v is not None and not p.endswith("_t"))
@@ -58,6 +68,15 @@ def _swap_one(module: nn.Module, prefix: str, state: LambdaState, backend, t_par
         return InterpLayerNorm(module, t_param(prefix + "weight", module.weight), bias_t, lam_state=state)
     if is_supported_rmsnorm(module):
         return InterpRMSNorm.from_rmsnorm(module, state, t_param(prefix + "weight", module.weight))
+    if is_offset_rmsnorm(module):
+        return InterpOffsetRMSNorm.from_rmsnorm(module, state, t_param(prefix + "weight", module.weight))
+    if is_scaled_embedding(module):
+        return InterpScaledEmbedding.from_embedding(module, state, t_param(prefix + "weight", module.weight))
+    if is_supported_router(module):
+        return InterpTopKRouter.from_router(module, state, t_param(prefix + "weight", module.weight), backend)
+    if is_supported_experts(module):
+        return InterpExperts.from_experts(module, state, t_param(prefix + "gate_up_proj", module.gate_up_proj),
+                                          t_param(prefix + "down_proj", module.down_proj), backend)
     return None
 
 
@@ -65,10 +84,14 @@ def swap_modules(model: nn.Module, lam_state: LambdaState, *, backend=None,
                  make_t: MakeT = empty_like_param) -> list[str]:
     """Replace every supported layer of `model` in place; returns the swapped module names.
 
-    Raises ValueError if the model already holds interpolating layers.
+    Raises ValueError if the model already holds interpolating layers, or (before changing anything)
+    if it holds an MoE router or experts module that no interpolating layer implements.
     """
     if any(isinstance(m, INTERP_MODULES) for m in model.modules()):
         raise ValueError("the model already holds interpolating layers (was it converted twice?)")
+    for name, module in model.named_modules():
+        check_moe_supported(module, name)
+    token_linears = token_row_linears(model)
     t_by_id: dict[int, nn.Parameter] = {}
 
     def t_param(name: str, p: nn.Parameter) -> nn.Parameter:
@@ -83,7 +106,12 @@ def swap_modules(model: nn.Module, lam_state: LambdaState, *, backend=None,
             todo.append((module, child_name, full, child))
     swapped = []
     for parent, child_name, full, child in todo:
-        new = _swap_one(child, full + ".", lam_state, backend, t_param)
+        if full in token_linears:  # inside an MoE block: the input is flattened to token rows
+            bias_t = t_param(full + ".bias", child.bias) if child.bias is not None else None
+            new = InterpTokenLinear.from_linear(child, lam_state, t_param(full + ".weight", child.weight), bias_t,
+                                                backend)
+        else:
+            new = _swap_one(child, full + ".", lam_state, backend, t_param)
         if new is not None:
             setattr(parent, child_name, new)
             swapped.append(full)

@@ -1,0 +1,108 @@
+"""`dami serve`: an OpenAI-compatible server for a pair, where every request runs at its own λ.
+
+    dami serve --instruct DIR --thinking DIR [--port 8000] [--estimator conf|pref]
+
+Built on transformers' serving stack and continuous-batching engine: /v1/chat/completions,
+/v1/completions (streaming or not) and /v1/models. A request picks its λ with `"lam": 0.3` (through the
+openai client's extra_body), `"lam": "auto"` (the --estimator chooses), or `reasoning_effort` low / medium
+/ high (--effort-low/--effort-medium/--effort-high); otherwise --default-lam. Responses report the λ used
+(field `lam`, header x-dami-lam). Without --instruct/--thinking it serves the shipped testbed pair.
+"""
+from __future__ import annotations
+
+from dami_kernels.cli.common import add_pair_args, positive_int
+
+# KV cache and batch sizes on the CPU, where transformers would size the cache from free RAM.
+CPU_CB_DEFAULTS = {"cb_page_size": 64, "cb_num_blocks": 64, "cb_max_batch_tokens": 1024}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible server with a λ per request",
+                              description=__doc__.splitlines()[0])
+    add_pair_args(p, default_testbed=True)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default="dami-pair", help="the model name clients send (default dami-pair)")
+    p.add_argument("--estimator", choices=["conf", "pref"], default=None,
+                   help='λ(q) estimator for "lam": "auto" (default: none, "auto" is refused)')
+    p.add_argument("--estimator-dir", default=None,
+                   help="trained estimators (dami estimate train); default: the shipped testbed ones (testbed pair only)")
+    p.add_argument("--default-lam", default="0", help='λ of requests that give none: a number or "auto" (default 0)')
+    for level, value in (("low", 0.0), ("medium", 0.5), ("high", 1.0)):
+        p.add_argument(f"--effort-{level}", type=float, default=value,
+                       help=f'λ for reasoning_effort "{level}" (default {value})')
+    p.add_argument("--context-len", type=int, default=None,
+                   help="prompt + new tokens per request (default: the model's max_position_embeddings)")
+    p.add_argument("--cb-page-size", type=int, default=None, help="KV cache page size in tokens")
+    p.add_argument("--cb-num-blocks", type=int, default=None, help="KV cache blocks")
+    p.add_argument("--cb-max-batch-tokens", type=int, default=None, help="tokens per engine step")
+    p.add_argument("--cb-max-requests", type=int, default=None, help="requests per engine step")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="CUDA graphs in the engine (auto: transformers decides)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args, testbed: bool, device_type: str):
+    """ServeOptions from the parsed arguments (estimator loaded, λ values checked later by LamPolicy)."""
+    from dami_kernels.serving import ServeOptions
+
+    default = args.default_lam.strip()
+    if default != "auto":
+        try:
+            default = float(default)
+        except ValueError:
+            raise ValueError(f'--default-lam must be a number or "auto", got {args.default_lam!r}') from None
+    estimator = None
+    if args.estimator is not None:
+        if args.estimator_dir is None and not testbed:
+            raise ValueError("--estimator needs --estimator-dir for a pair other than the shipped testbed "
+                             "(train one with `dami estimate train`)")
+        from dami_kernels.estimators.store import load_estimator
+
+        estimator = (args.estimator, load_estimator(args.estimator, args.estimator_dir))
+    elif args.estimator_dir is not None:
+        raise ValueError("--estimator-dir needs --estimator conf|pref")
+    sizes = {k: getattr(args, k) for k in CPU_CB_DEFAULTS}
+    sizes["cb_max_requests"] = args.cb_max_requests
+    for key, value in sizes.items():
+        if value is not None:
+            positive_int("--" + key.replace("_", "-"), value)
+    if device_type == "cpu":
+        sizes = {k: (CPU_CB_DEFAULTS.get(k) if v is None else v) for k, v in sizes.items()}
+    response_template = None
+    if testbed:
+        from dami_kernels.serving.templates import testbed_response_template
+
+        response_template = testbed_response_template()
+    return ServeOptions(
+        model_id=args.model_name, default_lam=default,
+        efforts={"low": args.effort_low, "medium": args.effort_medium, "high": args.effort_high},
+        estimator=estimator,
+        context_len=None if args.context_len is None else positive_int("--context-len", args.context_len),
+        cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
+        response_template=response_template, **sizes)
+
+
+def run(args) -> int:
+    from dami_kernels.cli.common import load_from_args, pair_dirs
+    from dami_kernels.serving import serve
+    from dami_kernels.serving.lam_policy import LamPolicy
+    from dami_kernels.testbed.threads import is_testbed_pair
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    testbed = is_testbed_pair(*pair_dirs(args))
+    device_type = (args.device or "").split(":")[0]
+    if not device_type:
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    options = options_from_args(args, testbed, device_type)
+    LamPolicy(options.default_lam, dict(options.efforts), args.allow_extrapolation,
+              has_estimator=options.estimator is not None)  # bad λ values fail before the pair loads
+    model, tokenizer = load_from_args(args)
+    print(f"dami serve: {args.model_name} on http://{args.host}:{args.port}/v1 "
+          f"(default λ {options.default_lam}, estimator {args.estimator or 'none'})", flush=True)
+    serve(model, tokenizer, options, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

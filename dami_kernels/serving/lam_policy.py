@@ -1,0 +1,112 @@
+"""Which λ a request runs at: its `lam` field, its `reasoning_effort`, or the server's default.
+
+A request body may carry (OpenAI clients send `lam` through ``extra_body``):
+- ``"lam": 0.3``: a number in [0, 1] (outside only when the server allows extrapolation);
+- ``"lam": "auto"``: the server's λ(q) estimator chooses (DAMI-Conf or DAMI-Pref);
+- ``"reasoning_effort": "low" | "medium" | "high"``: mapped to the server's configured λ values.
+Neither: the server's default (a number or "auto"). Anything else is a `RequestError` naming the field,
+which the server answers with HTTP 400.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+
+AUTO = "auto"
+DEFAULT_EFFORTS = {"low": 0.0, "medium": 0.5, "high": 1.0}
+MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+class RequestError(ValueError):
+    """A bad request: `field` names the offending body field; the message is one line."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class LamChoice:
+    """What a request asked for: lam (a float, or None when the estimator must choose), where it came from
+    ("request", "auto", "reasoning_effort:<level>", "default", "default:auto"), and the max-tokens field
+    it set (or None)."""
+
+    lam: float | None
+    source: str
+    max_tokens_field: str | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.lam is None
+
+
+@dataclass
+class LamPolicy:
+    """The server's λ rules: default λ (a number or "auto"), the reasoning_effort levels, extrapolation,
+    and whether an estimator is loaded (needed for "auto")."""
+
+    default: float | str = 0.0
+    efforts: dict = field(default_factory=lambda: dict(DEFAULT_EFFORTS))
+    allow_extrapolation: bool = False
+    has_estimator: bool = False
+
+    def __post_init__(self):
+        self.efforts = {str(k): self.check_number(v, f"reasoning_effort level {k!r}") for k, v in self.efforts.items()}
+        if self.default == AUTO:
+            if not self.has_estimator:
+                raise ValueError("the default λ 'auto' needs an estimator (--estimator conf|pref)")
+        else:
+            self.default = self.check_number(self.default, "default λ")
+
+    def check_number(self, value, name: str) -> float:
+        """value as a float; ValueError unless it is a finite number in [0, 1] (any finite with extrapolation)."""
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        if not self.allow_extrapolation and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value} (the server was not started with "
+                             "--allow-extrapolation)")
+        return value
+
+    def parse(self, body: dict) -> LamChoice:
+        """Read and remove `lam` and `reasoning_effort` from a request body; raise RequestError when bad."""
+        lam = body.pop("lam", None)
+        effort = body.pop("reasoning_effort", None)
+        max_field = check_max_tokens(body)
+        if lam is not None and effort is not None:
+            raise RequestError("lam", "give either lam or reasoning_effort, not both")
+        if lam is not None:
+            if isinstance(lam, str):
+                if lam != AUTO:
+                    raise RequestError("lam", f'must be a number in [0, 1] or "auto", got the string {lam!r}')
+                if not self.has_estimator:
+                    raise RequestError("lam", '"auto" needs an estimator; the server was started without --estimator')
+                return LamChoice(None, "auto", max_field)
+            try:
+                return LamChoice(self.check_number(lam, "lam"), "request", max_field)
+            except ValueError as err:
+                raise RequestError("lam", str(err).removeprefix("lam ")) from None
+        if effort is not None:
+            if not isinstance(effort, str) or effort not in self.efforts:
+                raise RequestError("reasoning_effort", f"must be one of {', '.join(self.efforts)}, got {effort!r}")
+            return LamChoice(self.efforts[effort], f"reasoning_effort:{effort}", max_field)
+        if self.default == AUTO:
+            return LamChoice(None, "default:auto", max_field)
+        return LamChoice(self.default, "default", max_field)
+
+
+def check_max_tokens(body: dict) -> str | None:
+    """The max-tokens field the body sets (max_completion_tokens or max_tokens), checked to be a positive
+    integer; None when it sets neither."""
+    found = None
+    for name in MAX_TOKENS_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RequestError(name, f"must be a positive integer, got {value!r}")
+        found = found or name
+    return found

@@ -1,0 +1,58 @@
+"""Dense families through `load_pair` (transformers' own loading): tiny random pairs saved with
+save_pretrained, λ=0.3 logits against an fp64-merged plain model, and a mixed-λ batch against separate runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dami_kernels as dk
+from dami_kernels.modules import INTERP_MODULES
+from helpers_pair import cached_pair, merged_fp64_model, rel_err
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
+
+
+def _ids(batch=3, length=9, seed=0):
+    return torch.randint(5, 90, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    paths = cached_pair(request.param)
+    model = dk.load_pair(paths.instruct, paths.thinking, dtype=torch.float32, progress=False)
+    return request.param, paths, model
+
+
+def test_every_tensor_is_interpolated(family):
+    arch, _, model = family
+    for name, p in model.named_parameters():
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        assert isinstance(owner, INTERP_MODULES), f"{arch}: {name} sits in a {type(owner).__name__}"
+
+
+def test_logits_equal_fp64_merge(family):
+    arch, paths, model = family
+    ids = _ids()
+    oracle = merged_fp64_model(paths.instruct, paths.thinking, 0.3)
+    with torch.no_grad(), dk.lambda_scope(model, 0.3):
+        out = model(ids).logits
+        ref = oracle(ids).logits
+    assert rel_err(out, ref) < 1e-5, arch
+
+
+def test_mixed_batch_equals_separate_runs(family):
+    arch, _, model = family
+    ids, lams = _ids(), [0.0, 0.6, 1.0]
+    with torch.no_grad():
+        with dk.lambda_scope(model, torch.tensor(lams)):
+            mixed = model(ids).logits
+        for b, lam in enumerate(lams):
+            with dk.lambda_scope(model, lam):
+                alone = model(ids[b:b + 1]).logits
+            assert rel_err(mixed[b:b + 1], alone) < 1e-5, (arch, lam)
+
+
+def test_save_pretrained_refuses(family):
+    _, _, model = family
+    with pytest.raises(ValueError, match="save_pair"):
+        model.save_pretrained("/nonexistent/never-written")

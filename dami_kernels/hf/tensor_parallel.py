@@ -16,11 +16,24 @@ from torch import nn
 
 
 def tp_mesh(model: nn.Module):
-    """The TP device mesh of a model loaded with a tp_plan, or None."""
-    manager = getattr(model, "_mesh_manager", None)
-    if manager is None or not getattr(model, "_tp_size", 1) or model._tp_size <= 1:
+    """The TP device mesh of a model loaded with a tp_plan, or None (transformers 5.17 .. newest)."""
+    if (getattr(model, "_tp_size", None) or 1) <= 1:
         return None
-    return manager.get_mesh("tp")
+    manager = getattr(model, "_mesh_manager", None)  # newer transformers
+    if manager is not None:
+        return manager.get_mesh("tp")
+    mesh = getattr(model, "_device_mesh", None)
+    if mesh is None:
+        return None
+    return mesh["tp"] if mesh.ndim > 1 else mesh
+
+
+def _styles():
+    try:
+        from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES
+    except ImportError:  # transformers before 5.2x kept them beside the TP layers
+        from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES
+    return ALL_PARALLEL_STYLES
 
 
 def _style_for(plan: dict[str, str], name: str) -> str | None:
@@ -37,9 +50,8 @@ def reinstall_tp_forwards(model: nn.Module, swapped: list[str]) -> None:
     mesh = tp_mesh(model)
     if mesh is None:
         return
-    from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES
-
-    plan = getattr(model, "_tp_plan", None) or {}
+    styles = _styles()
+    plan = getattr(model, "_tp_plan", None) or getattr(model, "tp_plan", None) or {}
     for name in swapped:
         style_name = _style_for(plan, name)
         if style_name is None:
@@ -47,4 +59,4 @@ def reinstall_tp_forwards(model: nn.Module, swapped: list[str]) -> None:
         module = model.get_submodule(name)
         if "rowwise" in style_name and style_name != "embedding_rowwise" and getattr(module, "bias", None) is not None:
             raise ValueError(f"{name}: a row-wise tensor-parallel layer with a bias is not supported for pairs")
-        ALL_PARALLEL_STYLES[style_name].install_forward(module, mesh)
+        styles[style_name].install_forward(module, mesh)

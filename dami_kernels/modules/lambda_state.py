@@ -166,7 +166,8 @@ class LambdaState(nn.Module):
         if n > buf.numel():
             buf = torch.zeros(n, dtype=torch.float32, device=buf.device)
             setattr(self, name, buf)
-        self._views = None
+        if name != "buf" or n != self.n:  # same buffer and length: the views (and layers' launch memos
+            self._views = None           # holding them) stay valid, as λ changes in place
         self._row_cache = {}
         buf[:n].copy_(values, non_blocking=True)
         if pad and n < buf.numel():

@@ -6,7 +6,9 @@ from torch import nn
 
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
 from dami_kernels.ops.backend import resolve_backend
-from dami_kernels.ops.interp_linear import interp_linear_layer
+from dami_kernels.ops.interp_linear import interp_linear_layer, layer_memo
+
+_MEMO_MISSES = 8  # a layer whose launch memo missed this many calls in a row stops making memos
 
 
 class InterpLinear(LambdaBound, nn.Linear):
@@ -29,6 +31,9 @@ class InterpLinear(LambdaBound, nn.Linear):
         self.bind_lambda(lam_state)
         self.backend = backend
         self._resolved: tuple | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
+        # [triton_launch.LaunchMemo | None, backend setting, misses in a row]: the last eager Triton launch,
+        # a list so that a hit updates it without nn.Module.__setattr__ (µs per call)
+        self._memo = [None, None, 0]
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
         if bias:
             self.bias_t = nn.Parameter(torch.empty_like(self.bias), requires_grad=False)
@@ -55,13 +60,24 @@ class InterpLinear(LambdaBound, nn.Linear):
         if x.dim() < 2:
             raise ValueError(f"InterpLinear needs x [B, ..., K] with the batch first, got shape {tuple(x.shape)}")
         state = self.lam_state
+        p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
         if state.per_row:
             lam, _, uniform = state.for_rows(token_rows(x.shape), self.output_rows)
         else:
             lam, uniform = state.for_layer(x.shape[0])
-        p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
-        return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
-                                   self._backend_name(x))
+            memo = self._memo
+            if memo[0] is not None and not torch.is_grad_enabled() and memo[1] == self.backend and memo[0].matches(
+                    x, p["weight"], p["weight_t"], lam, p["bias"], uniform is not None):
+                memo[2] = 0
+                return memo[0].launch(x)  # eager decode: the same launch as the last call, on new data
+        backend = self._backend_name(x)
+        y = interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform, backend)
+        memo = self._memo
+        if (backend == "triton" and not state.per_row and memo[2] < _MEMO_MISSES
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            memo[:] = layer_memo(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform), \
+                self.backend, memo[2] + 1
+        return y
 
     def _backend_name(self, x: torch.Tensor) -> str:
         """The resolved backend, remembered per (backend setting, CUDA or not): $DAMI_BACKEND is read
@@ -73,6 +89,10 @@ class InterpLinear(LambdaBound, nn.Linear):
         if cached is None or cached[1] is not x.is_cuda or cached[0] != self.backend:
             cached = self._resolved = (self.backend, x.is_cuda, resolve_backend(self.backend, x.device))
         return cached[2]
+
+    def _apply(self, fn, recurse=True):
+        self._memo[0] = None  # .to()/.half()/.cuda() may change the weights' dtype, device or strides in place
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend or 'default'}"

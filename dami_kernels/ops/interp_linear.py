@@ -80,11 +80,32 @@ def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
     m = x.numel() // k
     if m == 0:
         return x.new_empty(x.shape[:-1] + (w_i.shape[0],))
-    rows_per_lam = max(m // lam.shape[0], 1) if lam.shape[0] > 1 else m
+    seg_len, rows_per_lam = _segments(m, lam, lam_value)
     if backend == "triton":
-        return _triton_entry()(x, w_i, w_t, lam, bias_i, bias_t, m if lam_value is not None else rows_per_lam,
-                               rows_per_lam)
+        return _triton_entry()(x, w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam)
     if lam_value is not None:  # every path for a shared λ takes x with its leading dims as is
         return interp_linear_torch(x, w_i, w_t, None, bias_i, bias_t, lam_value)
     y = interp_linear_torch(x.reshape(-1, k), w_i, w_t, lam_per_row(lam, rows_per_lam, m), bias_i, bias_t)
     return y.reshape(x.shape[:-1] + (w_i.shape[0],))
+
+
+def _segments(m: int, lam: torch.Tensor, lam_value: float | None) -> tuple[int, int]:
+    """(seg_len, rows_per_lam) of the layer entry for M rows: rows per λ value, and rows per segment
+    known to share one λ (all M when the host knows λ is shared)."""
+    rows_per_lam = max(m // lam.shape[0], 1) if lam.shape[0] > 1 else m
+    return (m if lam_value is not None else rows_per_lam), rows_per_lam
+
+
+def layer_memo(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch.Tensor, bias_i, bias_t,
+               lam_value: float | None):
+    """The Triton launch memo (`triton_launch.LaunchMemo`) of the call `interp_linear_layer(x, ..., lam_value,
+    "triton")` just made, for an eager layer to replay on its next call; None where it cannot."""
+    k = w_i.shape[1]
+    if x.shape[-1] != k or x.dtype != w_i.dtype or k == 0 or x.numel() == 0:
+        return None
+    from dami_kernels.ops.triton_launch import make_memo
+
+    m = x.numel() // k
+    seg_len, rows_per_lam = _segments(m, lam, lam_value)
+    return make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam, lam_value is not None)
+

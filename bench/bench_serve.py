@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     served_tokens = sum(a[1] for a in answers)
     result = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                    "device": str(model.device), "torch": torch.__version__},
+                    "device": str(model.device), "torch": torch.__version__,
+                    "transformers": transformers.__version__},
         "pair": "testbed", "requests": args.requests, "clients": args.clients, "max_tokens": args.max_tokens,
         "distinct_lambdas": len(set(lams)),
         "server": {"wall_s": round(serve_s, 3), "requests_per_s": round(args.requests / serve_s, 2),

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import transformers
 
 import dami_kernels as dk
 from dami_kernels.estimators.store import load_estimator
@@ -17,6 +18,7 @@ from dami_kernels.hf import load_pair_and_tokenizer
 from dami_kernels.hf.prompts import encode_prompts
 from dami_kernels.serving import ServerThread, build_app
 from dami_kernels.serving.templates import testbed_response_template as response_template
+from dami_kernels.serving.versions import PAUSE_API, has_engine_pause
 from dami_kernels.testbed import testbed_dirs as pair_dirs
 
 
@@ -24,6 +26,10 @@ EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
 MAX_TOKENS = 40
 PROMPTS = ["12+34", "5+7-3", "88-12", "3+4", "45-12+7", "9+9", "77-33", "1+2+3", "61-17", "23+45-8", "6+7",
            "90-45+3"]
+
+HAS_PAUSE = has_engine_pause()  # "lam": "auto" runs the estimator while the engine is paused
+needs_pause = pytest.mark.skipif(not HAS_PAUSE, reason=f'"lam": "auto" needs {PAUSE_API}, which transformers '
+                                 f"{transformers.__version__} lacks")
 
 
 def cli_options(argv: list[str]):
@@ -37,9 +43,10 @@ def cli_options(argv: list[str]):
 @pytest.fixture(scope="module")
 def server():
     model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False)
-    options = cli_options(["--estimator", "conf", "--effort-medium", str(EFFORTS["medium"]), "--cb-page-size", "32",
+    estimator = ["--estimator", "conf"] if HAS_PAUSE else []  # (without the pause API the server refuses one)
+    options = cli_options([*estimator, "--effort-medium", str(EFFORTS["medium"]), "--cb-page-size", "32",
                            "--cb-num-blocks", "96", "--cb-max-batch-tokens", "512"])
-    assert options.efforts == EFFORTS and options.estimator[0] == "conf"
+    assert options.efforts == EFFORTS and (options.estimator[0] == "conf" if HAS_PAUSE else options.estimator is None)
     assert options.response_template == response_template() and options.cb_max_batch_tokens == 512
     app, served = build_app(model, tok, options)
     with ServerThread(app, served) as srv:
@@ -135,34 +142,70 @@ def test_eight_concurrent_requests_at_eight_lambdas_match_generate(server, clien
         ("completion", PROMPTS[3], {"reasoning_effort": "medium"}),
         ("chat", PROMPTS[4], {"lam": 0.7}),
         ("chat", PROMPTS[5], {"reasoning_effort": "high"}),
-        ("chat", PROMPTS[6], {"lam": "auto"}),
-        ("completion", PROMPTS[7], {"lam": "auto"}),
+        ("chat", PROMPTS[6], {"lam": 0.15}),
+        ("completion", PROMPTS[7], {"lam": 0.85}),
     ]
     rows = server.served.engine.rows
     mixed_before = rows.mixed_steps
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(lambda c: send(client, reference, *c), cases))
-    lams = []
-    for (_, prompt, spec), _ in zip(cases, got):
-        lam = spec.get("lam", EFFORTS.get(spec.get("reasoning_effort")))
-        lams.append(auto_lam(reference, prompt) if lam == "auto" else lam)
+    lams = [lam_of(reference, prompt, spec) for _, prompt, spec in cases]
     refs = expected(reference, [c[1] for c in cases], lams)
     for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs):
         check(reference, kind, prompt, lam, g, ref_text)
-    assert len(set(lams)) >= 6
+    assert len(set(lams)) >= 7
+    assert any(g[3] for (kind, _, _), g in zip(cases, got) if kind == "chat"), "no chat reply had reasoning_content"
     assert rows.mixed_steps > mixed_before, "requests with different λ never shared an engine step"
     assert len(server.served.lambdas) == 0  # every request released its λ
 
 
+def lam_of(reference, prompt: str, spec: dict) -> float:
+    """The λ a request with this λ spec must run at (for "auto": dk.estimate's λ on the reference copy)."""
+    lam = spec.get("lam", EFFORTS.get(spec.get("reasoning_effort")))
+    return auto_lam(reference, prompt) if lam == "auto" else lam
+
+
 def test_streaming_gives_the_same_text(client, reference):
     cases = [("completion", PROMPTS[8], {"lam": 1.0}), ("completion", PROMPTS[9], {"lam": 0.2}),
-             ("chat", PROMPTS[10], {"lam": 0.9}), ("chat", PROMPTS[11], {"lam": "auto"})]
+             ("chat", PROMPTS[10], {"lam": 0.9}), ("chat", PROMPTS[11], {"lam": 0.55})]
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(lambda c: send(client, reference, *c, stream=True), cases))
-    lams = [auto_lam(reference, p) if s["lam"] == "auto" else s["lam"] for _, p, s in cases]
+    lams = [s["lam"] for _, _, s in cases]
     refs = expected(reference, [c[1] for c in cases], lams)
     for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs):
         check(reference, kind, prompt, lam, g, ref_text)
+
+
+@needs_pause
+def test_auto_requests_run_at_the_estimated_lambda_beside_fixed_ones(server, client, reference):
+    """ "lam": "auto" (chat and completion, streaming and not) while fixed-λ requests are in flight: each runs at
+    dk.estimate's λ for its prompt and gives dk.generate's text at that λ."""
+    cases = [("chat", PROMPTS[6], {"lam": "auto"}, False), ("completion", PROMPTS[7], {"lam": "auto"}, False),
+             ("chat", PROMPTS[11], {"lam": "auto"}, True), ("completion", PROMPTS[0], {"lam": 0.65}, False),
+             ("chat", PROMPTS[2], {"reasoning_effort": "high"}, True)]
+    calls_before = server.served.auto.calls
+    with ThreadPoolExecutor(len(cases)) as pool:
+        got = list(pool.map(lambda c: send(client, reference, *c[:3], stream=c[3]), cases))
+    lams = [lam_of(reference, prompt, spec) for _, prompt, spec, _ in cases]
+    refs = expected(reference, [c[1] for c in cases], lams)
+    for (kind, prompt, _, _), lam, g, ref_text in zip(cases, lams, got, refs):
+        check(reference, kind, prompt, lam, g, ref_text)
+    assert server.served.auto.calls - calls_before == 3
+    assert len(server.served.lambdas) == 0
+
+
+@pytest.mark.skipif(HAS_PAUSE, reason=f"transformers {transformers.__version__} has {PAUSE_API}: \"auto\" is served")
+def test_auto_is_refused_at_startup_without_the_engine_pause(capsys):
+    """Without the pause API, an estimator (or --default-lam auto) stops `dami serve` at startup with one line
+    naming the transformers API it needs, before the pair loads."""
+    from dami_kernels.cli import main
+    from dami_kernels.serving import ServeOptions
+
+    assert main(["serve", "--estimator", "conf", "--port", "8123"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert PAUSE_API in err and "5.24" in err and transformers.__version__ in err and "\n" not in err, err
+    with pytest.raises(ValueError, match=PAUSE_API):
+        build_app(None, None, ServeOptions(estimator=("conf", object())))
 
 
 def post(server, path: str, body: bytes, headers=None):
@@ -252,6 +295,18 @@ def test_a_request_id_in_flight_is_refused(server):
     assert status == 400 and data["detail"].startswith("x-request-id:") and "in flight" in data["detail"]
     status, data = post(server, "/completions", b'{"prompt": "<|bos|>", "lam": NaN}')
     assert data["detail"] == "lam: must be finite, got nan"
+
+
+def test_chat_max_completion_tokens_limits_the_reply(client, reference):
+    """max_completion_tokens (the OpenAI chat field; transformers 5.17's handler refuses it, the pair's passes it
+    on as max_tokens) stops the reply after that many tokens, and wins over max_tokens."""
+    model, tok, _ = reference
+    ref = dk.generate(model, tok, [PROMPTS[3]], [1.0], max_new_tokens=3, progress=False)[0]
+    assert ref.num_tokens == 3  # (the Thinking side's reply is longer than 3 tokens)
+    for extra in ({"max_completion_tokens": 3}, {"max_completion_tokens": 3, "max_tokens": 30}):
+        body = client.chat.completions.create(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[3]}],
+                                              extra_body={"lam": 1.0, **extra})
+        assert body.usage.completion_tokens == 3 and body.lam == 1.0
 
 
 def test_models_lists_the_pair_and_other_routes_are_refused(server, client):

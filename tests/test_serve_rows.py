@@ -208,11 +208,11 @@ def test_engine_steps_run_each_request_at_its_lambda():
     together, give exactly dk.generate's greedy tokens, and steps mix λ values. λ travels in the engine's
     own request state (the registry entries are dropped right after add_request)."""
     import dami_kernels as dk
-    from transformers import ContinuousBatchingConfig
 
     from dami_kernels.hf import load_pair_and_tokenizer
     from dami_kernels.hf.prompts import encode_prompts
     from dami_kernels.serving.rows import RequestLambdas, ServedLambda, attach_lambda_rows
+    from dami_kernels.serving.versions import cb_config
     from dami_kernels.testbed import testbed_dirs
 
     model, tok = load_pair_and_tokenizer(*testbed_dirs(), progress=False)
@@ -220,7 +220,7 @@ def test_engine_steps_run_each_request_at_its_lambda():
     lams = [0.0, 1.0, 0.5, 0.3, 0.8, 0.6, 0.45, 1.0]
     ref = dk.generate(model, tok, prompts, lams, max_new_tokens=48, progress=False)
     book = RequestLambdas()
-    config = ContinuousBatchingConfig(use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32)
+    config = cb_config(use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32)
     cb = model.init_continuous_batching(generation_config=model.generation_config, continuous_batching_config=config)
     rows = attach_lambda_rows(cb, model, book)
     assert model.get_output_embeddings().output_rows  # the engine keeps only the logits rows
@@ -243,8 +243,8 @@ def test_engine_steps_run_each_request_at_its_lambda():
     assert rows.mixed_steps > 0 and rows.steps >= max(r.num_tokens for r in ref)
     with pytest.raises(ValueError, match="async batching"):
         attach_lambda_rows(model.init_continuous_batching(
-            continuous_batching_config=ContinuousBatchingConfig(use_async_batching=True, num_blocks=8,
-                                                                max_batch_tokens=64, page_size=32)), model, book)
+            continuous_batching_config=cb_config(use_async_batching=True, num_blocks=8, max_batch_tokens=64,
+                                                 page_size=32)), model, book)
 
 
 def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
@@ -263,3 +263,18 @@ def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
     q.put(RequestState(request_id="unregistered", initial_tokens=[1]))
     assert q.get_nowait().logit_processor_kwargs == {"lam": 0.7}
     assert q.get_nowait().logit_processor_kwargs == {"lam": 0.2}  # the server's default
+
+
+def test_cb_config_puts_the_page_size_in_this_release_s_field():
+    """transformers 5.24 names the KV cache page size `page_size`, 5.17 `block_size`: the one the cache reads."""
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+
+    from dami_kernels.serving.versions import cb_config
+
+    fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    config = cb_config(page_size=48, num_blocks=7, max_batch_tokens=None, use_async_batching=False)
+    assert getattr(config, "page_size" if "page_size" in fields else "block_size") == 48
+    assert config.num_blocks == 7 and config.use_async_batching is False
+    assert config.max_batch_tokens == ContinuousBatchingConfig().max_batch_tokens  # None: transformers' default

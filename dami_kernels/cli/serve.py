@@ -101,6 +101,10 @@ def run(args) -> int:
     options = options_from_args(args, testbed, device_type)
     LamPolicy(options.default_lam, dict(options.efforts), args.allow_extrapolation,
               has_estimator=options.estimator is not None)  # bad λ values fail before the pair loads
+    if options.estimator is not None:
+        from dami_kernels.serving.versions import require_engine_pause
+
+        require_engine_pause("dami serve --estimator")  # ... and so does a transformers that cannot serve "auto"
     model, tokenizer = load_from_args(args)
     print(f"dami serve: {args.model_name} on http://{args.host}:{args.port}/v1 "
           f"(default λ {options.default_lam}, estimator {args.estimator or 'none'})", flush=True)

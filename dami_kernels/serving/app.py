@@ -61,12 +61,11 @@ class Served:
 
 def cb_config_for(options: ServeOptions):
     """transformers' ContinuousBatchingConfig for these options; async batching off (see rows.py)."""
-    from transformers import ContinuousBatchingConfig
+    from dami_kernels.serving.versions import cb_config
 
-    kwargs = {"page_size": options.cb_page_size, "num_blocks": options.cb_num_blocks,
-              "max_batch_tokens": options.cb_max_batch_tokens, "max_requests_per_batch": options.cb_max_requests,
-              "use_cuda_graph": options.cuda_graphs}
-    return ContinuousBatchingConfig(use_async_batching=False, **{k: v for k, v in kwargs.items() if v is not None})
+    return cb_config(page_size=options.cb_page_size, num_blocks=options.cb_num_blocks,
+                     max_batch_tokens=options.cb_max_batch_tokens, max_requests_per_batch=options.cb_max_requests,
+                     use_cuda_graph=options.cuda_graphs, use_async_batching=False)
 
 
 def build_app(model, tokenizer, options: ServeOptions | None = None):
@@ -79,8 +78,11 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     from dami_kernels.serving.engine import AutoLambda, PairGenerationState
     from dami_kernels.serving.handlers import NotServedHandler, PairChatCompletionHandler, PairCompletionHandler
     from dami_kernels.serving.models import PairModelManager
+    from dami_kernels.serving.versions import optional_server_handlers, require_engine_pause
 
     options = options or ServeOptions()
+    if options.estimator is not None or options.default_lam == "auto":
+        require_engine_pause('"lam": "auto" (--estimator)')
     if options.response_template is not None:
         tokenizer.response_template = options.response_template
     if not hasattr(model, "init_continuous_batching"):
@@ -106,7 +108,7 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     app = build_server(models, chat, completion_handler=completion,
                        response_handler=NotServedHandler("/v1/responses"),
                        transcription_handler=NotServedHandler("/v1/audio/transcriptions"),
-                       systemone_handler=NotServedHandler("/v1/systemone"), generation_state=generation)
+                       generation_state=generation, **optional_server_handlers(NotServedHandler))
     return app, Served(generation, lambdas, policy, auto, context)
 
 

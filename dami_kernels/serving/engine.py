@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from transformers.cli.serving.utils import CBGenerateManager, GenerationState
 
 from dami_kernels.serving.rows import RequestLambdas, attach_lambda_rows
+from dami_kernels.serving.versions import max_single_request_tokens
 
 
 class PairCBGenerateManager(CBGenerateManager):
@@ -36,8 +37,6 @@ class PairCBGenerateManager(CBGenerateManager):
         in transformers' engine; per-request: max tokens and EOS). Waits until its KV cache exists and
         returns the most tokens (prompt + new) one request can hold in it: a longer request could never be
         scheduled, and the engine would stop for every request."""
-        from transformers.generation.continuous_batching.model_runner import infer_max_single_request_tokens
-
         config = copy.deepcopy(model.generation_config)
         config.use_cache = False  # the engine keeps its own paged KV cache
         self.init_cb(model, config)
@@ -47,7 +46,7 @@ class PairCBGenerateManager(CBGenerateManager):
             if error is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the continuous-batching engine did not start: {error or 'timed out'}")
             time.sleep(0.01)
-        return infer_max_single_request_tokens(self._cb.batch_processor.cache)
+        return max_single_request_tokens(self._cb.batch_processor.cache)
 
     @contextmanager
     def paused(self):

@@ -24,6 +24,7 @@ from transformers.cli.serving.completion import CompletionHandler
 
 from dami_kernels.serving.lam_policy import LamChoice, LamPolicy, RequestError
 from dami_kernels.serving.rows import RequestLambdas, ServedLambda
+from dami_kernels.serving.versions import chat_reads_max_completion_tokens
 
 LAM_HEADER = "x-dami-lam"
 LAM_SOURCE_HEADER = "x-dami-lam-source"
@@ -53,6 +54,7 @@ class LambdaHandlerMixin:
             choice = self.policy.parse(body)
         except RequestError as err:
             raise HTTPException(status_code=400, detail=str(err)) from None
+        body = self.adapt_body(body)
         served_id = self.model_manager.force_model
         if body.get("model") not in (None, served_id):
             raise bad_request("model", f"this server serves {served_id!r} only, got {body['model']!r}")
@@ -66,6 +68,10 @@ class LambdaHandlerMixin:
             return response
         finally:
             self._choices.pop(request_id, None)
+
+    def adapt_body(self, body: dict) -> dict:
+        """The body as this transformers release's handler reads it (λ fields already removed)."""
+        return body
 
     async def _begin(self, request_id: str, inputs: dict, gen_config) -> ServedLambda:
         """Check the prompt length, resolve and register the request's λ; returns it."""
@@ -145,6 +151,15 @@ class PairChatCompletionHandler(LambdaHandlerMixin, ChatCompletionHandler):
     """`/v1/chat/completions` (the prompt is the chat template applied to `messages`)."""
 
     prompt_field = "messages"
+
+    def adapt_body(self, body: dict) -> dict:
+        """`max_completion_tokens` (which wins over `max_tokens`, as in the OpenAI API) passed on as `max_tokens`
+        to a transformers chat handler that refuses it (5.17)."""
+        if "max_completion_tokens" in body and not chat_reads_max_completion_tokens():
+            value = body.pop("max_completion_tokens")
+            if value is not None:
+                body["max_tokens"] = value
+        return body
 
 
 class PairCompletionHandler(LambdaHandlerMixin, CompletionHandler):

@@ -6,6 +6,8 @@ import json
 from fastapi import HTTPException
 from transformers.cli.serving.model_manager import ModelManager
 
+from dami_kernels.serving.versions import model_manager_kwargs
+
 
 class PairModelManager(ModelManager):
     """Serves exactly one model, the pair loaded by `dami_kernels.hf.load_pair`, as `model_id`.
@@ -15,7 +17,7 @@ class PairModelManager(ModelManager):
     """
 
     def __init__(self, model, tokenizer, model_id: str, device: str = "auto"):
-        super().__init__(device=str(device), continuous_batching=True, model_timeout=-1)
+        super().__init__(device=str(device), model_timeout=-1, **model_manager_kwargs())
         self.model, self.tokenizer = model, tokenizer
         self.force_model = model_id  # pinned: transformers' handlers refuse other names
 
@@ -38,8 +40,12 @@ class PairModelManager(ModelManager):
             yield f'data: {json.dumps({"status": "error", "model": model_id_and_revision, "message": message})}\n\n'
 
     def list_models(self, cache_dir: str | None = None) -> list[dict]:
+        """/v1/models: the one pair (5.24 asks `list_models`, 5.17 `get_gen_models`)."""
         return [{"id": self.force_model, "object": "model", "created": 0, "owned_by": "dami",
                  "status": {"value": "loaded"}}]
+
+    def get_gen_models(self, cache_dir: str | None = None) -> list[dict]:
+        return self.list_models(cache_dir)
 
     def shutdown(self) -> None:
         """The pair stays loaded for the life of the server (transformers' /reset would unload models)."""

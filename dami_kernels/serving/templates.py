@@ -9,12 +9,13 @@ from __future__ import annotations
 
 def testbed_response_template(eos_token: str = "<|eos|>") -> dict:
     """The testbed chat format: the reply follows `<|assistant|>`; `<think>…</think>` (the Thinking side's
-    scratchpad) is the reasoning, the rest up to EOS the content."""
+    scratchpad) is the reasoning, the rest up to EOS the content. The reasoning field is named `thinking`: the
+    name transformers 5.17 reads, and one of the names 5.24 reads as `reasoning_content`."""
     return {
         "defaults": {"role": "assistant"},
         "start_anchor": "<|assistant|>",
         "fields": {
-            "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
+            "thinking": {"open": "<think>", "close": "</think>", "content": "text"},
             "content": {"close": eos_token, "content": "text"},
         },
     }

@@ -13,7 +13,7 @@ tokens of one sequence (one λ) stay contiguous.
 import triton
 import triton.language as tl
 
-from dami_kernels.ops.triton_kernels import _mm_blend, _mm_dual, _mm_one
+from dami_kernels.ops.triton_kernels import _mm_blend, _mm_dual, _mm_one, _store_tile
 
 
 @triton.jit(do_not_specialize=["P", "NUM_TILES", "ROWS_PER_LAM", "stride_xm", "stride_os"])
@@ -108,13 +108,5 @@ def interp_grouped_kernel(
         dst = tl.load(dst_ptr + rows_c)
     else:
         dst = rows_c
-    cols_o = cols
-    split_off = pid_k * stride_os
-    if INT64:
-        dst = dst.to(tl.int64)
-        cols_o = cols.to(tl.int64)
-        split_off = pid_k.to(tl.int64) * stride_os
-    out_ptrs = out_ptr + split_off + dst[:, None] * stride_om + cols_o[None, :] * stride_on
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
-    if RECORD_PATH:
-        tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+    _store_tile(out_ptr, out, dst, cols, pid_k, stride_os, stride_om, stride_on, row_mask[:, None] & col_mask[None, :],
+                path_ptr, pid, path, INT64, RECORD_PATH)

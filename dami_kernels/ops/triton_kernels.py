@@ -138,6 +138,22 @@ def _mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
     return _out_orient(acc_i, SWAP_AB), _out_orient(acc_t, SWAP_AB)
 
 
+@triton.jit
+def _store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on, mask, path_ptr, pid, path,
+                INT64: tl.constexpr, RECORD_PATH: tl.constexpr):
+    """Store a [BLOCK_M, BLOCK_N] fp32 tile at output rows `rows` (split pid_k's slice), in i64 offsets
+    when INT64; record the program's path when RECORD_PATH. Shared by the dense and grouped kernels."""
+    split_off = pid_k * stride_os
+    if INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+        split_off = pid_k.to(tl.int64) * stride_os
+    out_ptrs = out_ptr + split_off + rows[:, None] * stride_om + cols[None, :] * stride_on
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if RECORD_PATH:
+        tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+
+
 @triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM",
                                 "stride_xm", "stride_os"])
 def interp_linear_kernel(
@@ -230,17 +246,8 @@ def interp_linear_kernel(
         lam2 = lam[:, None]
         out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
 
-    rows_o = rows
-    cols_o = cols
-    split_off = pid_k * stride_os
-    if INT64:
-        rows_o = rows.to(tl.int64)
-        cols_o = cols.to(tl.int64)
-        split_off = pid_k.to(tl.int64) * stride_os
-    out_ptrs = out_ptr + split_off + rows_o[:, None] * stride_om + cols_o[None, :] * stride_on
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
-    if RECORD_PATH:
-        tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+    _store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on, row_mask[:, None] & col_mask[None, :],
+                path_ptr, pid, path, INT64, RECORD_PATH)
 
 
 @triton.jit(do_not_specialize=["MN"])

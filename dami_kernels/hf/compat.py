@@ -1,7 +1,8 @@
 """Check that two checkpoints are one base model's Instruct and Thinking sides, before any weight is read.
 
 Order of checks: architecture and model type, the config fields that shape tensors (vocabulary first),
-the tensor name set, each tensor's shape, then every tensor against what the config implies (`expected.py`). The first difference raises a ValueError naming it.
+the tensor name set, each tensor's shape, then every tensor against what the config implies
+(`expected.py`). The first difference raises a ValueError naming it.
 Other differing config fields only warn: the model is built from the Instruct config.
 """
 from __future__ import annotations

@@ -57,9 +57,9 @@ def expected_for(ckpt: Checkpoint) -> Expected:
     from transformers.core_model_loading import rename_source_key
 
     model = meta_skeleton(ckpt.config)
-    shapes, first_of = {}, {}
-    tied = {}
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    shapes, first_of, tied = {}, {}, {}
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for name, t in named:
         shapes[name] = tuple(t.shape)
         if id(t) in first_of and first_of[id(t)] != name:
             tied[name] = first_of[id(t)]

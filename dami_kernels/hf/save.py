@@ -33,7 +33,8 @@ def save_pair(model: nn.Module, out_dir, *, tokenizer=None, overwrite: bool = Fa
     """Write `out_dir/instruct` and `out_dir/thinking` (plain HF checkpoints, safetensors); returns out_dir.
 
     tokenizer: saved into both sides when given. overwrite: replace an out_dir that this project wrote
-    before (never a foreign directory). progress: transformers' shard-writing bars. Raises ValueError for a model that is not a pair.
+    before (never a foreign directory). progress: transformers' shard-writing bars. Raises ValueError
+    for a model that is not a pair.
     """
     lambda_state(model)  # a pair model, or a clear error
     sd_i, sd_t = side_state_dicts(model)

@@ -6,9 +6,9 @@ nn.Linear) and its experts as `<Family>Experts` (fused `gate_up_proj` [E, 2I, H]
 they read λ per token row (`LambdaState.for_rows`: token t of sequence t // S, or per packed row).
 
 Supported families (the same routing and expert math): Qwen3-MoE, Qwen2-MoE (its shared expert and
-shared-expert gate are plain nn.Linear that see the flattened rows too: `InterpTokenLinear`) and Mixtral. Any other router or experts class
-is refused with a ValueError that names it (`check_moe_supported`): never a silently
-un-interpolated tensor.
+shared-expert gate are plain nn.Linear that see the flattened rows too: `InterpTokenLinear`) and
+Mixtral. Any other router or experts class is refused with a ValueError that names it
+(`check_moe_supported`): never a silently un-interpolated tensor.
 """
 from __future__ import annotations
 

@@ -30,14 +30,8 @@ def is_scaled_embedding(module: nn.Module) -> bool:
 class InterpOffsetRMSNorm(InterpRMSNorm):
     """Gemma RMSNorm: normalize in fp32, scale by (1 + g(λ)) in fp32, cast back. Input [B, ..., D]."""
 
-    @classmethod
-    def from_rmsnorm(cls, norm: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter):
-        return cls(norm.weight, weight_t, norm.eps, lam_state=lam_state)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return (h * (1.0 + self.gain(x.shape[0], x.dim(), shape=x.shape).float())).type_as(x)
+        return (self.normalized(x) * (1.0 + self.gain(x.shape[0], x.dim(), shape=x.shape).float())).type_as(x)
 
 
 class InterpScaledEmbedding(InterpEmbedding):

@@ -62,12 +62,17 @@ class InterpRMSNorm(_BlendedGain, nn.Module):
 
     @classmethod
     def from_rmsnorm(cls, norm: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter):
-        return cls(norm.weight, weight_t, norm.variance_epsilon, lam_state=lam_state)
+        """Wrap `norm` (epsilon in `variance_epsilon`, or `eps` as Gemma's norms keep it)."""
+        eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+        return cls(norm.weight, weight_t, eps, lam_state=lam_state)
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """x·rsqrt(mean(x²) + eps) in fp32, [B, ..., D]."""
+        h = x.float()
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.gain(x.shape[0], x.dim(), shape=x.shape) * h.to(x.dtype)
+        return self.gain(x.shape[0], x.dim(), shape=x.shape) * self.normalized(x).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

@@ -2,10 +2,10 @@
 
 Swapped: exact nn.Linear, nn.Embedding and affine nn.LayerNorm, the RMSNorm classes listed in
 `norms.RMSNORM_CLASS_NAMES`, the Gemma (1 + w) norms and scaled embeddings (`gemma.py`), and the MoE
-routers and fused experts in `experts.ROUTER_CLASSES` / `experts.EXPERTS_CLASSES` (any other MoE router or
-experts class is a ValueError that names it). The new layer keeps the original Parameter objects as the Instruct side,
-so tied weights (embeddings/lm_head) stay tied; the Thinking-side Parameter of a tied weight is created
-once and shared the same way.
+routers and fused experts in `experts.ROUTER_CLASSES` / `experts.EXPERTS_CLASSES` (any other MoE router
+or experts class is a ValueError that names it). The new layer keeps the original Parameter objects as
+the Instruct side, so tied weights (embeddings/lm_head) stay tied; the Thinking-side Parameter of a
+tied weight is created once and shared the same way.
 """
 from __future__ import annotations
 

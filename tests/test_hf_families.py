@@ -56,3 +56,11 @@ def test_save_pretrained_refuses(family):
     _, _, model = family
     with pytest.raises(ValueError, match="save_pair"):
         model.save_pretrained("/nonexistent/never-written")
+
+
+def test_device_map_over_several_devices_is_refused():
+    paths = cached_pair("llama")
+    device_map = {"model.embed_tokens": "cpu", "model.layers": "meta", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                  "lm_head": "cpu"}
+    with pytest.raises(ValueError, match="one device"):
+        dk.load_pair(paths.instruct, paths.thinking, device_map=device_map, progress=False)

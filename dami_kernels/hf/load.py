@@ -88,6 +88,19 @@ def load_side(ckpt: Checkpoint, dtype: torch.dtype, placement: dict, *, progress
     return model
 
 
+def check_one_device(*models: nn.Module) -> None:
+    """A pair keeps one λ buffer, so its weights must sit on one device, without offloading hooks: refuse
+    a device map that spread them (several devices, "cpu"/"disk" offload), naming the placement."""
+    placed = {p.device for m in models for p in m.parameters() if type(p).__name__ != "DTensor"}
+    offloaded = any(str(v) == "disk" for m in models for v in (getattr(m, "hf_device_map", None) or {}).values())
+    if len(placed) > 1 or offloaded or any(d.type == "meta" for d in placed):
+        where = sorted(map(str, placed)) + (["disk"] if offloaded else [])
+        raise ValueError(
+            f"the device map spread the pair over {where}; a pair model keeps one λ buffer and its layers are "
+            "swapped after loading, so it must sit on one device without offloading (use device=..., or "
+            "tp_plan='auto' under torchrun for several GPUs)")
+
+
 def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map=None, tp_plan=None,
               allow_pickle: bool = False, allow_extrapolation: bool = False, backend: str | None = None,
               progress: bool = True) -> nn.Module:
@@ -108,6 +121,7 @@ def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map
     placement = placement_kwargs(device, device_map, tp_plan)
     model = load_side(ckpt_i, dtype, placement, progress=progress)
     model_t = load_side(ckpt_t, dtype, placement, progress=progress)
+    check_one_device(model, model_t)
     convert_pair(model, model_t, allow_extrapolation=allow_extrapolation, backend=backend)
     del model_t
     model.eval()

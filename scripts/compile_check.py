@@ -49,6 +49,18 @@ M=16384 (--lm-head-m), where the output offsets need 64 bits.
         [--dtypes bf16,fp32] [--m-buckets 1,256] [--tf32]
     python scripts/compile_check.py --count-variants [--count-shape qwen3-4b:gate_up] [--json OUT.json]
 
+--moe checks the MoE grouped dual-weight kernel instead: `moe_launch.interp_experts_triton` (routing
+sort, tile table, the gate_up and down grouped launches, each with its split-K reduce) runs on CPU
+stand-ins of the Qwen3-30B-A3B experts (128 experts, top-8, hidden 2048, moe_intermediate 768:
+gate_up [E, 1536, 2048], down [E, 2048, 768]) at --moe-tokens (default 1,8,64,512,4096) tokens routed
+at random (fixed seed) to distinct experts, λ per row and per sequence, through the same seams
+(`moe_launch.pick_config` gets the fake CUDA device). Its rows have the same format with "kernel":
+"interp_grouped" (or "splitk_reduce"), "shape": one expert's [N, K], "m": the tokens, plus "experts",
+"top_k", "rows" (T·k) and "m_bucket": the bucket of cdiv(rows, experts), the rows an expert gets on
+average, for which `experts_config` picks the config ("split_k" is the launch's effective split).
+
+    python scripts/compile_check.py --moe [--json OUT.json] [--dtypes bf16] [--moe-tokens 1,4096]
+
 --count-variants compiles nothing: it runs the launcher for a decode loop (M = 1..64, per-sequence λ,
 one row per sequence) and a prefill loop (one sequence of M = 1..8192 rows) and counts the distinct
 Triton cache keys (the key of `JITFunction.run`: `knobs.runtime.jit_cache_hook` receives it on a
@@ -71,7 +83,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -81,12 +93,15 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dami_kernels.ops import configs, triton_launch  # noqa: E402
+from dami_kernels.ops import configs, moe_launch, triton_launch  # noqa: E402
+from dami_kernels.ops.configs import KernelConfig  # noqa: E402
+from dami_kernels.ops.moe_kernels import interp_grouped_kernel  # noqa: E402
 from dami_kernels.ops.triton_kernels import interp_linear_kernel, splitk_reduce_kernel  # noqa: E402
 
 SMEM_LIMITS = {90: 232448, 80: 166912, 86: 101376, 89: 101376}  # opt-in shared memory per block, bytes
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KERNEL_NAMES = {interp_linear_kernel: "interp_linear", splitk_reduce_kernel: "splitk_reduce"}
+KERNEL_NAMES = {interp_linear_kernel: "interp_linear", splitk_reduce_kernel: "splitk_reduce",
+                interp_grouped_kernel: "interp_grouped"}
 LAM_FORMS = ("scalar", "per_sequence", "per_row")
 LM_HEAD_LONG_M = 16384  # the lm_head is also checked at this M (a prefill whose logits need int64)
 PREFILL_SEQUENCES = 4  # per-sequence λ at prefill: this many sequences of M / 4 rows
@@ -326,8 +341,98 @@ def m_values(buckets: list[int], with_lm_head: bool, long_m: int) -> list[int]:
     return buckets + ([long_m] if with_lm_head and long_m and long_m not in buckets else [])
 
 
+def _describe(row: dict) -> str:
+    """One line naming a row's kernel build: dtype, tile config, split-K, bias and an example problem."""
+    cfg = row["config"]
+    where = (f"{row['experts']}x{row['shape'][0]}x{row['shape'][1]} T={row['m']} ({row['rows']} rows)"
+             if "experts" in row else f"{row['shape'][0]}x{row['shape'][1]} M={row['m']}")
+    return (f"{row['kernel']}{' backward_dx' if row['direction'] != 'forward' else ''} {row['dtype']} "
+            f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} w{cfg['num_warps']} s{cfg['num_stages']} "
+            f"swap={cfg['swap_ab']} split={row['split_k']} bias={row['has_bias']} int64={row['int64_offsets']} "
+            f"for {where}")
+
+
+class Collector:
+    """Compiles recorded launches (Triton's cache compiles each variant once), analyses each compiled
+    variant once, and merges the launches into report rows keyed by (kernel, direction, problem, dtype,
+    bias, config, variant), the λ forms and config sources that led to a row collected in lists."""
+
+    def __init__(self, target: GPUTarget, quiet: bool):
+        self.smem_limit = SMEM_LIMITS[target.arch]
+        self.device = OfflineDriver(target).get_current_device()
+        self.quiet = quiet
+        self.analyses: dict[int, dict] = {}  # id(CompiledKernel) -> analysis (the kernel cache keeps them)
+        self.rows: dict[tuple, dict] = {}
+        self.errors = 0
+        self.start = time.time()
+
+    def compile(self, launch: Launch) -> tuple[dict, bool]:
+        """(analysis, newly compiled) of one launch's variant; a failed compile gives an "error" entry."""
+        name = KERNEL_NAMES[launch.kernel]
+        try:
+            ck = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
+            if id(ck) in self.analyses:
+                return self.analyses[id(ck)], False
+            self.analyses[id(ck)] = dict(analyse(ck, self.smem_limit), kernel=name,
+                                         variant=kernel_key(launch.kernel, self.device, ck))
+            return self.analyses[id(ck)], True
+        except Exception as err:  # report every variant, then fail
+            self.errors += 1
+            return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
+                    "variant": "error", "kernel": name, "registers": -1, "spill_bytes": -1,
+                    "shared_bytes": -1, "shared_limit": self.smem_limit, "tf32_instructions": -1,
+                    "uses_cp_async": False}, False
+
+    def add(self, launch: Launch, row: dict, lam_form: str, source: str) -> None:
+        """Compile one launch and merge it into the rows; `row` holds the problem's fields (everything
+        but the analysis, "kernel", "precision", "lam_forms" and "config_sources")."""
+        t0 = time.time()
+        info, new = self.compile(launch)
+        name = KERNEL_NAMES[launch.kernel]
+        problem = tuple(json.dumps(v, sort_keys=True) for k, v in row.items() if k != "linears")
+        key = (name, problem, info["variant"])
+        merged = self.rows.get(key)
+        if merged is None:
+            merged = self.rows[key] = {"kernel": name, **row,
+                                       "precision": launch.kwargs.get("PRECISION", "n/a"),
+                                       "lam_forms": [], "config_sources": [], **info}
+        if lam_form not in merged["lam_forms"]:
+            merged["lam_forms"].append(lam_form)
+        if source not in merged["config_sources"]:
+            merged["config_sources"].append(source)
+        if new and not self.quiet:
+            print(f"compiled {_describe(merged)}: {info.get('registers')} regs, spill {info.get('spill_bytes')} B, "
+                  f"smem {info.get('shared_bytes')} B, {info.get('mma')}, cp.async={info.get('uses_cp_async')}, "
+                  f"tf32={info.get('tf32_instructions')} ({time.time() - t0:.1f} s)", flush=True)
+
+    def finish(self, json_path: str | None) -> int:
+        """Print the summary and the failures, write the JSON report; the exit status (1: a problem)."""
+        elapsed = time.time() - self.start
+        out_rows = []
+        for row in self.rows.values():
+            row["problems"] = problems_of(row)
+            out_rows.append(row)
+        failed = [r for r in out_rows if r["problems"]]
+        variants = {r["variant"] for r in out_rows}
+        per_kernel = ", ".join(f"{sum(1 for a in self.analyses.values() if a['kernel'] == name)} {name}"
+                               for name in KERNEL_NAMES.values())
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{len(out_rows)} rows, {len(variants)} distinct compiled variants ({per_kernel}), "
+              f"{elapsed:.0f} s, peak RSS {peak_rss_mb:.0f} MB")
+        seen = set()
+        for r in failed:
+            sig = (r["variant"], tuple(r["problems"]))
+            if sig in seen:
+                continue
+            seen.add(sig)
+            print(f"FAIL {_describe(r)}: {'; '.join(r['problems'])}")
+        print(f"{len(failed)} failing rows ({len(seen)} distinct failures)")
+        if json_path:
+            Path(json_path).write_text(json.dumps(out_rows, indent=1))
+        return 1 if failed or self.errors else 0
+
+
 def run_check(args, target: GPUTarget) -> int:
-    smem_limit = SMEM_LIMITS[target.arch]
     sms = [int(v) for v in args.sms.split(",")]
     sources, table_shapes = config_sources(sms)
     shapes = select_shapes(args.shapes)
@@ -336,13 +441,9 @@ def run_check(args, target: GPUTarget) -> int:
             shapes.setdefault(nk, []).extend(sorted(set(names)))
     dtypes = (args.dtypes or "bf16,fp16,fp32").split(",")
     buckets = [int(v) for v in args.m_buckets.split(",")]
-    lam_forms = args.lam_forms.split(",")
+    lam_forms = (args.lam_forms or ",".join(LAM_FORMS)).split(",")
     harness = LauncherHarness(sources)
-    device = OfflineDriver(target).get_current_device()
-    analyses: dict[int, dict] = {}  # id(CompiledKernel) -> analysis (the kernel cache keeps them alive)
-    rows: dict[tuple, dict] = {}
-    errors = 0
-    start = time.time()
+    collector = Collector(target, args.quiet)
     for (n, k), names in shapes.items():
         is_lm_head = any(name.endswith(":lm_head") for name in names)
         for m in m_values(buckets, is_lm_head, args.lm_head_m):
@@ -354,73 +455,106 @@ def run_check(args, target: GPUTarget) -> int:
             for dt, si, bias, form, direction in cases:
                 launches, plan = harness.run(si, n, k, m, DTYPES[dt], bias, form, direction)
                 for launch in launches:
-                    name = KERNEL_NAMES[launch.kernel]
-                    t0 = time.time()
-                    new = False
-                    try:
-                        ck = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
-                        if id(ck) not in analyses:
-                            new = True
-                            analyses[id(ck)] = dict(analyse(ck, smem_limit), kernel=name,
-                                                    variant=kernel_key(launch.kernel, device, ck))
-                        info = analyses[id(ck)]
-                    except Exception as err:  # report every variant, then fail
-                        errors += 1
-                        info = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
-                                "variant": "error", "kernel": name, "registers": -1, "spill_bytes": -1,
-                                "shared_bytes": -1, "shared_limit": smem_limit, "tf32_instructions": -1,
-                                "uses_cp_async": False}
-                    cfg = asdict(plan.config)
-                    key = (name, direction, n, k, m, dt, bias, json.dumps(cfg, sort_keys=True), info["variant"])
-                    row = rows.get(key)
-                    if row is None:
-                        row = rows[key] = {
-                            "kernel": name, "direction": direction, "shape": [n, k], "linears": names, "m": m,
-                            "m_bucket": configs.m_bucket(m), "dtype": dt, "has_bias": bias, "config": cfg,
-                            "split_k": plan.split_k, "int64_offsets": bool(plan.int64),
-                            "precision": launch.kwargs.get("PRECISION", "n/a"),
-                            "lam_forms": [], "config_sources": [],
-                            **info,
-                        }
-                    if form not in row["lam_forms"]:
-                        row["lam_forms"].append(form)
-                    if sources[si].name not in row["config_sources"]:
-                        row["config_sources"].append(sources[si].name)
-                    if new and not args.quiet:
-                        print(f"compiled {name} {dt} {cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} "
-                              f"w{cfg['num_warps']} s{cfg['num_stages']} swap={cfg['swap_ab']} "
-                              f"split={plan.split_k} bias={bias} int64={plan.int64} for {n}x{k} M={m}"
-                              f"{' (backward dx)' if direction != 'forward' else ''}: "
-                              f"{info.get('registers')} regs, spill {info.get('spill_bytes')} B, "
-                              f"smem {info.get('shared_bytes')} B, {info.get('mma')}, "
-                              f"cp.async={info.get('uses_cp_async')}, tf32={info.get('tf32_instructions')} "
-                              f"({time.time() - t0:.1f} s)", flush=True)
-    elapsed = time.time() - start
-    out_rows = []
-    for row in rows.values():
-        row["problems"] = problems_of(row)
-        out_rows.append(row)
-    failed = [r for r in out_rows if r["problems"]]
-    variants = {r["variant"] for r in out_rows}
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{len(out_rows)} rows, {len(variants)} distinct compiled variants "
-          f"({sum(1 for a in analyses.values() if a['kernel'] == 'interp_linear')} interp_linear, "
-          f"{sum(1 for a in analyses.values() if a['kernel'] == 'splitk_reduce')} splitk_reduce), "
-          f"{elapsed:.0f} s, peak RSS {peak_rss_mb:.0f} MB")
-    seen = set()
-    for r in failed:
-        sig = (r["variant"], tuple(r["problems"]))
-        if sig in seen:
-            continue
-        seen.add(sig)
-        cfg = r["config"]
-        print(f"FAIL {r['kernel']}{' backward_dx' if r['direction'] != 'forward' else ''} {r['dtype']} {cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} "
-              f"w{cfg['num_warps']} s{cfg['num_stages']} swap={cfg['swap_ab']} split={r['split_k']} "
-              f"bias={r['has_bias']} (e.g. {r['shape'][0]}x{r['shape'][1]} M={r['m']}): {'; '.join(r['problems'])}")
-    print(f"{len(failed)} failing rows ({len(seen)} distinct failures)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out_rows, indent=1))
-    return 1 if failed or errors else 0
+                    row = {"direction": direction, "shape": [n, k], "linears": names, "m": m,
+                           "m_bucket": configs.m_bucket(m), "dtype": dt, "has_bias": bias,
+                           "config": asdict(plan.config), "split_k": plan.split_k,
+                           "int64_offsets": bool(plan.int64)}
+                    collector.add(launch, row, form, sources[si].name)
+    return collector.finish(args.json)
+
+
+# --- the MoE grouped kernel -----------------------------------------------------------------------
+
+MOE_MODELS = {  # experts, top-k, hidden, moe_intermediate
+    "qwen3-30b-a3b": (128, 8, 2048, 768),
+}
+MOE_TOKENS = (1, 8, 64, 512, 4096)
+MOE_LAM_FORMS = ("per_row", "per_sequence")
+
+
+class MoEHarness:
+    """Runs `moe_launch.interp_experts_triton` (the experts MLP: routing sort, tile table, the gate_up
+    and down grouped launches) on CPU stand-in weights and records its launches through the
+    `triton_launch._launch` seam that `LauncherHarness` installs. `moe_launch.pick_config` receives the
+    fake CUDA device of the current config source (as `plan_launch` does in `LauncherHarness`), so
+    `experts_config` takes the GPU heuristics or a tuned table; the configs it returns are recorded."""
+
+    def __init__(self, dense: LauncherHarness):
+        self.dense = dense
+        self.configs: list[KernelConfig] = []
+        real_pick = moe_launch.pick_config
+
+        def pick_config(m, n, k, dtype, device, *rest, **kw):
+            cfg = real_pick(m, n, k, dtype, torch.device("cuda", self.dense.current), *rest, **kw)
+            self.configs.append(cfg)
+            return cfg
+
+        moe_launch.pick_config = pick_config
+
+    def run(self, source: int, experts: int, top_k: int, hidden: int, inter: int, tokens: int, dtype,
+            lam_form: str) -> list[Launch]:
+        """The launches of one experts-MLP call on `tokens` tokens, each routed to top_k distinct experts
+        at random (a fixed seed); λ per row (lam [T]) or per sequence (decode: one token per sequence,
+        prefill: PREFILL_SEQUENCES sequences)."""
+        self.dense.current = source
+        gen = torch.Generator().manual_seed(tokens)
+        x = torch.empty((tokens, hidden), dtype=dtype)
+        gate_up = torch.empty((experts, 2 * inter, hidden), dtype=dtype)
+        down = torch.empty((experts, hidden, inter), dtype=dtype)
+        index = torch.rand((tokens, experts), generator=gen).topk(top_k, dim=1).indices
+        weights = torch.rand((tokens, top_k), generator=gen, dtype=dtype)
+        if lam_form == "per_row":
+            rows_per_lam = 1
+        elif lam_form == "per_sequence":
+            rows_per_lam = 1 if tokens <= configs.DECODE_MAX_M else max(tokens // PREFILL_SEQUENCES, 1)
+        else:
+            raise ValueError(lam_form)
+        lam = torch.rand(-(-tokens // rows_per_lam), generator=gen)
+        self.dense.launches, self.configs = [], []
+        moe_launch.interp_experts_triton(x, gate_up, gate_up, down, down, index, weights, lam, rows_per_lam,
+                                         torch.nn.functional.silu)
+        return self.dense.launches
+
+
+def run_moe(args, target: GPUTarget) -> int:
+    """Compile and analyse the grouped kernel's variants for the MoE models' expert shapes."""
+    sms = [int(v) for v in args.sms.split(",")]
+    sources, _ = config_sources(sms)
+    dtypes = (args.dtypes or "bf16,fp16,fp32").split(",")
+    tokens_list = [int(v) for v in args.moe_tokens.split(",")]
+    lam_forms = (args.lam_forms or ",".join(MOE_LAM_FORMS)).split(",")
+    models = args.moe_models.split(",")
+    if not set(models) <= set(MOE_MODELS):
+        raise SystemExit(f"unknown --moe-models {args.moe_models!r}; known: {', '.join(MOE_MODELS)}")
+    if not set(lam_forms) <= set(MOE_LAM_FORMS):
+        raise SystemExit(f"--lam-forms {args.lam_forms!r} with --moe: choose from {', '.join(MOE_LAM_FORMS)}")
+    harness = MoEHarness(LauncherHarness(sources))
+    collector = Collector(target, args.quiet)
+    for model in models:
+        experts, top_k, hidden, inter = MOE_MODELS[model]
+        for tokens in tokens_list:
+            rows = tokens * top_k
+            for dt, si, form in [(d, s, f) for d in dtypes for s in range(len(sources)) for f in lam_forms]:
+                launches = harness.run(si, experts, top_k, hidden, inter, tokens, DTYPES[dt], form)
+                grouped = [launch for launch in launches if launch.kernel is interp_grouped_kernel]
+                if len(grouped) != 2:
+                    raise RuntimeError(f"expected the gate_up and down grouped launches, got {len(grouped)}")
+                linear = None
+                for launch in launches:
+                    if launch.kernel is interp_grouped_kernel:  # gate_up, then down; a reduce follows its own
+                        i = 0 if linear is None else 1
+                        linear = ("experts_gate_up", "experts_down")[i]
+                        _, n, k = launch.args[1].shape
+                        # The config experts_config picked, with the block_m the launch ran (down takes
+                        # gate_up's, as the tile table is shared).
+                        cfg = asdict(replace(harness.configs[i], block_m=launch.kwargs["BLOCK_M"]))
+                        split_k, int64 = launch.grid[1], bool(launch.kwargs["INT64"])
+                    row = {"direction": "forward", "shape": [n, k], "linears": [f"{model}:{linear}"],
+                           "experts": experts, "top_k": top_k, "m": tokens, "rows": rows,
+                           "m_bucket": configs.m_bucket(-(-rows // experts)), "dtype": dt, "has_bias": False,
+                           "config": cfg, "split_k": split_k, "int64_offsets": int64}
+                    collector.add(launch, row, form, sources[si].name)
+    return collector.finish(args.json)
 
 
 def count_variants(args, target: GPUTarget) -> int:
@@ -522,7 +656,9 @@ def main() -> int:
                         help="comma list of M values (default: every M bucket)")
     parser.add_argument("--lm-head-m", type=int, default=LM_HEAD_LONG_M,
                         help="an extra M for lm_head shapes (0: none)")
-    parser.add_argument("--lam-forms", default=",".join(LAM_FORMS))
+    parser.add_argument("--lam-forms", default=None,
+                        help=f"comma list of λ forms (default: {','.join(LAM_FORMS)}; "
+                             f"--moe: {','.join(MOE_LAM_FORMS)})")
     parser.add_argument("--sms", default="132,114",
                         help="SM counts the GPU heuristics are evaluated for (H100 SXM/H200: 132, H100 PCIe: 114)")
     parser.add_argument("--tf32", action="store_true",
@@ -533,6 +669,11 @@ def main() -> int:
     parser.add_argument("--prefill-max-m", type=int, default=8192)
     parser.add_argument("--backward", action="store_true",
                         help="also check the autograd backward's dx launches (transposed weights)")
+    parser.add_argument("--moe", action="store_true",
+                        help="check the MoE grouped kernel (interp_experts_triton) instead of the dense linears")
+    parser.add_argument("--moe-models", default=",".join(MOE_MODELS), help="comma list of MoE models (--moe)")
+    parser.add_argument("--moe-tokens", default=",".join(str(t) for t in MOE_TOKENS),
+                        help="comma list of token counts (--moe)")
     parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
     args = parser.parse_args()
 
@@ -542,6 +683,8 @@ def main() -> int:
     driver.set_active(OfflineDriver(target))
     if args.count_variants:
         return count_variants(args, target)
+    if args.moe:
+        return run_moe(args, target)
     return run_check(args, target)
 
 

@@ -2,7 +2,8 @@
 launcher produces, and its JSON report keeps its contract. Subprocesses on a small subset: bf16 for
 the Qwen3-4B gate/up and lm_head shapes at a split-K decode bucket (M=4) and a multi-stage prefill bucket
 (M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); fp32 (slow to compile) for
-gate/up at M=256, once by default and once with --tf32; and --count-variants."""
+gate/up at M=256, once by default and once with --tf32; --count-variants; and --moe (the grouped
+experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token (split-K decode) and 4096 tokens."""
 import json
 import os
 import subprocess
@@ -27,12 +28,13 @@ RUNS = {
     "fp32": FP32,  # fp32 compiles are slow (FMA products): one bucket, once by default and once with TF32
     "tf32": ("--tf32", *FP32),
     "count": ("--count-variants",),
+    "moe": ("--moe", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132"),
 }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[int, str, object]]:
-    """The three runs of the script, side by side (the machine has more than one core):
+    """The runs of the script, side by side (the machine has more than one core):
     {name: (exit status, output, parsed JSON report)}."""
     tmp = tmp_path_factory.mktemp("compile_check")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest sets it
@@ -120,3 +122,25 @@ def test_count_variants_is_small(runs):
         counts = result[loop]["distinct_keys_per_bias"]
         assert 0 < counts["false"] <= 8 and 0 < counts["true"] <= 8, result[loop]
         assert 0 < result[loop]["distinct_keys"] <= 16
+
+
+def test_moe_grouped_kernel_rows(runs):
+    rc, text, rows = runs["moe"]
+    assert rows, text
+    for row in rows:
+        for key, typ in ROW_KEYS.items():
+            assert isinstance(row[key], typ), (key, row)
+        assert row["experts"] == 128 and row["top_k"] == 8 and row["rows"] == 8 * row["m"], row
+    grouped = {(tuple(r["shape"]), r["m"]): r for r in rows if r["kernel"] == "interp_grouped"}
+    # gate_up [E, 1536, 2048] and down [E, 2048, 768] at both token counts, both λ forms.
+    assert set(grouped) == {(s, t) for s in ((1536, 2048), (2048, 768)) for t in (1, 4096)}, sorted(grouped)
+    for (_, tokens), r in grouped.items():
+        assert set(r["lam_forms"]) == {"per_row", "per_sequence"}, r
+        assert r["m_bucket"] == (1 if tokens == 1 else 256)
+        assert r["mma"] in ("wgmma", "mma.sync"), r
+        assert r["specialization"]["P"] == "i32" and r["specialization"]["NUM_TILES"] == "i32", r
+    # One token routes 8 rows: the decode config splits K, so the reduce kernel follows.
+    assert any(r["kernel"] == "splitk_reduce" and r["m"] == 1 for r in rows), rows
+    assert not [r for r in rows if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")]
+    assert all(r["uses_cp_async"] for r in grouped.values() if r["config"]["num_stages"] > 1)
+    assert (rc != 0) == any(r["problems"] for r in rows), text

@@ -9,7 +9,8 @@ import pytest
 from dami_kernels.cli import main
 from dami_kernels.evaluation.runner import read_records
 
-METHOD_KEYS = {"instruct", "thinking", "dami_conf", "dami_pref", "oracle"}
+METHOD_KEYS = {"thinking", "instruct", "dami_conf", "dami_pref", "oracle", "syntax_rule", "random_matched",
+               "frontier_matched"}
 
 
 @pytest.fixture(scope="module")
@@ -29,48 +30,62 @@ def demo_dir(demo_run):
 
 def test_demo_prints_its_tables(demo_run):
     from dami_kernels.evaluation.sweep import table_markdown
-    from dami_kernels.workflows.demo import methods_markdown, targets_markdown
+    from dami_kernels.workflows.demo import methods_markdown, signals_markdown, targets_markdown
 
     out, printed = demo_run
     r = json.loads((out / "report.json").read_text())
-    for table in (table_markdown(r["sweep"], r["continuity"]), methods_markdown(r), targets_markdown(r)):
+    d = json.loads((out / "details.json").read_text())
+    for table in (table_markdown(d["sweep_table"], d["continuity"]), methods_markdown(r), targets_markdown(d),
+                  signals_markdown(r)):
         assert table in printed
     conf = r["methods"]["dami_conf"]
-    assert f"| dami_conf | {conf['accuracy']:.3f} | {conf['mean_tokens']:.1f} | {conf['mean_lam']:.2f} |" in printed
+    assert f"| dami_conf | {conf['accuracy']:.3f} | {conf['mean_tokens']:.1f} | {conf['mean_lambda']:.2f} |" in printed
 
 
-def test_demo_report_schema(demo_dir):
+def test_demo_report_contract(demo_dir):
+    """report.json has exactly the issue's keys and types."""
     r = json.loads((demo_dir / "report.json").read_text())
-    assert r["seed"] == 7 and r["n_problems"] == 16
+    assert set(r) == {"n", "seed", "mix", "margin", "methods", "sweep", "signals_auroc"}
+    assert r["n"] == 16 and r["seed"] == 7 and r["mix"] == [1, 1, 1, 1] and r["margin"] == 0.01
     assert [row["lam"] for row in r["sweep"]] == pytest.approx([0.1 * i for i in range(11)])
     for row in r["sweep"]:
-        assert set(row) >= {"lam", "accuracy", "mean_tokens"}
+        assert set(row) == {"lam", "accuracy", "mean_tokens"}
     assert set(r["methods"]) == METHOD_KEYS
     for name, m in r["methods"].items():
+        assert set(m) == {"accuracy", "mean_tokens", "mean_lambda", "vs_thinking"}, name
         assert 0.0 <= m["accuracy"] <= 1.0 and m["mean_tokens"] > 0, name
-    for name in ("dami_conf", "dami_pref", "oracle"):
-        assert 0.0 <= r["methods"][name]["mean_lam"] <= 1.0
-    assert set(r["targets"]) == {"dami_conf", "dami_pref"}
+        assert m["mean_lambda"] is None or 0.0 <= m["mean_lambda"] <= 1.0
+        v = m["vs_thinking"]
+        assert set(v) == {"diff", "ci95", "mcnemar_p"} and 0.0 <= v["mcnemar_p"] <= 1.0
+        assert v["ci95"][0] <= v["diff"] + 1e-12 and v["diff"] <= v["ci95"][1] + 1e-12
+        assert v["diff"] == pytest.approx(m["accuracy"] - r["methods"]["thinking"]["accuracy"])
+    assert r["methods"]["thinking"]["vs_thinking"] == {"diff": 0.0, "ci95": [0.0, 0.0], "mcnemar_p": 1.0}
+    assert set(r["signals_auroc"]) >= {"confidence", "discrepancy", "prompt_length"}
+    d = json.loads((demo_dir / "details.json").read_text())
+    assert set(d["targets"]) == {"dami_conf", "dami_pref"}
     assert (demo_dir / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert "DAMI demo" in (demo_dir / "report.md").read_text()
+    md = (demo_dir / "report.md").read_text()
+    assert "n = 16" in md and "level mix 1:1:1:1" in md and "margin 0.01" in md and "**dami_pref**" in md
 
 
 def test_demo_numbers_agree_with_logs(demo_dir):
     r = json.loads((demo_dir / "report.json").read_text())
     sweep = read_records(demo_dir / "sweep_items.jsonl")
-    mixed = read_records(demo_dir / "mixed_items.jsonl")
+    mixed = [json.loads(line) for line in (demo_dir / "mixed_items.jsonl").read_text().splitlines()]
     assert len(sweep) == 16 * 11 and len(mixed) == 2 * 16
+    assert [m["method"] for m in mixed] == ["dami_conf"] * 16 + ["dami_pref"] * 16
     for row in r["sweep"]:
         rows = [x for x in sweep if x.lam == pytest.approx(row["lam"])]
         assert row["accuracy"] == pytest.approx(sum(x.correct for x in rows) / len(rows))
         assert row["mean_tokens"] == pytest.approx(sum(x.tokens for x in rows) / len(rows))
     assert r["methods"]["instruct"]["accuracy"] == r["sweep"][0]["accuracy"]
     assert r["methods"]["thinking"]["mean_tokens"] == r["sweep"][-1]["mean_tokens"]
-    for name, part in (("dami_conf", mixed[:16]), ("dami_pref", mixed[16:])):
+    for name in ("dami_conf", "dami_pref"):
+        part = [m for m in mixed if m["method"] == name]
         m = r["methods"][name]
-        assert m["accuracy"] == pytest.approx(sum(x.correct for x in part) / 16)
-        assert m["mean_tokens"] == pytest.approx(sum(x.tokens for x in part) / 16)
-        assert m["mean_lam"] == pytest.approx(sum(x.lam for x in part) / 16)
+        assert m["accuracy"] == pytest.approx(sum(x["correct"] for x in part) / 16)
+        assert m["mean_tokens"] == pytest.approx(sum(x["tokens"] for x in part) / 16)
+        assert m["mean_lambda"] == pytest.approx(sum(x["lam"] for x in part) / 16)
     # The oracle picks, per problem, the cheapest correct grid λ of the sweep.
     by_item = {}
     for x in sweep:
@@ -81,6 +96,8 @@ def test_demo_numbers_agree_with_logs(demo_dir):
         best.append(min(ok, key=lambda x: (x.tokens, x.lam)))
     assert r["methods"]["oracle"]["accuracy"] == pytest.approx(sum(x.correct for x in best) / len(best))
     assert r["methods"]["oracle"]["mean_tokens"] == pytest.approx(sum(x.tokens for x in best) / len(best))
+    # random_matched deals DAMI-Pref's λ values out again: same mean λ
+    assert r["methods"]["random_matched"]["mean_lambda"] == pytest.approx(r["methods"]["dami_pref"]["mean_lambda"])
 
 
 def test_estimate_train_and_predict(tmp_path, capsys):
@@ -90,7 +107,7 @@ def test_estimate_train_and_predict(tmp_path, capsys):
     assert main(["estimate", "train", "--n", "24", "--grid", "0,0.5,1", "--pref-steps", "30",
                  "--out", str(est)]) == 0
     for name in ("conf.json", "pref/config.json", "pref/head.safetensors", "rollouts.jsonl",
-                 "train_report.json", "train_ids.json"):
+                 "train_report.json", "train_ids.json", "train_prompts.json"):
         assert (est / name).is_file(), name
     report = json.loads((est / "train_report.json").read_text())
     assert report["n_train"] == 24 and report["grid"] == [0.0, 0.5, 1.0]

@@ -32,6 +32,8 @@ def test_eval_fixed_lambda(tmp_path, capsys):
     assert f"| {summary['n']} | {summary['accuracy']:.3f} | {summary['mean_tokens']:.1f} | 0.300 |" in printed
     records = check_log_and_summary(out / "items.jsonl", summary)
     assert {r.lam for r in records} == {0.3}
+    assert (summary["n"], summary["seed"], summary["mix"], summary["split"]) == (10, 3, [1, 1, 1, 1], "test")
+    assert summary["estimator"] is None
     assert summary["tokens_per_s"] > 0 and math.isfinite(summary["tokens_per_s"])
 
 
@@ -48,6 +50,17 @@ def test_eval_with_estimator_and_data_file(tmp_path):
     records = check_log_and_summary(out / "items.jsonl", summary)
     assert all(0.0 <= r.lam <= 1.0 for r in records)
     assert summary["mean_lam"] == pytest.approx(sum(r.lam for r in records) / len(records))
+    assert summary["data"] == str(data) and summary["estimator"] == "conf" and summary["estimator_dir"]
+
+
+def test_eval_compare_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["eval", "--compare", "--n", "12", "--seed", "5", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["n"] == 12 and r["seed"] == 5 and r["mix"] == [1, 1, 1, 1]
+    assert {"syntax_rule", "random_matched", "frontier_matched", "oracle"} <= set(r["methods"])
+    printed = capsys.readouterr().out
+    assert "McNemar p" in printed and "frontier_matched" in printed
 
 
 def test_sweep_table_matches_log(tmp_path, capsys):
@@ -66,8 +79,10 @@ def test_sweep_table_matches_log(tmp_path, capsys):
         assert row["accuracy"] == pytest.approx(sum(r.correct for r in rows) / 8)
         assert row["mean_tokens"] == pytest.approx(sum(r.tokens for r in rows) / 8)
     cont = {row["lam"]: row for row in result["continuity"]}
-    assert cont[0.0]["cos_instruct"] == pytest.approx(1.0, abs=1e-5)
-    assert cont[1.0]["cos_thinking"] == pytest.approx(1.0, abs=1e-5)
+    assert cont[0.0]["cka_instruct"] == pytest.approx(1.0, abs=1e-6) and cont[0.0]["position"] == pytest.approx(0.0)
+    assert cont[1.0]["cka_thinking"] == pytest.approx(1.0, abs=1e-6) and cont[1.0]["position"] == pytest.approx(1.0)
+    assert 0.0 < cont[0.5]["position"] < 1.0
+    assert result["n"] == 8 and result["grid"] == [0.0, 0.5, 1.0]
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 0.5 |" in (out / "sweep.md").read_text()
 

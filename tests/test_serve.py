@@ -24,8 +24,9 @@ from dami_kernels.testbed import testbed_dirs as pair_dirs
 
 EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
 MAX_TOKENS = 40
-PROMPTS = ["12+34", "5+7-3", "88-12", "3+4", "45-12+7", "9+9", "77-33", "1+2+3", "61-17", "23+45-8", "6+7",
-           "90-45+3"]
+# Testbed v2 problems (four 2-digit operands, every difficulty one surface form)
+PROMPTS = ["12+34+56+78", "45+19+27+63", "88+12+31+40", "13+24+35+46", "57+68+79+11", "90+45+32+17",
+           "77+33+21+65", "19+28+37+46", "61+17+83+29", "23+45+18+36", "66+27+14+95", "38+47+56+74"]
 
 HAS_PAUSE = has_engine_pause()  # "lam": "auto" runs the estimator while the engine is paused
 needs_pause = pytest.mark.skipif(not HAS_PAUSE, reason=f'"lam": "auto" needs {PAUSE_API}, which transformers '

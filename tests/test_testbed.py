@@ -1,12 +1,16 @@
-"""The testbed's generator, checker, scratchpad, tokenizer and chat template, and its eval items."""
+"""Testbed v2: the generator (one surface form, difficulty from carries), its splits, the checker, the
+scratchpad, the tokenizer and chat template, and its eval items."""
+import collections
 import random
 
 import pytest
 from transformers import AutoTokenizer
 
-from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, chat_prompt, check_answer, direct_answer,
-                                  eval_items, heldout_expressions, heldout_items, make_problem, make_problems, scratchpad)
-from dami_kernels.testbed.training import HELDOUT_RESERVE, encode_batch, heldout_problems
+from dami_kernels import testbed
+from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, chat_prompt, check_answer, direct_answer,
+                                  eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
+                                  scratchpad, split_of)
+from dami_kernels.testbed.training import encode_batch, heldout_problems, pair_stages, stage_batches
 
 
 def _seed():
@@ -21,59 +25,114 @@ def test_generator_is_deterministic_by_seed():
     assert make_problems(200, seed + 1) != a
 
 
-def test_generator_levels_and_values():
+def test_one_surface_form_difficulty_from_carries():
+    """Every level has the same surface (4 operands of 2 digits, same prompt length); the level is the
+    carry load of the column sum (carries out of units + tens), computed independently here."""
     problems = make_problems(400, _seed())
-    assert len({p.expression for p in problems}) == 400     # distinct
+    assert len({p.canonical for p in problems}) == 400      # distinct, commutative variants counted
+    bins = {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}
     for i, p in enumerate(problems):
-        n_operands, lo, hi = LEVELS[p.level]
         assert p.level == sorted(LEVELS)[i % len(LEVELS)]
-        assert len(p.operands) == n_operands and len(p.ops) == n_operands - 1
-        assert all(lo <= len(str(x)) <= hi for x in p.operands)
-        assert eval(p.expression) == p.answer >= 0           # noqa: S307 - digits and +/- only
-        assert all(s[3] >= 0 for s in p.steps())
-    assert {op for p in problems for op in p.ops} == {"+", "-"}
+        assert len(p.operands) == 4 and p.ops == ("+", "+", "+")
+        assert all(10 <= x <= 99 for x in p.operands) and len(p.expression) == 11
+        units = sum(x % 10 for x in p.operands)
+        tens = sum(x // 10 for x in p.operands) + units // 10
+        load = units // 10 + tens // 10
+        assert load in bins[p.level] and carries(p.operands) == load
+        assert p.answer == sum(p.operands)
     only = make_problems(30, _seed(), levels=[2, 4])
     assert {p.level for p in only} == {2, 4}
-
-
-def test_exclude_and_bad_arguments():
-    seed = _seed()
-    train = {p.expression for p in make_problems(300, seed)}
-    held = make_problems(300, seed, exclude=train)
-    assert not train & {p.expression for p in held}
-    with pytest.raises(ValueError, match="levels"):
-        make_problems(3, seed, levels=[5])
-    with pytest.raises(ValueError, match="n must"):
-        make_problems(-1, seed)
     with pytest.raises(ValueError, match="level"):
-        make_problem(random.Random(seed), 0)
-
-
-def test_heldout_is_never_trained_on():
-    # training draws with make_problem and rejects heldout_expressions(): the whole reserve
-    held = heldout_problems(HELDOUT_RESERVE)
-    assert heldout_expressions() == {p.expression for p in held} and len(heldout_expressions()) == HELDOUT_RESERVE
-    other = make_problems(500, _seed(), exclude=heldout_expressions())
-    assert not heldout_expressions() & {p.expression for p in other}
-    assert heldout_problems(10) == held[:10]
+        make_problems(3, 1, levels=[5])
     with pytest.raises(ValueError, match="n must"):
-        heldout_problems(HELDOUT_RESERVE + 1)
+        make_problems(-1, 1)
+    with pytest.raises(ValueError, match="level"):
+        make_problem(random.Random(1), 0)
+    with pytest.raises(ValueError, match="split"):
+        make_problems(3, 1, split="holdout")
+
+
+def test_level_sizes_and_uniform_draws():
+    """Level sizes agree with an independent count (units column tuples x tens column tuples) and add up
+    to the whole space (90**4); level draws match rejection sampling from uniform draws of the space."""
+    import itertools
+
+    units = collections.Counter(sum(t) // 10 for t in itertools.product(range(10), repeat=4))
+    tens_sums = collections.Counter(sum(t) for t in itertools.product(range(1, 10), repeat=4))
+    size = collections.Counter()
+    for cu, nu in units.items():
+        for s, nt in tens_sums.items():
+            load = cu + (s + cu) // 10
+            size[next(lv for lv, b in {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}.items() if load in b)] += nu * nt
+    assert {lv: level_size(lv) for lv in LEVELS} == dict(size)
+    assert sum(size.values()) == 90**4
+    rng = random.Random(_seed())
+    direct = [make_problem(rng, 2) for _ in range(3000)]
+    rejected = [p for p in (testbed.draw_problem(rng) for _ in range(15000)) if p.level == 2][:3000]
+    for stat in (lambda p: p.operands[0] % 10, lambda p: p.operands[3] // 10, lambda p: p.answer / 10):
+        a = sum(map(stat, direct)) / len(direct)
+        b = sum(map(stat, rejected)) / len(rejected)
+        assert abs(a - b) < 0.25, (a, b)
+
+
+def test_splits_are_fixed_and_cover_commutative_variants():
+    p = Problem((12, 34, 56, 78), ("+", "+", "+"), 3)
+    for perm in ((34, 12, 56, 78), (78, 56, 34, 12)):
+        assert split_of(Problem(perm, ("+", "+", "+"), 3)) == split_of(p)
+    test = make_problems(300, _seed(), split="test")
+    dev = make_problems(300, _seed(), split="dev")
+    assert {split_of(q) for q in test} == {"test"} and {split_of(q) for q in dev} == {"dev"}
+    assert not {q.canonical for q in test} & {q.canonical for q in dev}
+    counts = collections.Counter(split_of(make_problem(random.Random(s), 4)) for s in range(3000))
+    assert 0.75 < counts["train"] / 3000 < 0.85 and 0.07 < counts["test"] / 3000 < 0.13
+
+
+def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
+    """A fresh seeded draw of 1000 balanced problems made anywhere in the space (ignoring the split) is
+    compared with every problem the shipped pair trained on (replayed from its training stages,
+    commutative variants counted); the measured fraction is what testbed_metrics.json records against the
+    < 1% target (met or missed). Draws from the test split never meet training (0 by construction)."""
+    import json
+
+    from dami_kernels.workflows.pair_properties import OVERLAP_SEED, train_overlap
+
+    m = json.loads(testbed.METRICS_FILE.read_text())
+    a = m["args"]
+    trained = set()
+    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"]).values():
+        for problems, _ in stage_batches(stage, a["batch_size"]):
+            trained.update(p.canonical for p in problems)
+            assert all(split_of(p) == "train" for p in problems[:4])
+    fresh = make_problems(1000, OVERLAP_SEED)
+    overlap = sum(p.canonical in trained for p in fresh) / 1000
+    assert overlap == train_overlap(a) == m["properties"]["train_overlap"]["value"]
+    assert m["properties"]["train_overlap"]["met"] == (overlap < 0.01)
+    assert not trained & {p.canonical for p in make_problems(1000, _seed(), split="test")}
+
+
+def test_training_forms():
+    stages = pair_stages(10, 200)
+    forms = collections.Counter(f for _, fs in stage_batches(stages["thinking"], 64) for f in fs)
+    assert set(forms) == {"think", "nothink"} and 0.15 < forms["nothink"] / sum(forms.values()) < 0.25
+    assert {f for _, fs in stage_batches(stages["instruct"], 64) for f in fs} == {"direct"}
+    base = collections.Counter(f for _, fs in stage_batches(stages["base"], 64) for f in fs)
+    assert set(base) == {"think", "direct"}
 
 
 def test_checker_is_exact():
-    p = Problem((57, 8, 30), ("-", "+"), 3)
-    assert p.expression == "57-8+30" and p.answer == 79
-    assert p.steps() == [(57, "-", 8, 49), (49, "+", 30, 79)]
-    assert scratchpad(p) == "<think>57-8=49\n49+30=79\n</think>79"
-    assert direct_answer(p) == "79"
-    assert check_answer(p, "79") and check_answer(p, " 79\n") and check_answer(79, scratchpad(p))
-    assert check_answer(p, "<think>wrong 12</think>79")
-    for wrong in ("78", "079x", "79 80", "7 9", "<think>57-8=49\n49+30=79\n", "</think>", "", "79.0", "+79"):
+    p = Problem((12, 34, 56, 78), ("+", "+", "+"), 3)
+    assert p.expression == "12+34+56+78" and p.answer == 180
+    assert p.steps() == [(12, "+", 34, 46), (46, "+", 56, 102), (102, "+", 78, 180)]
+    assert scratchpad(p) == "<think>12+34=46\n46+56=102\n102+78=180\n</think>180"
+    assert direct_answer(p) == "180" and no_think_answer(p) == "<think></think>180"
+    assert check_answer(p, "180") and check_answer(p, " 180\n") and check_answer(180, scratchpad(p))
+    assert check_answer(p, no_think_answer(p)) and check_answer(p, "<think>wrong 12</think>180")
+    for wrong in ("181", "180x", "180 1", "1 80", "<think>12+34=46\n", "</think>", "", "180.0", "+180"):
         assert not check_answer(p, wrong), wrong
     with pytest.raises(ValueError, match="problem"):
-        check_answer("79", "79")
+        check_answer("180", "180")
     with pytest.raises(ValueError, match="output"):
-        check_answer(p, 79)
+        check_answer(p, 180)
 
 
 def test_tokenizer_round_trip_and_chat_template(tmp_path):
@@ -96,7 +155,7 @@ def test_tokenizer_round_trip_and_chat_template(tmp_path):
     # the tokenized chat template is exactly what training encodes
     templ = loaded.apply_chat_template([{"role": "user", "content": p.expression}], add_generation_prompt=True)
     templ = templ["input_ids"] if isinstance(templ, dict) or hasattr(templ, "keys") else templ
-    ids_t, _, labels = encode_batch(loaded, [p], [True])
+    ids_t, _, labels = encode_batch(loaded, [p], ["think"])
     assert list(templ) == ids_t[0, : len(templ)].tolist()
     assert (labels[0, : len(templ)] == -100).all() and labels[0, -1] == loaded.eos_token_id
     full = loaded.apply_chat_template([{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "3"}],
@@ -115,33 +174,28 @@ def test_eval_items():
     assert [i.difficulty for i in items] == [p.level for p in problems]
     assert items[0].prompt == problems[0].expression and items[0].id == f"L{problems[0].level}:{problems[0].expression}"
     assert heldout_items(4) == eval_items(heldout_problems(4))
+    assert {split_of(p) for p in heldout_problems(40)} == {"test"}
 
 
-def test_mix_levels_and_splits():
-    """Level mixes become interleaved cycles; the held-out reserve splits into disjoint dev/test halves;
-    seeded samples follow the mix, are deterministic, and never touch the other half or training draws."""
-    import collections
-
-    from dami_kernels import testbed
-
+def test_mix_levels_and_samples():
+    """Level mixes become interleaved cycles; seeded samples follow the mix, are deterministic, and come
+    from their split only."""
     assert testbed.mix_levels((3, 3, 1, 1)) == (1, 2, 3, 4, 1, 2, 1, 2)
     assert testbed.mix_levels((1, 0, 0, 2)) == (1, 4, 4)
+    assert testbed.DEFAULT_MIX == (1, 1, 1, 1)
     for bad in ((1, 1, 1), (0, 0, 0, 0), (1, -1, 1, 1), (1.5, 1, 1, 1)):
         with pytest.raises(ValueError, match="mix"):
             testbed.mix_levels(bad)
-    dev, test = testbed.reserve_split("dev"), testbed.reserve_split("test")
-    assert len(dev) == len(test) == 1000
-    assert not {p.expression for p in dev} & {p.expression for p in test}
-    with pytest.raises(ValueError, match="split"):
-        testbed.reserve_split("train")
     a = testbed.heldout_sample(140, seed=3)
     assert a == testbed.heldout_sample(140, seed=3) and a != testbed.heldout_sample(140, seed=4)
-    counts = collections.Counter(it.difficulty for it in a)
-    assert counts == {1: 50, 2: 50, 3: 20, 4: 20}  # the default 5:5:2:2 mix
-    assert {it.prompt for it in a} <= {p.expression for p in test}
-    d = testbed.heldout_sample(40, seed=3, mix=(1, 1, 1, 1), split="dev")
-    assert {it.prompt for it in d} <= {p.expression for p in dev}
-    with pytest.raises(ValueError, match="held-out reserve has"):
-        testbed.heldout_sample(900, seed=0)  # needs more level-1 problems than the test half holds
+    assert collections.Counter(it.difficulty for it in a) == {1: 35, 2: 35, 3: 35, 4: 35}
+    b = testbed.heldout_sample(140, seed=3, mix=(5, 5, 2, 2))
+    assert collections.Counter(it.difficulty for it in b) == {1: 50, 2: 50, 3: 20, 4: 20}
+    d = testbed.heldout_sample(40, seed=3, split="dev")
+    assert not {it.prompt for it in d} & {it.prompt for it in a}
+    with pytest.raises(ValueError, match="split"):
+        testbed.heldout_sample(10, seed=0, split="train")
+    with pytest.raises(ValueError, match="n must"):
+        testbed.heldout_sample(0, seed=0)
     train = testbed.train_items(60, seed=9)
-    assert not {it.prompt for it in train} & testbed.heldout_expressions()
+    assert {split_of(Problem(tuple(int(x) for x in it.prompt.split("+")), ("+",) * 3, 1)) for it in train} == {"train"}

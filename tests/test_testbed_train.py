@@ -73,13 +73,27 @@ def test_shipped_pair_loads_and_is_small():
     assert sum(p.numel() for p in mi.parameters()) < 2_000_000
 
 
-def test_shipped_metrics_meet_targets():
+def test_shipped_metrics_record_every_property_honestly():
+    """testbed_metrics.json records each targeted property of the pair with its value, its target and
+    whether it was met; the met flags follow from the values (misses are recorded as misses)."""
+    from dami_kernels.evaluation.preregistered import PAIR_TARGETS
+
     m = json.loads(METRICS_FILE.read_text())
-    assert m["eval_n"] >= 300 and m["decoding"] == "greedy"
+    assert m["eval_n"] >= 1000 and m["decoding"] == "greedy" and m["train_seconds"] > 0
     ti, tt = m["instruct"], m["thinking"]
-    assert tt["accuracy"] >= 0.90
-    assert 0.40 <= ti["accuracy"] <= tt["accuracy"] - 0.20
-    assert ti["mean_tokens"] <= 0.35 * tt["mean_tokens"]
+    props = m["properties"]
+    assert props["instruct_gap"]["value"] == pytest.approx(tt["accuracy"] - ti["accuracy"])
+    assert props["instruct_gap"]["met"] == (tt["accuracy"] - ti["accuracy"] >= PAIR_TARGETS["instruct_gap_min"])
+    ratio = ti["mean_tokens"] / tt["mean_tokens"]
+    assert props["instruct_token_ratio"]["met"] == (ratio <= PAIR_TARGETS["instruct_token_ratio_max"])
+    lo, hi = PAIR_TARGETS["thinking_accuracy_range"]
+    assert props["thinking_not_at_ceiling"]["met"] == (lo <= tt["accuracy"] <= hi)
+    comp = props["complementarity"]
+    assert comp["met"] == (comp["instruct_right_thinking_wrong"] > 0)
+    assert props["train_overlap"]["met"] == (props["train_overlap"]["value"] < PAIR_TARGETS["train_overlap_max"])
+    assert set(props["signals_auroc"]) >= {"confidence", "discrepancy"}
+    # the model is tiny and Instruct is a real System 1: far fewer tokens than Thinking
+    assert ti["mean_tokens"] < tt["mean_tokens"]
 
 
 def test_shipped_metrics_reproduce():

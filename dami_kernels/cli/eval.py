@@ -1,25 +1,31 @@
-"""`dami eval`: accuracy and tokens of a pair on a local eval file, at a fixed λ or estimated λ(q).
+"""`dami eval`: accuracy and tokens of a pair on a local eval file, at a fixed λ, an estimated λ(q), or the
+full comparison of every method and baseline with paired statistics.
 
     dami eval --instruct DIR --thinking DIR --data gsm8k.jsonl --lam 0.5 --out DIR
     dami eval --instruct DIR --thinking DIR --data math500.jsonl --estimator conf --estimator-dir EST --out DIR
     dami eval --out DIR --estimator pref          # shipped testbed pair, testbed problems, shipped estimators
+    dami eval --out DIR --compare --n 1000 --seed 3   # every method and baseline vs Thinking (report.json)
 
-Writes DIR/items.jsonl (prompt, λ, output, tokens, prediction, correct) and DIR/summary.json.
+Writes DIR/items.jsonl (prompt, λ, output, tokens, prediction, correct) and DIR/summary.json (with n, seed,
+mix, data and estimator); with --compare, the study's files (report.json, details.json, report.md, ...).
 """
 from __future__ import annotations
 
 from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
-                                     load_from_args, positive_int)
+                                     load_from_args, parse_mix, positive_int)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate at a fixed λ or an estimated λ per query",
+    p = subparsers.add_parser("eval", help="evaluate at a fixed λ, an estimated λ per query, or compare all methods",
                               description=__doc__.splitlines()[0])
     add_pair_args(p, default_testbed=True)
     add_items_args(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--lam", type=float, help="one fixed λ for every query")
     how.add_argument("--estimator", choices=["conf", "pref"], help="estimate λ(q) per query")
+    how.add_argument("--compare", action="store_true",
+                     help="sweep, both estimators and the baselines (syntax rule, random and frontier at matched "
+                          "cost, oracle), each against Thinking with a paired bootstrap CI and McNemar p")
     p.add_argument("--estimator-dir", default=None,
                    help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
     add_out_args(p)
@@ -28,25 +34,42 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import json
     from pathlib import Path
 
     from dami_kernels.estimators import estimate
-    from dami_kernels.estimators.store import load_estimator
+    from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
     from dami_kernels.evaluation.runner import evaluate
     from dami_kernels.evaluation.tables import summary_markdown
 
     check_out_dir(args)
     items, max_new_tokens = load_eval_items(args)
     model, tokenizer = load_from_args(args)
-    prompts = [it.prompt for it in items]
+    batch_size = positive_int("--batch-size", args.batch_size)
+    meta = {"data": args.data, "seed": None if args.data else args.seed,
+            "mix": None if args.data else list(parse_mix(args.mix)), "split": None if args.data else "test",
+            "estimator": args.estimator, "estimator_dir": str(args.estimator_dir or SHIPPED_DIR)
+            if (args.estimator or args.compare) else None}
+    if args.compare:
+        from dami_kernels.cli.demo import print_study
+        from dami_kernels.workflows.demo import run_study
+
+        res = run_study(model, tokenizer, items, Path(args.out), seed=args.seed, mix=meta["mix"],
+                        estimator_dir=args.estimator_dir or SHIPPED_DIR, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, progress=False, log=lambda *_: None,
+                        meta={k: meta[k] for k in ("data", "split", "estimator_dir")})
+        print_study(res["report"], res["details"])
+        print(f"wrote {args.out}/report.json, details.json, report.md, frontier.png")
+        return 0
     if args.estimator:
         est = load_estimator(args.estimator, args.estimator_dir)
-        lams = estimate(model, tokenizer, prompts, args.estimator, estimator=est).tolist()
+        lams = estimate(model, tokenizer, [it.prompt for it in items], args.estimator, estimator=est).tolist()
     else:
         lams = args.lam
-    res = evaluate(model, tokenizer, items, lams, out_dir=Path(args.out),
-                   batch_size=positive_int("--batch-size", args.batch_size),
+    res = evaluate(model, tokenizer, items, lams, out_dir=Path(args.out), batch_size=batch_size,
                    max_new_tokens=max_new_tokens)
+    summary = {**res["summary"], **meta}
+    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     print(summary_markdown(res["summary"]))
     print(f"wrote {args.out}/items.jsonl and {args.out}/summary.json")
     return 0

@@ -1,5 +1,6 @@
 """The pilot study: a fixed-λ sweep (accuracy and tokens per λ), its frontier plot, and the
-representation continuity of hidden states between θ(λ) and the two endpoints."""
+representation continuity between θ(λ) and the two endpoints (per-layer linear CKA and the position of
+the hidden states along the segment between the endpoints')."""
 from __future__ import annotations
 
 import json
@@ -41,51 +42,123 @@ def sweep_table(records: list[ItemRecord]) -> list[dict]:
     return table
 
 
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA between two representations of the same P inputs: x [..., P, H1], y [..., P, H2] -> [...].
+
+        CKA = ‖Ỹᵀ X̃‖²_F / (‖X̃ᵀ X̃‖_F · ‖Ỹᵀ Ỹ‖_F),  X̃, Ỹ centred over the P inputs   ∈ [0, 1]
+    (Kornblith et al. 2019). Invariant to rotations and isotropic scaling of either side."""
+    x = (x - x.mean(-2, keepdim=True)).double()
+    y = (y - y.mean(-2, keepdim=True)).double()
+    cross = (y.transpose(-1, -2) @ x).pow(2).sum((-1, -2))
+    xx = (x.transpose(-1, -2) @ x).pow(2).sum((-1, -2)).sqrt()
+    yy = (y.transpose(-1, -2) @ y).pow(2).sum((-1, -2)).sqrt()
+    return cross / (xx * yy).clamp_min(1e-300)
+
+
 @torch.no_grad()
-def representation_continuity(model, tokenizer, prompts: list[str], grid=DEFAULT_GRID) -> list[dict]:
-    """Cosine similarity of the last hidden state (mean over prompt tokens) between θ(λ) and each
-    endpoint, averaged over prompts: [{lam, cos_instruct, cos_thinking}]. One forward pass with
-    P x G rows (every prompt at every grid λ, plus both endpoints)."""
-    grid = sorted({0.0, 1.0, *[float(g) for g in grid]})
+def pooled_hidden_states(model, tokenizer, prompts: list[str], grid, batch_size: int = 512) -> torch.Tensor:
+    """Prompt representations at every grid λ and every layer: the hidden states (embeddings, then each
+    decoder layer's output) mean-pooled over each prompt's tokens -> [G, L+1, P, H] float64."""
     enc = encode_prompts(tokenizer, prompts)
     device = next(model.parameters()).device
-    ids, mask = left_pad([e for _ in grid for e in enc], pad_token_id(tokenizer), device)
-    lam = torch.tensor([g for g in grid for _ in enc], dtype=torch.float32)
-    with lambda_scope(model, lam):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                    output_hidden_states=True)
-    h = out.hidden_states[-1].float()  # [G*P, T, H]
-    m = mask.unsqueeze(-1).float()
-    pooled = ((h * m).sum(1) / m.sum(1)).reshape(len(grid), len(enc), -1)  # [G, P, H]
-    cos = torch.nn.functional.cosine_similarity
-    to_i = cos(pooled, pooled[grid.index(0.0)].unsqueeze(0), dim=-1).mean(1)
-    to_t = cos(pooled, pooled[grid.index(1.0)].unsqueeze(0), dim=-1).mean(1)
-    return [{"lam": g, "cos_instruct": float(a), "cos_thinking": float(b)}
-            for g, a, b in zip(grid, to_i, to_t)]
+    rows = [(g, e) for g in grid for e in enc]
+    out = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        ids, mask = left_pad([e for _, e in chunk], pad_token_id(tokenizer), device)
+        lam = torch.tensor([g for g, _ in chunk], dtype=torch.float32)
+        with lambda_scope(model, lam):
+            hs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                       output_hidden_states=True).hidden_states
+        m = mask.unsqueeze(-1).double()
+        out.append(torch.stack([(h.double() * m).sum(1) / m.sum(1) for h in hs], 1).cpu())  # [rows, L+1, H]
+    pooled = torch.cat(out)  # [G*P, L+1, H]
+    return pooled.reshape(len(grid), len(enc), *pooled.shape[1:]).transpose(1, 2)
+
+
+def representation_continuity(model, tokenizer, prompts: list[str], grid=DEFAULT_GRID) -> list[dict]:
+    """Where θ(λ)'s representations of the prompts sit between the endpoints', per grid λ:
+
+    - ``cka_instruct`` / ``cka_thinking``: linear CKA (`linear_cka`, over the P prompts) of the pooled
+      hidden states at λ against those at λ=0 / λ=1, averaged over layers (``*_per_layer``: each layer,
+      index 0 = embeddings);
+    - ``position``: the projection of h(λ) − h(0) on the segment h(1) − h(0), summed over prompts,
+      averaged over layers (0 at Instruct, 1 at Thinking; ``position_per_layer``); ``off_segment``: the
+      distance of h(λ) from that segment point, relative to ‖h(1) − h(0)‖.
+    Returns [{lam, cka_instruct, cka_thinking, position, off_segment, *_per_layer}] with λ=0 and 1 added.
+    Use >= 256 prompts: CKA over few inputs is biased upwards."""
+    grid = sorted({0.0, 1.0, *[float(g) for g in grid]})
+    h = pooled_hidden_states(model, tokenizer, prompts, grid)  # [G, L+1, P, H]
+    h0, h1 = h[grid.index(0.0)], h[grid.index(1.0)]
+    cka_i = linear_cka(h, h0.unsqueeze(0))  # [G, L+1]
+    cka_t = linear_cka(h, h1.unsqueeze(0))
+    seg = h1 - h0  # [L+1, P, H]
+    seg_sq = seg.pow(2).sum((-1, -2)).clamp_min(1e-300)  # [L+1]
+    pos = ((h - h0) * seg).sum((-1, -2)) / seg_sq  # [G, L+1]
+    resid = (h - h0 - pos[..., None, None] * seg).pow(2).sum((-1, -2)).sqrt() / seg_sq.sqrt()
+    rows = []
+    for g, lam in enumerate(grid):
+        rows.append({"lam": lam, "cka_instruct": float(cka_i[g].mean()), "cka_thinking": float(cka_t[g].mean()),
+                     "position": float(pos[g].mean()), "off_segment": float(resid[g].mean()),
+                     "cka_instruct_per_layer": [round(float(v), 4) for v in cka_i[g]],
+                     "cka_thinking_per_layer": [round(float(v), 4) for v in cka_t[g]],
+                     "position_per_layer": [round(float(v), 4) for v in pos[g]]})
+    return rows
+
+
+def plot_title(info: dict) -> str:
+    """"n=1000, seed=0, mix=1:1:1:1, ..." from the run's metadata (the keys it has)."""
+    parts = []
+    for key in ("n", "seed", "mix", "split", "data", "estimators"):
+        if info.get(key) is not None:
+            v = info[key]
+            parts.append(f"{key}={':'.join(str(x) for x in v) if isinstance(v, (list, tuple)) else v}")
+    return ", ".join(parts)
+
+
+def _lam_label(lam: float) -> str:
+    return {0.0: "λ=0 (Instruct)", 1.0: "λ=1 (Thinking)"}.get(float(lam), f"λ={lam:g}")
 
 
 def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
-                  continuity: list[dict] | None = None) -> None:
-    """PNG: accuracy against mean generated tokens for each fixed λ (labelled), plus optional method
-    points {name: {accuracy, mean_tokens}}; a second panel with the representation continuity."""
+                  continuity: list[dict] | None = None, title: str | None = None) -> None:
+    """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
+    Thinking), plus optional method points {name: {accuracy, mean_tokens}} (hollow markers of different
+    sizes so that coinciding points stay visible); a second panel with the representation continuity
+    (layer-mean CKA against each endpoint and the position along the segment). `title`: the run (n, seed,
+    mix, ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = 2 if continuity else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.2), squeeze=False)
     ax = axes[0][0]
     xs = [r["mean_tokens"] for r in table]
     ys = [r["accuracy"] for r in table]
-    ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ")
-    for r in table:
-        ax.annotate(f"λ={r['lam']:g}", (r["mean_tokens"], r["accuracy"]), textcoords="offset points",
-                    xytext=(4, -10), fontsize=7)
-    markers = iter(["*", "D", "s", "^", "v", "P"])
-    for name, res in (methods or {}).items():
-        ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=next(markers, "o"), s=90, zorder=3,
-                   label=name)
+    ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ", zorder=2)
+    # Labels alternate above/below and are nudged apart where consecutive points nearly coincide.
+    span_x = (max(xs) - min(xs)) or 1.0
+    last_x, stack = None, 0
+    for k, r in enumerate(table):
+        x = r["mean_tokens"]
+        stack = stack + 1 if last_x is not None and abs(x - last_x) < 0.04 * span_x else 0
+        last_x = x
+        dy = (-12 - 9 * stack) if k % 2 == 0 else (6 + 9 * stack)
+        ha = "left" if x < min(xs) + 0.7 * span_x else "right"
+        ax.annotate(_lam_label(r["lam"]), (x, r["accuracy"]), textcoords="offset points",
+                    xytext=(5 if ha == "left" else -5, dy), fontsize=7, ha=ha, annotation_clip=True)
+    styles = [("*", 260), ("D", 110), ("s", 70), ("^", 70), ("v", 70), ("P", 70), ("X", 70), ("o", 70)]
+    for k, ((name, res), (marker, size)) in enumerate(zip((methods or {}).items(), styles)):
+        ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=marker, s=size, zorder=4,
+                   facecolors="none", edgecolors=f"C{k + 1}", linewidths=1.6, label=name)
+    pad_x = 0.08 * span_x
+    ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+    lo_y = min(ys + [m["accuracy"] for m in (methods or {}).values()])
+    hi_y = max(ys + [m["accuracy"] for m in (methods or {}).values()])
+    pad_y = 0.08 * ((hi_y - lo_y) or 1.0)
+    ax.set_ylim(lo_y - 2 * pad_y, hi_y + 2 * pad_y)
     ax.set_xlabel("mean generated tokens per query")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs. tokens")
@@ -94,13 +167,17 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     if continuity:
         ax2 = axes[0][1]
         lams = [r["lam"] for r in continuity]
-        ax2.plot(lams, [r["cos_instruct"] for r in continuity], "-o", label="cos(h(λ), h(0))")
-        ax2.plot(lams, [r["cos_thinking"] for r in continuity], "-s", label="cos(h(λ), h(1))")
+        ax2.plot(lams, [r["cka_instruct"] for r in continuity], "-o", label="CKA vs Instruct (layer mean)")
+        ax2.plot(lams, [r["cka_thinking"] for r in continuity], "-s", label="CKA vs Thinking (layer mean)")
+        ax2.plot(lams, [r["position"] for r in continuity], "--^", label="position on segment I→T")
+        ax2.plot([0, 1], [0, 1], ":", color="gray", linewidth=1)
         ax2.set_xlabel("λ")
-        ax2.set_ylabel("cosine similarity of last hidden state")
+        ax2.set_ylabel("CKA / position")
         ax2.set_title("representation continuity")
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -108,30 +185,34 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
 
 
 def table_markdown(table: list[dict], continuity: list[dict] | None = None) -> str:
-    """λ, accuracy and mean tokens per grid λ; with `continuity`, its two cosine similarities too."""
+    """λ, accuracy and mean tokens per grid λ; with `continuity`, the layer-mean CKA against each endpoint
+    and the position along the Instruct→Thinking segment too."""
     headers = ["λ", "accuracy", "mean tokens"]
     rows = [[f"{r['lam']:g}", f"{r['accuracy']:.3f}", f"{r['mean_tokens']:.1f}"] for r in table]
     if continuity:
         cos = {c["lam"]: c for c in continuity}
-        headers += ["cos(h(λ), h(0))", "cos(h(λ), h(1))"]
+        headers += ["CKA vs Instruct", "CKA vs Thinking", "position (0=I, 1=T)"]
         for row, r in zip(rows, table):
             c = cos.get(r["lam"])
-            row += [f"{c['cos_instruct']:.3f}", f"{c['cos_thinking']:.3f}"] if c else ["-", "-"]
+            row += ([f"{c['cka_instruct']:.3f}", f"{c['cka_thinking']:.3f}", f"{c['position']:.2f}"] if c
+                    else ["-", "-", "-"])
     return markdown_table(headers, rows)
 
 
 def run_sweep(model, tokenizer, items: list[EvalItem], out_dir, grid=DEFAULT_GRID,
-              continuity_prompts: int = 32, **run_kwargs) -> dict:
+              continuity_prompts: int = 256, meta: dict | None = None, **run_kwargs) -> dict:
     """The pilot study: writes `sweep_items.jsonl`, `sweep.json`, `sweep.md` and `frontier.png` to
-    out_dir and returns {"table", "continuity", "seconds", "records"}."""
+    out_dir and returns {"table", "continuity", "seconds", "records"}. sweep.json records n and the grid,
+    plus `meta` (e.g. seed, mix, data file)."""
     out_dir = Path(out_dir)
     records, seconds = sweep_records(model, tokenizer, items, grid, **run_kwargs)
     table = sweep_table(records)
     continuity = representation_continuity(
         model, tokenizer, [it.prompt for it in items[:continuity_prompts]], grid)
     write_records(out_dir / "sweep_items.jsonl", records)
+    info = {"n": len(items), "grid": [float(g) for g in grid], **(meta or {})}
     (out_dir / "sweep.json").write_text(json.dumps(
-        {"table": table, "continuity": continuity, "seconds": seconds}, indent=1))
+        {**info, "table": table, "continuity": continuity, "seconds": seconds}, indent=1))
     (out_dir / "sweep.md").write_text("# λ sweep\n\n" + table_markdown(table, continuity) + "\n")
-    plot_frontier(table, out_dir / "frontier.png", continuity=continuity)
+    plot_frontier(table, out_dir / "frontier.png", continuity=continuity, title=plot_title(info))
     return {"table": table, "continuity": continuity, "seconds": seconds, "records": records}

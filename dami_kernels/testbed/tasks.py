@@ -1,44 +1,75 @@
-"""Synthetic integer-arithmetic problems with graded difficulty, their scratchpads and an exact checker.
+"""Testbed v2: synthetic addition problems of ONE surface form, with difficulty from their content.
 
-A problem is a chain ``a op b op c ...`` of non-negative integers joined by ``+`` or ``-``. Running totals
-never go below zero, so every partial result and the answer are non-negative integers. The scratchpad
-(System 2) writes the running partial results one line each, inside ``<think>...</think>``, then the
-answer; the direct form (System 1) is the answer alone.
+Every problem is ``a+b+c+d`` with four 2-digit operands (10-99), e.g. ``12+34+56+78``: the same operand
+count and the same digit counts at every difficulty, so a router that sees only the surface (operand
+count, digit counts, prompt length) learns nothing about it. Difficulty is the carry load of the
+column-wise sum: the sum of the carries out of the units and tens columns (each 0-3 with four operands).
 
-Difficulty levels (number of operands, digits per operand):
+====== ============ ==============================================================
+level  carry load   share of all problems (uniform operands)
+====== ============ ==============================================================
+1      0-1          3.9 %  (at most one carry of 1)
+2      2            23.8 %
+3      3            41.8 %
+4      4-6          30.5 %
+====== ============ ==============================================================
 
-====== ======== ======
-level  operands digits
-====== ======== ======
-1      2        1-2
-2      2        2
-3      3        1-2
-4      4        2
-====== ======== ======
+The scratchpad (System 2) writes the three running sums one ``a+b=c`` line each inside
+``<think>...</think>``, then the answer (``<think>12+34=46\n46+56=102\n102+78=180\n</think>180``); each
+line is itself an addition written at once, so the chain can slip. The direct form (System 1) is the answer alone; the no-think form (a hybrid Thinking
+model's non-thinking mode, as Qwen3's) is ``<think></think>180``.
+
+The problem space (90**4 ordered operand tuples) is split for good by a hash of the problem's canonical
+form (operands sorted, so ``a+b+c+d`` and its commutative variants share a split): ``train`` (80%: what
+the pair is trained on), ``dev`` (10%: estimators) and ``test`` (10%: evaluation). Evaluation sets are fresh
+seeded draws from a split, so every seed is a truly held-out sample.
 """
 from __future__ import annotations
 
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+NO_THINK = THINK_OPEN + THINK_CLOSE
 
-# level -> (number of operands, min digits, max digits)
-LEVELS: dict[int, tuple[int, int, int]] = {
-    1: (2, 1, 2),
-    2: (2, 2, 2),
-    3: (3, 1, 2),
-    4: (4, 2, 2),
-}
+N_OPERANDS = 4
+DIGITS = 2
+LOW, HIGH = 10 ** (DIGITS - 1), 10 ** DIGITS - 1
+
+# level -> the carry loads (sum of the carries out of every column) it holds
+LEVELS: dict[int, tuple[int, ...]] = {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}
+
+
+def level_of_load(load: int) -> int:
+    """The level of a carry load (see LEVELS)."""
+    return next(lv for lv, loads in LEVELS.items() if load in loads)
+
+# The primary (pre-registered) mix: balanced over levels. Weights of levels 1..4.
+DEFAULT_MIX = (1, 1, 1, 1)
+
+# Partition of the problem space by crc32(canonical form) % 10.
+SPLIT_BUCKETS: dict[str, tuple[int, ...]] = {"train": tuple(range(8)), "dev": (8,), "test": (9,)}
+SPLITS = tuple(SPLIT_BUCKETS)
 
 _ANSWER_RE = re.compile(r"-?\d+")
 
 
+def carries(operands) -> int:
+    """The carry load: the sum of the carries out of every column (units, tens, ...) of the column sum."""
+    load, carry = 0, 0
+    for col in range(max(len(str(x)) for x in operands)):
+        s = sum((x // 10**col) % 10 for x in operands) + carry
+        carry = s // 10
+        load += carry
+    return load
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One arithmetic chain: ``operands[0] ops[0] operands[1] ops[1] ...``."""
+    """One chain ``operands[0] ops[0] operands[1] ...`` (ops are all ``+`` in testbed v2)."""
 
     operands: tuple[int, ...]
     ops: tuple[str, ...]
@@ -46,11 +77,16 @@ class Problem:
 
     @property
     def expression(self) -> str:
-        """The question text, e.g. ``"12+345-67"``."""
+        """The question text, e.g. ``"12+34+56+78"``."""
         parts = [str(self.operands[0])]
         for op, x in zip(self.ops, self.operands[1:]):
             parts.append(f"{op}{x}")
         return "".join(parts)
+
+    @property
+    def canonical(self) -> str:
+        """The expression with operands sorted: equal for all commutative variants of a sum."""
+        return "+".join(str(x) for x in sorted(self.operands))
 
     def steps(self) -> list[tuple[int, str, int, int]]:
         """The running partial results: ``[(left, op, right, result), ...]``, one per operation."""
@@ -68,40 +104,85 @@ class Problem:
         return steps[-1][3] if steps else self.operands[0]
 
 
-def _draw_operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
-    digits = rng.randint(min_digits, max_digits)
-    low = 0 if digits == 1 else 10 ** (digits - 1)
-    return rng.randint(low, 10**digits - 1)
+def split_of(problem: Problem) -> str:
+    """"train", "dev" or "test": the fixed split of ``problem`` (by a hash of its canonical form)."""
+    bucket = zlib.crc32(problem.canonical.encode()) % 10
+    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def make_problem(rng: random.Random, level: int) -> Problem:
-    """Draw one problem of difficulty ``level`` from ``rng`` (a ``random.Random``).
+def _check_split(split) -> str | None:
+    if split is not None and split not in SPLIT_BUCKETS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    return split
 
-    Each operation is ``+`` or ``-`` with equal odds; a ``-`` that would take the running total below zero
-    becomes ``+``.
-    """
+
+def draw_problem(rng: random.Random, split: str | None = None) -> Problem:
+    """One problem drawn uniformly from the whole space (or from ``split``), its level from its carries."""
+    _check_split(split)
+    while True:
+        ops = tuple(rng.randint(LOW, HIGH) for _ in range(N_OPERANDS))
+        p = Problem(ops, ("+",) * (N_OPERANDS - 1), level_of_load(carries(ops)))
+        if split is None or split_of(p) == split:
+            return p
+
+
+def _column_triples() -> dict[tuple[bool, int, int], list[tuple[int, ...]]]:
+    """(leading column?, carry in, carry out) -> the digit tuples (one digit per operand) of one column
+    with that carry out."""
+    import itertools
+
+    out: dict[tuple[bool, int, int], list[tuple[int, ...]]] = {}
+    for lead in (False, True):
+        digits = range(1, 10) if lead else range(10)
+        for cin in range(N_OPERANDS):
+            for t in itertools.product(digits, repeat=N_OPERANDS):
+                out.setdefault((lead, cin, (sum(t) + cin) // 10), []).append(t)
+    return out
+
+
+_TRIPLES = _column_triples()
+
+
+def _carry_patterns() -> dict[int, list[tuple[tuple[int, ...], int]]]:
+    """level -> [(carry out per column from the units, number of problems with that pattern), ...]."""
+    import itertools
+
+    out: dict[int, list[tuple[tuple[int, ...], int]]] = {lv: [] for lv in LEVELS}
+    for pattern in itertools.product(range(N_OPERANDS), repeat=DIGITS):
+        count, cin = 1, 0
+        for col, cout in enumerate(pattern):
+            count *= len(_TRIPLES.get((col == DIGITS - 1, cin, cout), ()))
+            cin = cout
+        if count:
+            out[level_of_load(sum(pattern))].append((pattern, count))
+    return out
+
+
+_PATTERNS = _carry_patterns()
+
+
+def level_size(level: int) -> int:
+    """How many ordered operand tuples have difficulty ``level`` (the whole space is 90**4)."""
+    return sum(count for _, count in _PATTERNS[level])
+
+
+def make_problem(rng: random.Random, level: int, split: str | None = None) -> Problem:
+    """One problem of difficulty ``level``, uniform among that level's problems (of ``split`` if given):
+    a carry pattern is drawn in proportion to how many problems have it, then each column's digits."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
-    n_operands, lo, hi = LEVELS[level]
-    operands = [_draw_operand(rng, lo, hi)]
-    ops: list[str] = []
-    total = operands[0]
-    for _ in range(n_operands - 1):
-        x = _draw_operand(rng, lo, hi)
-        op = "-" if rng.random() < 0.5 and x <= total else "+"
-        total = total + x if op == "+" else total - x
-        operands.append(x)
-        ops.append(op)
-    return Problem(tuple(operands), tuple(ops), level)
-
-
-# The default workload mix: weights of levels 1..4. Most queries are easy (System 1 answers them at once),
-# 2 in 7 need several steps. Chosen from the pair's per-level metrics (testbed_metrics.json) as the
-# middle of the window where the pair meets its System-1/System-2 criteria (Instruct accuracy ≤
-# Thinking − 0.20 needs ≥ ~25% hard problems) and routing easy problems to λ=0 saves enough tokens to
-# matter (≤ ~30% hard); see the README. `make_problems` without `levels` stays balanced (1:1:1:1): the held-out
-# reserve the pair was trained around is drawn that way.
-DEFAULT_MIX = (5, 5, 2, 2)
+    _check_split(split)
+    patterns, weights = zip(*_PATTERNS[level])
+    while True:
+        pattern = rng.choices(patterns, weights)[0]
+        values, cin = [0] * N_OPERANDS, 0
+        for col, cout in enumerate(pattern):
+            column = rng.choice(_TRIPLES[(col == DIGITS - 1, cin, cout)])
+            values = [v + d * 10**col for v, d in zip(values, column)]
+            cin = cout
+        p = Problem(tuple(values), ("+",) * (N_OPERANDS - 1), level)
+        if split is None or split_of(p) == split:
+            return p
 
 
 def mix_levels(mix=DEFAULT_MIX) -> tuple[int, ...]:
@@ -122,16 +203,18 @@ def _check_levels(levels) -> tuple[int, ...]:
     return levels
 
 
-def make_problems(n: int, seed: int, levels=None, exclude=None) -> list[Problem]:
-    """``n`` distinct problems, deterministic in ``seed``, levels cycled in order (balanced mix).
+def make_problems(n: int, seed: int, levels=None, exclude=None, split: str | None = None) -> list[Problem]:
+    """``n`` distinct problems (no two are commutative variants), deterministic in ``seed``.
 
-    levels: the difficulty levels to draw from (default: all of ``LEVELS``); item ``i`` has level
+    levels: the level cycle (default: all of ``LEVELS``, balanced); item ``i`` has level
         ``levels[i % len(levels)]``. The list for ``n`` is a prefix of the list for any larger ``n``.
-    exclude: optional set of expressions (``Problem.expression``) that must not appear, e.g. a train set.
+    exclude: optional set of expressions or canonical forms that must not appear.
+    split: draw only from that split of the problem space ("train", "dev", "test"; None: anywhere).
     """
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     levels = _check_levels(levels)
+    _check_split(split)
     rng = random.Random(seed)
     seen = set(exclude or ())
     out: list[Problem] = []
@@ -140,16 +223,17 @@ def make_problems(n: int, seed: int, levels=None, exclude=None) -> list[Problem]
         tries += 1
         if tries > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct problems from levels {levels} outside `exclude`")
-        p = make_problem(rng, levels[len(out) % len(levels)])
-        if p.expression in seen:
+        p = make_problem(rng, levels[len(out) % len(levels)], split)
+        if p.expression in seen or p.canonical in seen:
             continue
-        seen.add(p.expression)
+        seen.add(p.canonical)
         out.append(p)
     return out
 
 
 def scratchpad(problem: Problem) -> str:
-    """The System-2 completion: ``<think>`` one ``a+b=c`` line per operation ``</think>`` answer."""
+    """The System-2 completion: ``<think>`` one ``a+b=c`` line per operation ``</think>`` answer, e.g.
+    ``<think>12+34=46\n46+56=102\n102+78=180\n</think>180`` for ``12+34+56+78``."""
     lines = "".join(f"{a}{op}{b}={c}\n" for a, op, b, c in problem.steps())
     return f"{THINK_OPEN}{lines}{THINK_CLOSE}{problem.answer}"
 
@@ -157,6 +241,11 @@ def scratchpad(problem: Problem) -> str:
 def direct_answer(problem: Problem) -> str:
     """The System-1 completion: the answer alone."""
     return str(problem.answer)
+
+
+def no_think_answer(problem: Problem) -> str:
+    """The Thinking model's non-thinking completion: an empty think block, then the answer."""
+    return f"{NO_THINK}{problem.answer}"
 
 
 def final_answer_text(output: str) -> str | None:

@@ -1,8 +1,12 @@
 """Train the testbed pair: a shared tiny Qwen3 base, then an Instruct and a Thinking fine-tune of it.
 
 All work is on the CPU, seeded and deterministic. The base learns both answer forms (direct and
-scratchpad, 50/50); Instruct is then fine-tuned on direct answers only, Thinking on scratchpads only.
-Held-out problems (``HELDOUT_SEED``) are never drawn for training.
+scratchpad, 50/50); Instruct is then fine-tuned on direct answers only, Thinking on scratchpads (80%) and
+its non-thinking mode (20%: ``<think></think>`` then the answer, as hybrid models such as Qwen3 are
+trained), so that the Thinking model's no-think answer is a second, independent System-1 opinion that
+DAMI-Conf's discrepancy compares with Instruct's. Training problems are drawn uniformly from the "train"
+split of the problem space (`tasks.split_of`); evaluation draws come from "dev" and "test", which
+training never sees. `stage_batches` replays exactly what a stage trained on.
 """
 from __future__ import annotations
 
@@ -16,36 +20,62 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from dami_kernels.testbed.tasks import LEVELS, Problem, direct_answer, make_problem, make_problems, scratchpad
+from dami_kernels.testbed.tasks import (Problem, direct_answer, draw_problem, make_problems, no_think_answer,
+                                        scratchpad)
 from dami_kernels.testbed.tokenizer import chat_prompt
 
-HELDOUT_SEED = 20_251_010
-HELDOUT_RESERVE = 2000  # the first HELDOUT_RESERVE problems of HELDOUT_SEED are never trained on
+HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
 MAX_NEW_TOKENS = 64
+FORMS = ("direct", "think", "nothink")
+COMPLETIONS = {"direct": direct_answer, "think": scratchpad, "nothink": no_think_answer}
 
 
 @dataclass
 class Stage:
-    """One training stage: ``steps`` AdamW steps at peak ``lr`` (one-cycle), ``think_frac`` scratchpads."""
+    """One training stage: ``steps`` AdamW steps at peak ``lr`` (one-cycle); each example is a scratchpad
+    with probability ``think_frac``, a no-think answer with ``nothink_frac``, else a direct answer."""
 
     name: str
     steps: int
     lr: float
     think_frac: float
     seed: int
+    nothink_frac: float = 0.0
 
 
 def heldout_problems(n: int) -> list[Problem]:
-    """The first ``n`` held-out problems (balanced over all levels); ``n`` <= ``HELDOUT_RESERVE``."""
-    if not 0 < n <= HELDOUT_RESERVE:
-        raise ValueError(f"n must be in 1..{HELDOUT_RESERVE}, got {n!r}")
-    return make_problems(n, HELDOUT_SEED)
+    """``n`` problems of the "test" split drawn by ``HELDOUT_SEED`` (balanced over levels): the set the
+    pair's metrics are measured on."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return make_problems(n, HELDOUT_SEED, split="test")
 
 
-def heldout_expressions() -> frozenset[str]:
-    """The expressions of all ``HELDOUT_RESERVE`` held-out problems: pass as ``make_problems(..., exclude=)``
-    to draw other splits (e.g. an estimator's train split) that never touch the held-out set."""
-    return frozenset(p.expression for p in heldout_problems(HELDOUT_RESERVE))
+def stage_batches(stage: Stage, batch_size: int):
+    """The (problems, forms) of every step of ``stage``, in order: uniform draws from the "train" split."""
+    rng = random.Random(stage.seed)
+    for _ in range(stage.steps):
+        problems = [draw_problem(rng, "train") for _ in range(batch_size)]
+        forms = []
+        for _ in problems:
+            u = rng.random()
+            forms.append("think" if u < stage.think_frac else
+                         "nothink" if u < stage.think_frac + stage.nothink_frac else "direct")
+        yield problems, forms
+
+
+def pair_stages(base_steps: int, ft_steps: int, base_lr: float = 3e-3, ft_lr: float = 5e-4,
+                seed: int = 0) -> dict[str, Stage]:
+    """The three stages of `train_pair`: base, then Instruct and Thinking fine-tunes of it."""
+    return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1),
+            "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
+            "thinking": Stage("thinking", ft_steps, ft_lr, 0.8, seed + 3, nothink_frac=0.2)}
+
+
+def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0) -> set[str]:
+    """The canonical forms (`Problem.canonical`) of every problem the pair trained on (replayed)."""
+    return {p.canonical for stage in pair_stages(base_steps, ft_steps, seed=seed).values()
+            for problems, _ in stage_batches(stage, batch_size) for p in problems}
 
 
 def model_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
@@ -60,14 +90,22 @@ def model_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, 
     )
 
 
-def encode_batch(tokenizer, problems: list[Problem], think: list[bool]) -> tuple[torch.Tensor, ...]:
+def _form(f) -> str:
+    if isinstance(f, bool):
+        return "think" if f else "direct"
+    if f not in FORMS:
+        raise ValueError(f"form must be one of {FORMS} (or a bool: think), got {f!r}")
+    return f
+
+
+def encode_batch(tokenizer, problems: list[Problem], forms: list) -> tuple[torch.Tensor, ...]:
     """Right-padded training batch: input_ids, attention_mask [B, T] and labels [B, T] (-100 off-answer).
 
-    The loss covers the completion (direct answer or scratchpad) and the closing eos token.
+    forms: one of FORMS per problem (a bool means think / direct). The loss covers the completion and
+    the closing eos token.
     """
     prompts = [chat_prompt(tokenizer, p.expression) for p in problems]
-    completions = [(scratchpad(p) if t else direct_answer(p)) + tokenizer.eos_token
-                   for p, t in zip(problems, think)]
+    completions = [COMPLETIONS[_form(f)](p) + tokenizer.eos_token for p, f in zip(problems, forms)]
     p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     c_ids = tokenizer(completions, add_special_tokens=False).input_ids
     length = max(len(a) + len(b) for a, b in zip(p_ids, c_ids))
@@ -82,19 +120,19 @@ def encode_batch(tokenizer, problems: list[Problem], think: list[bool]) -> tuple
     return ids, mask, labels
 
 
-def batch_loss(model, tokenizer, problems: list[Problem], think: list[bool]) -> torch.Tensor:
+def batch_loss(model, tokenizer, problems: list[Problem], forms: list) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens of a batch (0-d tensor).
 
-    Problems are grouped by (level, form) and each group is padded on its own, so that short direct
-    answers are not padded to the length of the longest scratchpad (about half the compute otherwise).
+    Problems are grouped by form and each group is padded on its own, so that short direct answers are
+    not padded to the length of the scratchpads (about half the compute otherwise).
     """
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for i, (p, t) in enumerate(zip(problems, think)):
-        groups.setdefault((p.level, t), []).append(i)
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(forms):
+        groups.setdefault(_form(f), []).append(i)
     total, count = 0.0, 0
     for key in sorted(groups):
         idx = groups[key]
-        ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [think[i] for i in idx])
+        ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [forms[i] for i in idx])
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         total = total + torch.nn.functional.cross_entropy(
@@ -103,25 +141,17 @@ def batch_loss(model, tokenizer, problems: list[Problem], think: list[bool]) -> 
     return total / count
 
 
-def train_stage(model, tokenizer, stage: Stage, batch_size: int, exclude: frozenset[str]) -> list[float]:
-    """Run one stage in place on ``model``; returns the loss per step."""
+def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
+    """Run one stage in place on ``model`` (batches from `stage_batches`); returns the loss per step."""
     torch.manual_seed(stage.seed)
-    rng = random.Random(stage.seed)
-    levels = sorted(LEVELS)
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=stage.lr, total_steps=max(stage.steps, 1),
                                                 pct_start=0.1)
     model.train()
     losses = []
-    bar = tqdm(range(stage.steps), desc=stage.name, mininterval=5.0)
-    for _ in bar:
-        problems = []
-        while len(problems) < batch_size:
-            p = make_problem(rng, rng.choice(levels))
-            if p.expression not in exclude:
-                problems.append(p)
-        think = [rng.random() < stage.think_frac for _ in problems]
-        loss = batch_loss(model, tokenizer, problems, think)
+    bar = tqdm(stage_batches(stage, batch_size), total=stage.steps, desc=stage.name, mininterval=5.0)
+    for problems, forms in bar:
+        loss = batch_loss(model, tokenizer, problems, forms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,15 +172,14 @@ def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128,
     for name, v in (("base_steps", base_steps), ("ft_steps", ft_steps), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
             raise ValueError(f"{name} must be a non-negative int (batch_size positive), got {v!r}")
-    exclude = heldout_expressions()
+    stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed)
     torch.manual_seed(seed)
     base = Qwen3ForCausalLM(model_config(tokenizer))
-    stages = [Stage("base", base_steps, base_lr, 0.5, seed + 1)]
-    log = {"base": train_stage(base, tokenizer, stages[0], batch_size, exclude)}
+    log = {"base": train_stage(base, tokenizer, stages["base"], batch_size)}
     pair = []
-    for name, frac, s in (("instruct", 0.0, seed + 2), ("thinking", 1.0, seed + 3)):
+    for name in ("instruct", "thinking"):
         model = copy.deepcopy(base)
-        log[name] = train_stage(model, tokenizer, Stage(name, ft_steps, ft_lr, frac, s), batch_size, exclude)
+        log[name] = train_stage(model, tokenizer, stages[name], batch_size)
         pair.append(model)
     final = {k: (v[-1] if v else None) for k, v in log.items()}
     return pair[0], pair[1], final

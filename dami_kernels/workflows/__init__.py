@@ -3,4 +3,4 @@ estimators on a pair (`train_estimators`) and the `dami demo` study (`demo`)."""
 
 # Held-out problems in `dami demo` by default. Kept here, not in `demo.py`, so that `dami --help` can show
 # it without importing torch and transformers.
-DEMO_DEFAULT_N = 600
+DEMO_DEFAULT_N = 1000  # = evaluation.preregistered.DEFAULT_N

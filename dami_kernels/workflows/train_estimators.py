@@ -7,6 +7,7 @@ Output directory layout (what `dami_kernels.estimators.store.load_estimator` rea
     DIR/conf_signals.json       the train queries' confidence / discrepancy
     DIR/train_report.json       sensitivity sweep of DAMI-Conf, the Pref loss curve, train metrics
     DIR/train_ids.json          ids of the train items (evaluation excludes them)
+    DIR/train_prompts.json      {id: prompt} of the train items (the syntax-rule baseline is fit on them)
 """
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ from dami_kernels.estimators import DamiConf, Rollouts, conf_signals
 from dami_kernels.estimators.fit import fit_pref, prompts_for
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.sweep import DEFAULT_GRID, sweep_records
+
+
+def dev_prompts(directory, ids: list[str]) -> list[str]:
+    """The prompts of an estimator directory's train (dev) items, in `ids` order: from train_prompts.json,
+    else from testbed ids ("L<level>:<expression>", whose prompt is the expression)."""
+    path = Path(directory) / "train_prompts.json"
+    if path.is_file():
+        table = json.loads(path.read_text())
+        missing = [i for i in ids if i not in table]
+        if missing:
+            raise ValueError(f"{path} has no prompt for ids {missing[:3]}")
+        return [table[i] for i in ids]
+    if all(":" in i for i in ids):
+        return [i.split(":", 1)[1] for i in ids]
+    raise ValueError(f"{path} not found and the ids are not testbed ids; retrain the estimators")
 
 
 def rollouts_from_records(records) -> Rollouts:
@@ -60,10 +76,17 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
     rollouts.to_jsonl(out_dir / "rollouts.jsonl")
     (out_dir / "conf_signals.json").write_text(json.dumps(fit["signals"].to_dict()))
     (out_dir / "train_ids.json").write_text(json.dumps([it.id for it in items]))
+    (out_dir / "train_prompts.json").write_text(json.dumps({it.id: it.prompt for it in items}))
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
     pref_lam = fit["pref"].predict_prompts(model, tokenizer, prompts, progress=False, signals=fit["signals"])
+    from dami_kernels.evaluation.stats import auroc
+
+    err = ~rollouts.correct[:, rollouts.grid.index(0.0)] if 0.0 in rollouts.grid else None
+    sig = fit["signals"]
     report = {
         "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
+        "signals_auroc_dev": None if err is None else {  # AUROC of each signal for an Instruct error
+            "confidence": auroc(1 - sig.confidence, err), "discrepancy": auroc(sig.discrepancy, err)},
         "fixed": rollouts.frontier(),
         "oracle": rollouts.evaluate(rollouts.oracle_lam()),
         "conf": {"hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},

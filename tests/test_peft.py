@@ -234,7 +234,7 @@ def test_adapter_save_and_load(tmp_path):
     model = lora_model("llama", ["q_proj", "o_proj", "embed_tokens"], seed=5)
     ids, lam = ids_for(len(MIXED)), torch.tensor(MIXED)
     ref = logits(model, ids, lam)
-    model.save_pretrained(str(tmp_path / "adapter"))
+    model.save_pretrained(str(tmp_path / "adapter"), save_embedding_layers=True)  # (LoRA on embed_tokens)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     loaded = PeftModel.from_pretrained(pair_model("llama"), str(tmp_path / "adapter"))
     assert type(loaded.base_model.model.model.layers[0].self_attn.o_proj) is PairLoraLinear

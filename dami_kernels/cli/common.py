@@ -29,22 +29,22 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_default: int = 0) -> None:
-    """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given: drawn from the
-    held-out reserve for evaluation, from outside it for training (see `load_eval_items`)."""
+    """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given: fresh draws from the
+    testbed's test split for evaluation, its dev split for training estimators (see `load_eval_items`)."""
     p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
                    "default: testbed problems (--n, --seed)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
     p.add_argument("--n", type=int, default=n_default, help="testbed problems when --data is not given")
     p.add_argument("--seed", type=int, default=seed_default, help="seed of the testbed problems")
-    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4, e.g. 3,3,1,1 "
-                   "(the default) or 1,1,1,1 (balanced)")
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (carry loads), e.g. "
+                   "3,3,1,1; default 1,1,1,1 (balanced)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
 
 
 def load_eval_items(args, split: str = "test"):
-    """Items from --data, or --n testbed problems drawn by --seed from the "test" or "dev" half of the
-    held-out reserve (never trained on by the pair; estimators are fitted on "dev" and evaluated on
-    "test"). Returns (items, max new tokens)."""
+    """Items from --data, or --n testbed problems drawn fresh by --seed from the "test" or "dev" split of the
+    testbed's problem space (the pair trains on the "train" split only; estimators are fitted on "dev" and
+    evaluated on "test"). Returns (items, max new tokens)."""
     if args.data:
         from dami_kernels.evaluation import load_items
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
-                                     load_from_args, output_dir, parse_grid, positive_int)
+                                     load_from_args, output_dir, parse_grid, parse_mix, positive_int)
 
 
 def register(subparsers) -> None:
@@ -28,8 +28,10 @@ def run(args) -> int:
     batch_size = positive_int("--batch-size", args.batch_size)
     with output_dir(args, "sweep results") as tmp:
         model, tokenizer = load_from_args(args)
+        meta = {"data": args.data, "limit": args.limit} if args.data else {
+            "seed": args.seed, "mix": list(parse_mix(args.mix)), "split": "test"}
         res = run_sweep(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, meta=meta)
     print(table_markdown(res["table"], res["continuity"]))
     print(f"{len(items)} items x {len(grid)} λ in {res['seconds']:.1f} s; wrote {args.out}/sweep.json, "
           f"sweep.md, sweep_items.jsonl, frontier.png")

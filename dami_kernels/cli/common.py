@@ -144,17 +144,6 @@ def check_lams(values: list[float], allow_extrapolation: bool, flag: str = "--la
             raise ValueError(f"{flag} {v!r} lies outside [0, 1]; pass --allow-extrapolation to accept it")
 
 
-def check_out_dir(args) -> None:
-    """Refuse to write into a non-empty --out (earlier results would be replaced) unless --overwrite."""
-    from pathlib import Path
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {out} already holds files; pass --overwrite to replace them")
-
-
 def positive_int(name: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")

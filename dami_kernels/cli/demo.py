@@ -8,7 +8,7 @@ targets and signals tables. One torch thread by default (see --threads).
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import add_out_args, add_threads_arg, check_out_dir, parse_mix, positive_int
+from dami_kernels.cli.common import add_out_args, add_threads_arg, output_dir, parse_mix, positive_int
 
 
 def register(subparsers) -> None:
@@ -42,10 +42,10 @@ def run(args) -> int:
     from dami_kernels.testbed.threads import configure_threads
     from dami_kernels.workflows.demo import run_demo
 
-    check_out_dir(args)
     configure_threads(args.threads, testbed=True, name="--threads")
-    report = run_demo(args.out, seed=args.seed, n=positive_int("--n", args.n), mix=parse_mix(args.mix),
-                      batch_size=positive_int("--batch-size", args.batch_size), progress=not args.quiet)
+    n, batch_size, mix = positive_int("--n", args.n), positive_int("--batch-size", args.batch_size), parse_mix(args.mix)
+    with output_dir(args, "demo results") as tmp:
+        report = run_demo(tmp, seed=args.seed, n=n, mix=mix, batch_size=batch_size, progress=not args.quiet)
     print_study(report, report["details"])
     print(f"wrote {args.out}/report.json, details.json, report.md (with examples), frontier.png")
     return 0

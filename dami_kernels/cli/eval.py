@@ -11,8 +11,8 @@ mix, data and estimator); with --compare, the study's files (report.json, detail
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, check_out_dir, load_eval_items,
-                                     load_from_args, parse_mix, positive_int)
+from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items, load_from_args,
+                                     output_dir, parse_mix, positive_int)
 
 
 def register(subparsers) -> None:
@@ -35,41 +35,43 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
     from dami_kernels.estimators import estimate
     from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
     from dami_kernels.evaluation.runner import evaluate
     from dami_kernels.evaluation.tables import summary_markdown
 
-    check_out_dir(args)
     items, max_new_tokens = load_eval_items(args)
-    model, tokenizer = load_from_args(args)
     batch_size = positive_int("--batch-size", args.batch_size)
     meta = {"data": args.data, "seed": None if args.data else args.seed,
             "mix": None if args.data else list(parse_mix(args.mix)), "split": None if args.data else "test",
             "estimator": args.estimator, "estimator_dir": str(args.estimator_dir or SHIPPED_DIR)
             if (args.estimator or args.compare) else None}
-    if args.compare:
-        from dami_kernels.cli.demo import print_study
-        from dami_kernels.workflows.demo import run_study
+    with output_dir(args, "eval results") as tmp:
+        model, tokenizer = load_from_args(args)
+        if args.compare:
+            from dami_kernels.cli.demo import print_study
+            from dami_kernels.workflows.demo import run_study
 
-        res = run_study(model, tokenizer, items, Path(args.out), seed=args.seed, mix=meta["mix"],
-                        estimator_dir=args.estimator_dir or SHIPPED_DIR, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, progress=False, log=lambda *_: None,
-                        meta={k: meta[k] for k in ("data", "split", "estimator_dir")})
+            res = run_study(model, tokenizer, items, tmp, seed=args.seed, mix=meta["mix"],
+                            estimator_dir=args.estimator_dir or SHIPPED_DIR, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, progress=False, log=lambda *_: None,
+                            meta={k: meta[k] for k in ("data", "split", "estimator_dir")})
+        else:
+            if args.estimator:
+                est = load_estimator(args.estimator, args.estimator_dir)
+                lams = estimate(model, tokenizer, [it.prompt for it in items], args.estimator,
+                                estimator=est).tolist()
+            else:
+                lams = args.lam
+            res = evaluate(model, tokenizer, items, lams, out_dir=tmp, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens)
+            summary = {**res["summary"], **meta}
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.compare:
         print_study(res["report"], res["details"])
         print(f"wrote {args.out}/report.json, details.json, report.md, frontier.png")
         return 0
-    if args.estimator:
-        est = load_estimator(args.estimator, args.estimator_dir)
-        lams = estimate(model, tokenizer, [it.prompt for it in items], args.estimator, estimator=est).tolist()
-    else:
-        lams = args.lam
-    res = evaluate(model, tokenizer, items, lams, out_dir=Path(args.out), batch_size=batch_size,
-                   max_new_tokens=max_new_tokens)
-    summary = {**res["summary"], **meta}
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     print(summary_markdown(res["summary"]))
     print(f"wrote {args.out}/items.jsonl and {args.out}/summary.json")
     return 0

@@ -257,15 +257,20 @@ def write_output_dir(out_dir, *, overwrite: bool, inputs: Sequence = (), what: s
                      overwrite_flag: str = "overwrite=True") -> Iterator[Path]:
     """Check out_dir, yield a fresh temporary directory beside it to write into, publish it atomically.
 
-    Before any work: out_dir a file -> NotADirectoryError; out_dir exists and not overwrite ->
-    FileExistsError; out_dir is, contains or lies inside one of `inputs` (resolved, symlinks followed) ->
-    ValueError; overwrite of a non-empty directory without the MARKER file -> ValueError; out_dir a
-    symlink -> ValueError. Leftovers of killed runs on out_dir are removed (with a warning). On success the
-    marker is written and the directory published (module docstring); on any error or interrupt the
-    temporary directory is removed and out_dir is untouched. `what` and `overwrite_flag` word the
+    Before any work: out_dir a file -> NotADirectoryError; out_dir exists, is not empty and not overwrite
+    -> FileExistsError (an empty directory is replaced as with overwrite); out_dir is, contains or lies
+    inside one of `inputs` (resolved, symlinks followed) -> ValueError; overwrite of a non-empty directory
+    without the MARKER file -> ValueError; out_dir a symlink -> ValueError. Leftovers of killed runs on
+    out_dir are removed (with a warning). On success the marker is written and the directory published
+    (module docstring); on any error or interrupt the temporary directory is removed and out_dir is
+    untouched. `what` and `overwrite_flag` word the
     messages (the CLI passes "--overwrite").
     """
     out_dir = Path(out_dir).absolute()
+    if not overwrite and out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+        # An existing empty directory (e.g. made by mkdir or a test's tmp dir) loses nothing: it is replaced
+        # the way overwrite replaces one, atomically, and the exchange is undone if it filled meanwhile.
+        overwrite = True
     notes = clean_leftovers(out_dir)  # first: it may restore out_dir from a killed fallback overwrite
     if notes:
         warnings.warn(f"{what} output {out_dir}: " + "; ".join(notes), stacklevel=3)

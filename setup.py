@@ -16,6 +16,7 @@ setup(
         "torch>=2.4",
         "transformers>=5.17",  # its loading API (conversion mappings, DistributedConfig); CI tests 5.17 and the newest
         "safetensors>=0.4",
+        "accelerate>=1.0",  # transformers needs it to load straight onto a device (load_pair's device/device_map)
         "numpy",
         "tqdm",
         "matplotlib",

@@ -68,7 +68,8 @@ def placement_kwargs(device, device_map, tp_plan) -> dict:
         return {"distributed_config": DistributedConfig(tp_plan=tp_plan)}
     if device_map is not None:
         return {"device_map": device_map}
-    return {"device_map": resolve_device(device)}
+    dev = resolve_device(device)
+    return {} if dev.type == "cpu" else {"device_map": dev}  # from_pretrained's default is the CPU
 
 
 def load_side(ckpt: Checkpoint, dtype: torch.dtype, placement: dict, *, progress: bool = True) -> nn.Module:

@@ -67,6 +67,18 @@ def test_changes_leave_the_memo():
 
 
 @torch.no_grad()
+def test_a_new_thinking_bias_leaves_the_memo():
+    state = LambdaState(0.5)
+    layer = _layer(state)
+    x = torch.randn(1, 1, 40, device=DEVICE)
+    layer(x)
+    layer(x)
+    assert layer._memo[0] is not None
+    layer.bias_t = nn.Parameter(torch.randn(24, device=DEVICE), requires_grad=False)  # a new object, same layout
+    assert rel_err(layer(x), _ref(layer, x, 0.5)) < 1e-5
+
+
+@torch.no_grad()
 def test_dtype_change_drops_the_memo():
     state = LambdaState(0.4)
     layer = _layer(state)

@@ -67,7 +67,7 @@ class InterpLinear(LambdaBound, nn.Linear):
             lam, uniform = state.for_layer(x.shape[0])
             memo = self._memo
             if memo[0] is not None and not torch.is_grad_enabled() and memo[1] == self.backend and memo[0].matches(
-                    x, p["weight"], p["weight_t"], lam, p["bias"], uniform is not None):
+                    x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform is not None):
                 memo[2] = 0
                 return memo[0].launch(x)  # eager decode: the same launch as the last call, on new data
         backend = self._backend_name(x)

@@ -234,9 +234,10 @@ class LaunchMemo:
         _launch(interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + self.int_args, kwargs)
         return y
 
-    def matches(self, x, w_i, w_t, lam, bias_i, shared: bool) -> bool:
+    def matches(self, x, w_i, w_t, lam, bias_i, bias_t, shared: bool) -> bool:
         t = self.tensors
-        return (lam is t[4] and w_i is t[0] and w_t is t[1] and bias_i is t[2] and shared is self.shared
+        return (lam is t[4] and w_i is t[0] and w_t is t[1] and bias_i is t[2] and bias_t is t[3]
+                and shared is self.shared
                 and x.shape == self.shape and x.stride() == self.stride and x.dtype is self.dtype
                 and x.device == self.device)
 

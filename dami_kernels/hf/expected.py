@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dami_kernels.hf.checkpoint import Checkpoint
+from dami_kernels.modules import stored_tensors
 
 
 @dataclass
@@ -58,14 +59,11 @@ def expected_for(ckpt: Checkpoint) -> Expected:
 
     model = meta_skeleton(ckpt.config)
     shapes, first_of, tied = {}, {}, {}
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, t in named:
+    for name, t in stored_tensors(model).items():  # the state-dict names, tied ones included
         shapes[name] = tuple(t.shape)
-        if id(t) in first_of and first_of[id(t)] != name:
+        if id(t) in first_of:
             tied[name] = first_of[id(t)]
         first_of.setdefault(id(t), name)
-    persistent = set(model.state_dict().keys())
-    shapes = {k: v for k, v in shapes.items() if k in persistent}
     renamings, converters = _conversions(model)
     prefix = getattr(model, "base_model_prefix", None)
     target_of, grouped = {}, set()

@@ -10,6 +10,7 @@ the Instruct model (no copy), so peak memory is both sides' weights.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -59,7 +60,7 @@ def placement_kwargs(device, device_map, tp_plan) -> dict:
     if tp_plan is not None:
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) and "WORLD_SIZE" not in __import__("os").environ:
+        if not (dist.is_available() and dist.is_initialized()) and "WORLD_SIZE" not in os.environ:
             raise ValueError("tp_plan needs a torch.distributed run: start the program with torchrun")
         try:
             from transformers.distributed import DistributedConfig

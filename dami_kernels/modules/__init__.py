@@ -4,7 +4,8 @@ from dami_kernels.modules.experts import InterpExperts, InterpTokenLinear, Inter
 from dami_kernels.modules.lambda_state import LambdaState, blend, lam_view, validate_lambda
 from dami_kernels.modules.linear import InterpLinear
 from dami_kernels.modules.norms import InterpLayerNorm, InterpRMSNorm, is_supported_rmsnorm
-from dami_kernels.modules.swap import INTERP_MODULES, Slot, covered_names, is_swappable, pair_slots, swap_modules
+from dami_kernels.modules.swap import (INTERP_MODULES, Slot, covered_names, is_swappable, pair_slots,
+                                       stored_tensors, swap_modules)
 
 __all__ = [
     "LambdaState",
@@ -24,6 +25,7 @@ __all__ = [
     "INTERP_MODULES",
     "Slot",
     "pair_slots",
+    "stored_tensors",
     "covered_names",
     "is_swappable",
 ]

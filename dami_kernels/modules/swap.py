@@ -148,3 +148,14 @@ def pair_slots(model: nn.Module) -> dict[str, Slot]:
             if b is not None and bname not in module._non_persistent_buffers_set:
                 slots[prefix + bname] = Slot(module, bname, None)
     return slots
+
+
+def stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """name -> tensor for every parameter (tied names included) and persistent buffer: the state-dict
+    names, without `state_dict()`'s detaching and hooks (0.45 s per call on a 1B model)."""
+    out = dict(model.named_parameters(remove_duplicate=False))
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for bname, b in module._buffers.items():
+            if b is not None and bname not in module._non_persistent_buffers_set:
+                out[f"{mname}.{bname}" if mname else bname] = b
+    return out

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
-from dami_kernels.modules.linear import InterpLinear
+from dami_kernels.modules.linear import InterpLinear, ResolvedBackend, same_layout
 from dami_kernels.ops.interp_linear import interp_linear_layer
 from dami_kernels.ops.moe import interp_experts_rows
 
@@ -88,19 +88,10 @@ class InterpTokenLinear(InterpLinear):
                                    self._backend_name(x))
 
 
-def _same_layout(p: nn.Parameter, p_t: nn.Parameter) -> nn.Parameter:
-    """The Thinking Parameter with the Instruct one's strides (the kernel needs both alike; fixed once
-    here, never per call). The Instruct side is made contiguous in place when they differ."""
-    if p_t.device.type == "meta" or p_t.stride() == p.stride():
-        return p_t
-    p.data = p.data.contiguous()
-    return nn.Parameter(p_t.detach().contiguous(), requires_grad=p_t.requires_grad)
-
-
 _ROUTER_SUBCLASSES: dict[type, type] = {}
 
 
-class InterpTopKRouter(LambdaBound, nn.Module):
+class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
     """Top-k router on the blended logits: logits_t = ((1-λ_t)W_I + λ_t W_T) x_t (θ(λ)'s router), then
     softmax, top-k and (when the original does) renormalization, exactly as the original router.
 
@@ -121,14 +112,13 @@ class InterpTopKRouter(LambdaBound, nn.Module):
         nn.Module.__init__(new)
         new.bind_lambda(lam_state)
         new.backend = backend
-        new._resolved = None
         new.top_k = router.top_k
         new.num_experts = router.num_experts
         new.hidden_dim = router.hidden_dim
         new.norm_topk_prob = bool(getattr(router, "norm_topk_prob", True))
         new.cast_scores = ROUTER_CLASSES[kind.__name__]
         new.weight = router.weight
-        new.weight_t = _same_layout(router.weight, weight_t)
+        new.weight_t = same_layout(router.weight, weight_t)
         return new
 
     def forward(self, hidden_states: torch.Tensor):
@@ -136,7 +126,7 @@ class InterpTopKRouter(LambdaBound, nn.Module):
         lam, _, uniform = self.lam_state.for_rows(x.shape[0])
         p = self._parameters
         logits = interp_linear_layer(x, p["weight"], p["weight_t"], lam, None, None, uniform,
-                                     InterpLinear._backend_name(self, x))
+                                     self._backend_name(x))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top, index = torch.topk(probs, self.top_k, dim=-1)
         if self.norm_topk_prob:
@@ -150,7 +140,7 @@ class InterpTopKRouter(LambdaBound, nn.Module):
                 f"norm_topk_prob={self.norm_topk_prob}, backend={self.backend or 'default'}")
 
 
-class InterpExperts(LambdaBound, nn.Module):
+class InterpExperts(ResolvedBackend, LambdaBound, nn.Module):
     """Fused experts whose every token runs its experts at its own λ:
     y_t = Σ_j w_tj · down_e(λ_t)(act(gate_e(λ_t) x_t) * up_e(λ_t) x_t), W(λ) = (1-λ)W_I + λW_T.
 
@@ -166,16 +156,15 @@ class InterpExperts(LambdaBound, nn.Module):
         new = cls()
         new.bind_lambda(lam_state)
         new.backend = backend
-        new._resolved = None
         new.source_class = type(experts).__name__
         new.num_experts = experts.num_experts
         new.hidden_dim = experts.hidden_dim
         new.intermediate_dim = experts.intermediate_dim
         new.act_fn = experts.act_fn
         new.gate_up_proj = experts.gate_up_proj
-        new.gate_up_proj_t = _same_layout(experts.gate_up_proj, gate_up_t)
+        new.gate_up_proj_t = same_layout(experts.gate_up_proj, gate_up_t)
         new.down_proj = experts.down_proj
-        new.down_proj_t = _same_layout(experts.down_proj, down_t)
+        new.down_proj_t = same_layout(experts.down_proj, down_t)
         return new
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -184,7 +173,7 @@ class InterpExperts(LambdaBound, nn.Module):
         p = self._parameters
         return interp_experts_rows(hidden_states, p["gate_up_proj"], p["gate_up_proj_t"], p["down_proj"],
                                    p["down_proj_t"], top_k_index, top_k_weights, lam, rows_per_lam, uniform,
-                                   self.act_fn, InterpLinear._backend_name(self, hidden_states))
+                                   self.act_fn, self._backend_name(hidden_states))
 
     def extra_repr(self) -> str:
         return (f"{self.source_class}: experts={self.num_experts}, hidden={self.hidden_dim}, "

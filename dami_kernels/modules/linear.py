@@ -11,7 +11,35 @@ from dami_kernels.ops.interp_linear import interp_linear_layer, layer_memo
 _MEMO_MISSES = 8  # a layer whose launch memo missed this many calls in a row stops making memos
 
 
-class InterpLinear(LambdaBound, nn.Linear):
+class ResolvedBackend:
+    """Mixin for layers with a ``backend`` setting: `_backend_name(x)` resolves it for x's device and
+    remembers the answer per (setting, CUDA or not)."""
+
+    backend = None
+    _resolved: tuple | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
+
+    def _backend_name(self, x: torch.Tensor) -> str:
+        """The resolved backend, remembered per (backend setting, CUDA or not): $DAMI_BACKEND is read
+        when a layer first runs on a device type (resolving on every call costs more host time than
+        the rest of a decode call)."""
+        if torch.compiler.is_compiling():
+            return resolve_backend(self.backend, x.device)
+        cached = self._resolved
+        if cached is None or cached[1] is not x.is_cuda or cached[0] != self.backend:
+            cached = self._resolved = (self.backend, x.is_cuda, resolve_backend(self.backend, x.device))
+        return cached[2]
+
+
+def same_layout(p: nn.Parameter, p_t: nn.Parameter) -> nn.Parameter:
+    """The Thinking Parameter with the Instruct one's strides (the kernels need both alike; fixed once
+    here, never per call). The Instruct side is made contiguous in place when they differ."""
+    if p_t.device.type == "meta" or p_t.stride() == p.stride():
+        return p_t
+    p.data = p.data.contiguous()
+    return nn.Parameter(p_t.detach().contiguous(), requires_grad=p_t.requires_grad)
+
+
+class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
     """y = (1-λ_b)(W_I x + b_I) + λ_b(W_T x + b_T), λ_b per sequence from the shared LambdaState.
 
     ``weight``/``bias`` are the Instruct side [N, K]/[N], ``weight_t``/``bias_t`` the Thinking side.
@@ -30,7 +58,6 @@ class InterpLinear(LambdaBound, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.backend = backend
-        self._resolved: tuple | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
         # [triton_launch.LaunchMemo | None, backend setting, misses in a row]: the last eager Triton launch,
         # a list so that a hit updates it without nn.Module.__setattr__ (µs per call)
         self._memo = [None, None, 0]
@@ -48,11 +75,7 @@ class InterpLinear(LambdaBound, nn.Linear):
                   backend=backend, device="meta")
         new.weight = linear.weight
         new.bias = linear.bias
-        if weight_t.device.type != "meta" and weight_t.stride() != linear.weight.stride():
-            # The kernel needs both weights laid out alike: fix it once here, never per call.
-            linear.weight.data = linear.weight.data.contiguous()
-            weight_t = nn.Parameter(weight_t.detach().contiguous(), requires_grad=weight_t.requires_grad)
-        new.weight_t = weight_t
+        new.weight_t = same_layout(linear.weight, weight_t)
         new.bias_t = bias_t
         return new
 
@@ -78,17 +101,6 @@ class InterpLinear(LambdaBound, nn.Linear):
             memo[:] = layer_memo(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform), \
                 self.backend, memo[2] + 1
         return y
-
-    def _backend_name(self, x: torch.Tensor) -> str:
-        """The resolved backend, remembered per (backend setting, CUDA or not): $DAMI_BACKEND is read
-        when a layer first runs on a device type (resolving on every call costs more host time than
-        the rest of a decode call)."""
-        if torch.compiler.is_compiling():
-            return resolve_backend(self.backend, x.device)
-        cached = self._resolved
-        if cached is None or cached[1] is not x.is_cuda or cached[0] != self.backend:
-            cached = self._resolved = (self.backend, x.is_cuda, resolve_backend(self.backend, x.device))
-        return cached[2]
 
     def _apply(self, fn, recurse=True):
         self._memo[0] = None  # .to()/.half()/.cuda() may change the weights' dtype, device or strides in place

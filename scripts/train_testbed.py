@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from dami_kernels.testbed.evaluate import score
-from dami_kernels.testbed.tasks import LEVELS
+from dami_kernels.testbed.tasks import DIGITS, LEVELS
 from dami_kernels.testbed.tokenizer import build_tokenizer
 from dami_kernels.testbed.training import (HELDOUT_SEED, heldout_problems, save_checkpoint,
                                            train_pair)
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT),
                     help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
-    ap.add_argument("--base-steps", type=int, default=1000)
+    ap.add_argument("--base-steps", type=int, default=1500)
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--base-lr", type=float, default=3e-3)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     metrics = {"heldout_seed": HELDOUT_SEED, "eval_n": args.eval_n, "decoding": "greedy",
                "train_seconds": round(train_s, 1),
                "args": {k: v for k, v in vars(args).items() if k != "out"},
-               "levels": {str(k): {"carries": c} for k, c in LEVELS.items()},
+               "levels": {str(k): {"undecided_columns": c} for k, c in LEVELS.items()}, "digits": DIGITS,
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     for name, model in (("instruct", instruct), ("thinking", thinking)):
         metrics[name] = score(model, tokenizer, problems)

@@ -19,14 +19,13 @@ from dami_kernels.hf.prompts import encode_prompts
 from dami_kernels.serving import ServerThread, build_app
 from dami_kernels.serving.templates import testbed_response_template as response_template
 from dami_kernels.serving.versions import PAUSE_API, has_engine_pause
-from dami_kernels.testbed import testbed_dirs as pair_dirs
+from dami_kernels.testbed import make_problems, testbed_dirs as pair_dirs
 
 
 EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
 MAX_TOKENS = 40
-# Testbed v2 problems (four 2-digit operands, every difficulty one surface form)
-PROMPTS = ["12+34+56+78", "45+19+27+63", "88+12+31+40", "13+24+35+46", "57+68+79+11", "90+45+32+17",
-           "77+33+21+65", "19+28+37+46", "61+17+83+29", "23+45+18+36", "66+27+14+95", "38+47+56+74"]
+# Testbed problems (one surface form at every difficulty), fixed by a seed
+PROMPTS = [p.expression for p in make_problems(12, 2026, split="test")]
 
 HAS_PAUSE = has_engine_pause()  # "lam": "auto" runs the estimator while the engine is paused
 needs_pause = pytest.mark.skipif(not HAS_PAUSE, reason=f'"lam": "auto" needs {PAUSE_API}, which transformers '

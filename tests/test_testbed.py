@@ -1,4 +1,4 @@
-"""Testbed v2: the generator (one surface form, difficulty from carries), its splits, the checker, the
+"""Testbed v3: the generator (one surface form, difficulty from carries), its splits, the checker, the
 scratchpad, the tokenizer and chat template, and its eval items."""
 import collections
 import random
@@ -10,6 +10,7 @@ from dami_kernels import testbed
 from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, chat_prompt, check_answer, direct_answer,
                                   eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
                                   scratchpad, split_of)
+from dami_kernels.testbed.tasks import DIGITS, undecided_columns
 from dami_kernels.testbed.training import encode_batch, heldout_problems, pair_stages, stage_batches
 
 
@@ -25,21 +26,25 @@ def test_generator_is_deterministic_by_seed():
     assert make_problems(200, seed + 1) != a
 
 
-def test_one_surface_form_difficulty_from_carries():
-    """Every level has the same surface (4 operands of 2 digits, same prompt length); the level is the
-    carry load of the column sum (carries out of units + tens), computed independently here."""
+def _undecided(a: int, b: int) -> int:
+    """Columns whose two digits sum to 9, counted on the decimal strings (independent of tasks.py)."""
+    return sum(int(x) + int(y) == 9 for x, y in zip(str(a), str(b)))
+
+
+def test_one_surface_form_difficulty_from_undecided_columns():
+    """Every level has the same surface (2 operands of DIGITS digits, same prompt length); the level is
+    the number of columns whose digits sum to 9 (0, 1, 2, 3+), computed independently here."""
     problems = make_problems(400, _seed())
     assert len({p.canonical for p in problems}) == 400      # distinct, commutative variants counted
-    bins = {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}
+    bins = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(3, DIGITS + 1))}
     for i, p in enumerate(problems):
         assert p.level == sorted(LEVELS)[i % len(LEVELS)]
-        assert len(p.operands) == 4 and p.ops == ("+", "+", "+")
-        assert all(10 <= x <= 99 for x in p.operands) and len(p.expression) == 11
-        units = sum(x % 10 for x in p.operands)
-        tens = sum(x // 10 for x in p.operands) + units // 10
-        load = units // 10 + tens // 10
-        assert load in bins[p.level] and carries(p.operands) == load
+        assert len(p.operands) == 2 and p.ops == ("+",)
+        assert all(10 ** (DIGITS - 1) <= x < 10 ** DIGITS for x in p.operands)
+        assert len(p.expression) == 2 * DIGITS + 1
+        assert _undecided(*p.operands) in bins[p.level] and undecided_columns(p.operands) == _undecided(*p.operands)
         assert p.answer == sum(p.operands)
+    assert carries((1234, 5678)) == 2 and carries((4999, 5001)) == 4 and carries((1000, 2000)) == 0
     only = make_problems(30, _seed(), levels=[2, 4])
     assert {p.level for p in only} == {2, 4}
     with pytest.raises(ValueError, match="level"):
@@ -53,32 +58,32 @@ def test_one_surface_form_difficulty_from_carries():
 
 
 def test_level_sizes_and_uniform_draws():
-    """Level sizes agree with an independent count (units column tuples x tens column tuples) and add up
-    to the whole space (90**4); level draws match rejection sampling from uniform draws of the space."""
-    import itertools
+    """Level sizes agree with an independent count (binomial over the columns: 10 of the 100 digit pairs
+    of a lower column sum to 9, 8 of the 81 of the leading column) and add up to the whole space; level
+    draws match rejection sampling from uniform draws of the space."""
+    import math
 
-    units = collections.Counter(sum(t) // 10 for t in itertools.product(range(10), repeat=4))
-    tens_sums = collections.Counter(sum(t) for t in itertools.product(range(1, 10), repeat=4))
     size = collections.Counter()
-    for cu, nu in units.items():
-        for s, nt in tens_sums.items():
-            load = cu + (s + cu) // 10
-            size[next(lv for lv, b in {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}.items() if load in b)] += nu * nt
-    assert {lv: level_size(lv) for lv in LEVELS} == dict(size)
-    assert sum(size.values()) == 90**4
+    for lead in (0, 1):
+        for k in range(DIGITS):                       # undecided lower columns
+            n = math.comb(DIGITS - 1, k) * 10**k * 90 ** (DIGITS - 1 - k) * (8 if lead else 73)
+            size[min(k + lead, 3)] += n
+    assert [level_size(lv) for lv in sorted(LEVELS)] == [size[c] for c in range(4)]
+    assert sum(size.values()) == (9 * 10 ** (DIGITS - 1)) ** 2
     rng = random.Random(_seed())
-    direct = [make_problem(rng, 2) for _ in range(3000)]
-    rejected = [p for p in (testbed.draw_problem(rng) for _ in range(15000)) if p.level == 2][:3000]
-    for stat in (lambda p: p.operands[0] % 10, lambda p: p.operands[3] // 10, lambda p: p.answer / 10):
+    direct = [make_problem(rng, 3) for _ in range(3000)]
+    rejected = [p for p in (testbed.draw_problem(rng) for _ in range(40000)) if p.level == 3][:3000]
+    assert len(rejected) == 3000
+    for stat in (lambda p: p.operands[0] % 10, lambda p: p.operands[1] // 10 ** (DIGITS - 1),
+                 lambda p: p.answer / 10 ** DIGITS):
         a = sum(map(stat, direct)) / len(direct)
         b = sum(map(stat, rejected)) / len(rejected)
         assert abs(a - b) < 0.25, (a, b)
 
 
 def test_splits_are_fixed_and_cover_commutative_variants():
-    p = Problem((12, 34, 56, 78), ("+", "+", "+"), 3)
-    for perm in ((34, 12, 56, 78), (78, 56, 34, 12)):
-        assert split_of(Problem(perm, ("+", "+", "+"), 3)) == split_of(p)
+    p = Problem((123456, 567890), ("+",), 3)
+    assert split_of(Problem((567890, 123456), ("+",), 3)) == split_of(p)
     test = make_problems(300, _seed(), split="test")
     dev = make_problems(300, _seed(), split="dev")
     assert {split_of(q) for q in test} == {"test"} and {split_of(q) for q in dev} == {"dev"}
@@ -120,19 +125,19 @@ def test_training_forms():
 
 
 def test_checker_is_exact():
-    p = Problem((12, 34, 56, 78), ("+", "+", "+"), 3)
-    assert p.expression == "12+34+56+78" and p.answer == 180
-    assert p.steps() == [(12, "+", 34, 46), (46, "+", 56, 102), (102, "+", 78, 180)]
-    assert scratchpad(p) == "<think>12+34=46\n46+56=102\n102+78=180\n</think>180"
-    assert direct_answer(p) == "180" and no_think_answer(p) == "<think></think>180"
-    assert check_answer(p, "180") and check_answer(p, " 180\n") and check_answer(180, scratchpad(p))
-    assert check_answer(p, no_think_answer(p)) and check_answer(p, "<think>wrong 12</think>180")
-    for wrong in ("181", "180x", "180 1", "1 80", "<think>12+34=46\n", "</think>", "", "180.0", "+180"):
+    p = Problem((1234, 5678), ("+",), 3)
+    assert p.expression == "1234+5678" and p.answer == 6912
+    assert scratchpad(p) == "<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912"
+    assert scratchpad(Problem((9999, 1001), ("+",), 4)).endswith("9+1+1=11\n</think>11000")
+    assert direct_answer(p) == "6912" and no_think_answer(p) == "<think></think>6912"
+    assert check_answer(p, "6912") and check_answer(p, " 6912\n") and check_answer(6912, scratchpad(p))
+    assert check_answer(p, no_think_answer(p)) and check_answer(p, "<think>wrong 12</think>6912")
+    for wrong in ("6913", "6912x", "6912 1", "69 12", "<think>4+8+0=12\n", "</think>", "", "6912.0", "+6912"):
         assert not check_answer(p, wrong), wrong
     with pytest.raises(ValueError, match="problem"):
-        check_answer("180", "180")
+        check_answer("6912", "6912")
     with pytest.raises(ValueError, match="output"):
-        check_answer(p, 180)
+        check_answer(p, 6912)
 
 
 def test_tokenizer_round_trip_and_chat_template(tmp_path):
@@ -198,4 +203,4 @@ def test_mix_levels_and_samples():
     with pytest.raises(ValueError, match="n must"):
         testbed.heldout_sample(0, seed=0)
     train = testbed.train_items(60, seed=9)
-    assert {split_of(Problem(tuple(int(x) for x in it.prompt.split("+")), ("+",) * 3, 1)) for it in train} == {"train"}
+    assert {split_of(Problem(tuple(int(x) for x in it.prompt.split("+")), ("+",), 1)) for it in train} == {"train"}

@@ -36,9 +36,9 @@ def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_defaul
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
     p.add_argument("--n", type=int, default=n_default, help="testbed problems when --data is not given")
     p.add_argument("--seed", type=int, default=seed_default, help="seed of the testbed problems")
-    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (carry loads), e.g. "
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing to 9), e.g. "
                    "3,3,1,1; default 1,1,1,1 (balanced)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on the testbed, 1024 otherwise")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 96 on the testbed, 1024 otherwise")
 
 
 def load_eval_items(args, split: str = "test"):

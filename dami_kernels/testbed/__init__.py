@@ -1,5 +1,5 @@
-"""The built-in System-1/System-2 testbed (v2): ``a+b+c`` additions whose difficulty is in their carries,
-and a tiny shipped Instruct/Thinking pair.
+"""The built-in System-1/System-2 testbed (v3): ``a+b`` additions of one surface form whose difficulty is
+in their digit patterns (columns summing to 9), and a tiny shipped Instruct/Thinking pair.
 
     from dami_kernels.testbed import testbed_dirs, heldout_sample
     instruct_dir, thinking_dir = testbed_dirs()
@@ -8,6 +8,7 @@ and a tiny shipped Instruct/Thinking pair.
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.testbed.paths import ASSETS_DIR, METRICS_FILE, testbed_dirs
 from dami_kernels.testbed.tasks import (DEFAULT_MIX, LEVELS, SPLITS, Problem, carries, check_answer, direct_answer,
+                                        undecided_columns,
                                         draw_problem, level_size, make_problem, make_problems, mix_levels,
                                         no_think_answer, scratchpad, split_of)
 from dami_kernels.testbed.tokenizer import build_tokenizer, chat_prompt
@@ -49,5 +50,5 @@ __all__ = [
     "ASSETS_DIR", "DEFAULT_MIX", "EVAL_SPLITS", "METRICS_FILE", "LEVELS", "SPLITS", "Problem", "build_tokenizer",
     "carries", "chat_prompt", "check_answer", "direct_answer", "draw_problem", "eval_items", "heldout_items",
     "heldout_sample", "level_size", "make_problem", "make_problems", "mix_levels", "no_think_answer", "scratchpad",
-    "split_of", "testbed_dirs", "train_items",
+    "split_of", "testbed_dirs", "train_items", "undecided_columns",
 ]

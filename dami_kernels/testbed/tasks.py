@@ -1,28 +1,33 @@
-"""Testbed v2: synthetic addition problems of ONE surface form, with difficulty from their content.
+"""Testbed v3: synthetic additions of ONE surface form, with difficulty from their digit patterns.
 
-Every problem is ``a+b+c+d`` with four 2-digit operands (10-99), e.g. ``12+34+56+78``: the same operand
-count and the same digit counts at every difficulty, so a router that sees only the surface (operand
-count, digit counts, prompt length) learns nothing about it. Difficulty is the carry load of the
-column-wise sum: the sum of the carries out of the units and tens columns (each 0-3 with four operands).
+Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``123456+654321``: the same operand
+count, digit counts and prompt length at every difficulty, so a router that sees only the surface
+learns nothing about it. Difficulty is the number of *undecided* columns: columns whose two digits sum
+to exactly 9. Such a column passes on whatever carry it receives, so the answer digit above it depends
+on columns further down (a carry chain, or a near-carry that is not one). A one-shot answer written
+most significant digit first (System 1) must look ahead through them; the column-by-column scratchpad
+(System 2) never has to. With uniform digits a column is undecided with probability about 0.1, so
+uniform training data rarely shows two or more of them.
 
-====== ============ ==============================================================
-level  carry load   share of all problems (uniform operands)
-====== ============ ==============================================================
-1      0-1          3.9 %  (at most one carry of 1)
-2      2            23.8 %
-3      3            41.8 %
-4      4-6          30.5 %
-====== ============ ==============================================================
+====== ================== =============================================
+level  undecided columns  share of all problems (uniform operands, 6 digits)
+====== ================== =============================================
+1      0                  53.2 %
+2      1                  35.4 %
+3      2                   9.8 %
+4      3 or more           1.6 %
+====== ================== =============================================
 
-The scratchpad (System 2) writes the three running sums one ``a+b=c`` line each inside
-``<think>...</think>``, then the answer (``<think>12+34=46\n46+56=102\n102+78=180\n</think>180``); each
-line is itself an addition written at once, so the chain can slip. The direct form (System 1) is the answer alone; the no-think form (a hybrid Thinking
-model's non-thinking mode, as Qwen3's) is ``<think></think>180``.
+The scratchpad (System 2) writes one column per line inside ``<think>...</think>``, from the units up
+(``digit+digit+carry=`` two-digit column sum), then the answer: for ``1234+5678``
+``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``; each line is written at once, so a long
+chain can slip. The direct form (System 1) is the answer alone; the no-think form (a hybrid Thinking
+model's non-thinking mode, as Qwen3's) is ``<think></think>6912``.
 
-The problem space (90**4 ordered operand tuples) is split for good by a hash of the problem's canonical
-form (operands sorted, so ``a+b+c+d`` and its commutative variants share a split): ``train`` (80%: what
-the pair is trained on), ``dev`` (10%: estimators) and ``test`` (10%: evaluation). Evaluation sets are fresh
-seeded draws from a split, so every seed is a truly held-out sample.
+The problem space ((9 * 10**(DIGITS-1))**2 ordered operand pairs) is split for good by a hash of the
+problem's canonical form (operands sorted, so ``a+b`` and ``b+a`` share a split): ``train`` (80%: what
+the pair is trained on), ``dev`` (10%: estimators) and ``test`` (10%: evaluation). Evaluation sets are
+fresh seeded draws from a split, so every seed is a truly held-out sample.
 """
 from __future__ import annotations
 
@@ -35,17 +40,18 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 NO_THINK = THINK_OPEN + THINK_CLOSE
 
-N_OPERANDS = 4
-DIGITS = 2
+N_OPERANDS = 2
+DIGITS = 5
 LOW, HIGH = 10 ** (DIGITS - 1), 10 ** DIGITS - 1
+UNDECIDED_SUM = 10 ** 1 - 1   # a column whose digits sum to 9 passes on whatever carry it receives
 
-# level -> the carry loads (sum of the carries out of every column) it holds
-LEVELS: dict[int, tuple[int, ...]] = {1: (0, 1), 2: (2,), 3: (3,), 4: (4, 5, 6)}
+# level -> the numbers of undecided columns (see `undecided_columns`) it holds
+LEVELS: dict[int, tuple[int, ...]] = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(3, DIGITS + 1))}
 
 
-def level_of_load(load: int) -> int:
-    """The level of a carry load (see LEVELS)."""
-    return next(lv for lv, loads in LEVELS.items() if load in loads)
+def level_of_count(count: int) -> int:
+    """The level of a number of undecided columns (see LEVELS)."""
+    return next(lv for lv, counts in LEVELS.items() if count in counts)
 
 # The primary (pre-registered) mix: balanced over levels. Weights of levels 1..4.
 DEFAULT_MIX = (1, 1, 1, 1)
@@ -57,19 +63,30 @@ SPLITS = tuple(SPLIT_BUCKETS)
 _ANSWER_RE = re.compile(r"-?\d+")
 
 
+def column_digits(operands) -> list[tuple[int, ...]]:
+    """The digits of every column, from the units up: ``[(digit of each operand), ...]``."""
+    width = max(len(str(x)) for x in operands)
+    return [tuple((x // 10**col) % 10 for x in operands) for col in range(width)]
+
+
+def undecided_columns(operands) -> int:
+    """How many columns have digits summing to exactly 9: their carry out is the carry they receive, so
+    the answer digit above them depends on columns further down (a carry chain, or a near-carry)."""
+    return sum(sum(d) == UNDECIDED_SUM for d in column_digits(operands))
+
+
 def carries(operands) -> int:
-    """The carry load: the sum of the carries out of every column (units, tens, ...) of the column sum."""
+    """How many columns of the column sum carry (out of units, tens, ...)."""
     load, carry = 0, 0
-    for col in range(max(len(str(x)) for x in operands)):
-        s = sum((x // 10**col) % 10 for x in operands) + carry
-        carry = s // 10
+    for digits in column_digits(operands):
+        carry = (sum(digits) + carry) // 10
         load += carry
     return load
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One chain ``operands[0] ops[0] operands[1] ...`` (ops are all ``+`` in testbed v2)."""
+    """One chain ``operands[0] ops[0] operands[1] ...`` (ops are all ``+`` in the testbed)."""
 
     operands: tuple[int, ...]
     ops: tuple[str, ...]
@@ -77,7 +94,7 @@ class Problem:
 
     @property
     def expression(self) -> str:
-        """The question text, e.g. ``"12+34+56+78"``."""
+        """The question text, e.g. ``"123456+654321"``."""
         parts = [str(self.operands[0])]
         for op, x in zip(self.ops, self.operands[1:]):
             parts.append(f"{op}{x}")
@@ -88,20 +105,17 @@ class Problem:
         """The expression with operands sorted: equal for all commutative variants of a sum."""
         return "+".join(str(x) for x in sorted(self.operands))
 
-    def steps(self) -> list[tuple[int, str, int, int]]:
-        """The running partial results: ``[(left, op, right, result), ...]``, one per operation."""
-        out, total = [], self.operands[0]
-        for op, x in zip(self.ops, self.operands[1:]):
-            new = total + x if op == "+" else total - x
-            out.append((total, op, x, new))
-            total = new
-        return out
-
     @property
     def answer(self) -> int:
         """The exact integer value of the chain."""
-        steps = self.steps()
-        return steps[-1][3] if steps else self.operands[0]
+        total = self.operands[0]
+        for op, x in zip(self.ops, self.operands[1:]):
+            total = total + x if op == "+" else total - x
+        return total
+
+
+def _problem(operands: tuple[int, ...]) -> Problem:
+    return Problem(operands, ("+",) * (len(operands) - 1), level_of_count(undecided_columns(operands)))
 
 
 def split_of(problem: Problem) -> str:
@@ -117,69 +131,62 @@ def _check_split(split) -> str | None:
 
 
 def draw_problem(rng: random.Random, split: str | None = None) -> Problem:
-    """One problem drawn uniformly from the whole space (or from ``split``), its level from its carries."""
+    """One problem drawn uniformly from the whole space (or from ``split``), its level from its columns."""
     _check_split(split)
     while True:
-        ops = tuple(rng.randint(LOW, HIGH) for _ in range(N_OPERANDS))
-        p = Problem(ops, ("+",) * (N_OPERANDS - 1), level_of_load(carries(ops)))
+        p = _problem(tuple(rng.randint(LOW, HIGH) for _ in range(N_OPERANDS)))
         if split is None or split_of(p) == split:
             return p
 
 
-def _column_triples() -> dict[tuple[bool, int, int], list[tuple[int, ...]]]:
-    """(leading column?, carry in, carry out) -> the digit tuples (one digit per operand) of one column
-    with that carry out."""
+def _column_choices() -> dict[tuple[bool, bool], list[tuple[int, ...]]]:
+    """(leading column?, undecided?) -> the digit tuples (one digit per operand) of one such column."""
     import itertools
 
-    out: dict[tuple[bool, int, int], list[tuple[int, ...]]] = {}
+    out: dict[tuple[bool, bool], list[tuple[int, ...]]] = {}
     for lead in (False, True):
-        digits = range(1, 10) if lead else range(10)
-        for cin in range(N_OPERANDS):
-            for t in itertools.product(digits, repeat=N_OPERANDS):
-                out.setdefault((lead, cin, (sum(t) + cin) // 10), []).append(t)
+        for t in itertools.product(range(1, 10) if lead else range(10), repeat=N_OPERANDS):
+            out.setdefault((lead, sum(t) == UNDECIDED_SUM), []).append(t)
     return out
 
 
-_TRIPLES = _column_triples()
+_COLUMNS = _column_choices()
 
 
-def _carry_patterns() -> dict[int, list[tuple[tuple[int, ...], int]]]:
-    """level -> [(carry out per column from the units, number of problems with that pattern), ...]."""
+def _column_patterns() -> dict[int, list[tuple[tuple[bool, ...], int]]]:
+    """level -> [(undecided? per column from the units, number of problems with that pattern), ...]."""
     import itertools
+    import math
 
-    out: dict[int, list[tuple[tuple[int, ...], int]]] = {lv: [] for lv in LEVELS}
-    for pattern in itertools.product(range(N_OPERANDS), repeat=DIGITS):
-        count, cin = 1, 0
-        for col, cout in enumerate(pattern):
-            count *= len(_TRIPLES.get((col == DIGITS - 1, cin, cout), ()))
-            cin = cout
-        if count:
-            out[level_of_load(sum(pattern))].append((pattern, count))
+    out: dict[int, list[tuple[tuple[bool, ...], int]]] = {lv: [] for lv in LEVELS}
+    for pattern in itertools.product((False, True), repeat=DIGITS):
+        count = math.prod(len(_COLUMNS[(col == DIGITS - 1, u)]) for col, u in enumerate(pattern))
+        out[level_of_count(sum(pattern))].append((pattern, count))
     return out
 
 
-_PATTERNS = _carry_patterns()
+_PATTERNS = _column_patterns()
 
 
 def level_size(level: int) -> int:
-    """How many ordered operand tuples have difficulty ``level`` (the whole space is 90**4)."""
+    """How many ordered operand tuples have difficulty ``level`` (the whole space is 9 * 10**(DIGITS-1)
+    per operand)."""
     return sum(count for _, count in _PATTERNS[level])
 
 
 def make_problem(rng: random.Random, level: int, split: str | None = None) -> Problem:
     """One problem of difficulty ``level``, uniform among that level's problems (of ``split`` if given):
-    a carry pattern is drawn in proportion to how many problems have it, then each column's digits."""
+    a column pattern is drawn in proportion to how many problems have it, then each column's digits."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
     _check_split(split)
     patterns, weights = zip(*_PATTERNS[level])
     while True:
         pattern = rng.choices(patterns, weights)[0]
-        values, cin = [0] * N_OPERANDS, 0
-        for col, cout in enumerate(pattern):
-            column = rng.choice(_TRIPLES[(col == DIGITS - 1, cin, cout)])
+        values = [0] * N_OPERANDS
+        for col, undecided in enumerate(pattern):
+            column = rng.choice(_COLUMNS[(col == DIGITS - 1, undecided)])
             values = [v + d * 10**col for v, d in zip(values, column)]
-            cin = cout
         p = Problem(tuple(values), ("+",) * (N_OPERANDS - 1), level)
         if split is None or split_of(p) == split:
             return p
@@ -231,10 +238,22 @@ def make_problems(n: int, seed: int, levels=None, exclude=None, split: str | Non
     return out
 
 
+def columns(problem: Problem) -> list[tuple[tuple[int, ...], int, int]]:
+    """The column sums from the units up: ``[(digits of that column, carry in, column sum), ...]``."""
+    out, carry = [], 0
+    for digits in column_digits(problem.operands):
+        total = sum(digits) + carry
+        out.append((digits, carry, total))
+        carry = total // 10
+    return out
+
+
 def scratchpad(problem: Problem) -> str:
-    """The System-2 completion: ``<think>`` one ``a+b=c`` line per operation ``</think>`` answer, e.g.
-    ``<think>12+34=46\n46+56=102\n102+78=180\n</think>180`` for ``12+34+56+78``."""
-    lines = "".join(f"{a}{op}{b}={c}\n" for a, op, b, c in problem.steps())
+    """The System-2 completion: ``<think>`` one column per line from the units up (``digit+digit+carry=``
+    two-digit sum) ``</think>`` answer, e.g. for ``1234+5678``:
+    ``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``."""
+    lines = "".join("+".join(map(str, digits)) + f"+{carry}={total:02d}\n"
+                    for digits, carry, total in columns(problem))
     return f"{THINK_OPEN}{lines}{THINK_CLOSE}{problem.answer}"
 
 

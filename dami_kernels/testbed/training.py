@@ -25,7 +25,7 @@ from dami_kernels.testbed.tasks import (Problem, direct_answer, draw_problem, ma
 from dami_kernels.testbed.tokenizer import chat_prompt
 
 HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
-MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS = 96
 FORMS = ("direct", "think", "nothink")
 COMPLETIONS = {"direct": direct_answer, "think": scratchpad, "nothink": no_think_answer}
 

@@ -71,8 +71,8 @@ def test_level_sizes_and_uniform_draws():
     assert [level_size(lv) for lv in sorted(LEVELS)] == [size[c] for c in range(4)]
     assert sum(size.values()) == (9 * 10 ** (DIGITS - 1)) ** 2
     rng = random.Random(_seed())
-    direct = [make_problem(rng, 3) for _ in range(3000)]
-    rejected = [p for p in (testbed.draw_problem(rng) for _ in range(40000)) if p.level == 3][:3000]
+    direct = [make_problem(rng, 2) for _ in range(3000)]
+    rejected = [p for p in (testbed.draw_problem(rng) for _ in range(15000)) if p.level == 2][:3000]
     assert len(rejected) == 3000
     for stat in (lambda p: p.operands[0] % 10, lambda p: p.operands[1] // 10 ** (DIGITS - 1),
                  lambda p: p.answer / 10 ** DIGITS):

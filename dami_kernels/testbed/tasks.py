@@ -1,6 +1,6 @@
 """Testbed v3: synthetic additions of ONE surface form, with difficulty from their digit patterns.
 
-Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``123456+654321``: the same operand
+Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``12345+67890``: the same operand
 count, digit counts and prompt length at every difficulty, so a router that sees only the surface
 learns nothing about it. Difficulty is the number of *undecided* columns: columns whose two digits sum
 to exactly 9. Such a column passes on whatever carry it receives, so the answer digit above it depends
@@ -10,12 +10,12 @@ most significant digit first (System 1) must look ahead through them; the column
 uniform training data rarely shows two or more of them.
 
 ====== ================== =============================================
-level  undecided columns  share of all problems (uniform operands, 6 digits)
+level  undecided columns  share of all problems (uniform operands, 5 digits)
 ====== ================== =============================================
-1      0                  53.2 %
-2      1                  35.4 %
-3      2                   9.8 %
-4      3 or more           1.6 %
+1      0                  59.1 %
+2      1                  32.8 %
+3      2                   7.3 %
+4      3 or more           0.8 %
 ====== ================== =============================================
 
 The scratchpad (System 2) writes one column per line inside ``<think>...</think>``, from the units up
@@ -94,7 +94,7 @@ class Problem:
 
     @property
     def expression(self) -> str:
-        """The question text, e.g. ``"123456+654321"``."""
+        """The question text, e.g. ``"12345+67890"``."""
         parts = [str(self.operands[0])]
         for op, x in zip(self.ops, self.operands[1:]):
             parts.append(f"{op}{x}")

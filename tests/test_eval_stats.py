@@ -102,3 +102,19 @@ def test_syntax_rule_uses_surface_only():
     got1 = bl.syntax_rule(test, same, rule1)
     assert got1["mean_tokens"] == 6.0 and got1["mean_lambda"] == 0.5     # a seeded half/half mixture
     assert got1["accuracy"] in (0.5, 0.75, 1.0)
+
+
+def test_frontier_labels_one_per_run_of_coinciding_points():
+    """The sweep plot labels each run of nearly coinciding grid points once, at the run's own point, and
+    names the endpoints (a run λ=0.7..1 on top of each other gets one label, not four drifting ones)."""
+    from dami_kernels.evaluation.sweep import _lam_label, label_groups
+
+    xs = [6.6, 6.6, 6.6, 24.3, 47.0, 53.6, 53.6, 53.6]
+    ys = [0.787, 0.767, 0.744, 0.787, 0.943, 1.0, 1.0, 1.0]
+    assert label_groups(xs, ys) == [[0], [1], [2], [3], [4], [5, 6, 7]]
+    assert label_groups([1.0, 1.0], [0.5, 0.5]) == [[0, 1]]           # degenerate spans
+    assert _lam_label([0.0]) == "λ=0 (Instruct)" and _lam_label([1.0]) == "λ=1 (Thinking)"
+    assert _lam_label([0.3]) == "λ=0.3"
+    assert _lam_label([0.7, 0.8, 0.9, 1.0]) == "λ=0.7–1 (1: Thinking)"
+    assert _lam_label([0.0, 0.1]) == "λ=0–0.1 (0: Instruct)"
+    assert _lam_label([0.0, 1.0]) == "λ=0–1 (0: Instruct, 1: Thinking)"

@@ -116,8 +116,27 @@ def plot_title(info: dict) -> str:
     return ", ".join(parts)
 
 
-def _lam_label(lam: float) -> str:
-    return {0.0: "λ=0 (Instruct)", 1.0: "λ=1 (Thinking)"}.get(float(lam), f"λ={lam:g}")
+def _lam_label(lams: list[float]) -> str:
+    """One label for a run of grid points that coincide on the plot: "λ=0.3", "λ=0.7–1 (1: Thinking)"."""
+    names = {0.0: "Instruct", 1.0: "Thinking"}
+    text = f"λ={lams[0]:g}" if len(lams) == 1 else f"λ={lams[0]:g}–{lams[-1]:g}"
+    ends = [f"{lam:g}: {names[float(lam)]}" for lam in (lams[0], lams[-1]) if float(lam) in names]
+    if len(lams) == 1 and ends:
+        return f"{text} ({names[float(lams[0])]})"
+    return f"{text} ({', '.join(dict.fromkeys(ends))})" if ends else text
+
+
+def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[list[int]]:
+    """Runs of consecutive points that nearly coincide (within ``tol`` of each axis' span): one label each."""
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    groups: list[list[int]] = []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if groups and abs(x - xs[groups[-1][0]]) < tol * span_x and abs(y - ys[groups[-1][0]]) < tol * span_y:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
 
 
 def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
@@ -138,17 +157,16 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     xs = [r["mean_tokens"] for r in table]
     ys = [r["accuracy"] for r in table]
     ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ", zorder=2)
-    # Labels alternate above/below and are nudged apart where consecutive points nearly coincide.
+    # One label per run of coinciding points, written beside the point at its own height (left of it and
+    # a little lower in the right part of the axes, clear of the method markers near Thinking), so that
+    # no label drifts towards a neighbour.
     span_x = (max(xs) - min(xs)) or 1.0
-    last_x, stack = None, 0
-    for k, r in enumerate(table):
-        x = r["mean_tokens"]
-        stack = stack + 1 if last_x is not None and abs(x - last_x) < 0.04 * span_x else 0
-        last_x = x
-        dy = (-12 - 9 * stack) if k % 2 == 0 else (6 + 9 * stack)
+    for group in label_groups(xs, ys):
+        x, y = xs[group[0]], ys[group[0]]
         ha = "left" if x < min(xs) + 0.7 * span_x else "right"
-        ax.annotate(_lam_label(r["lam"]), (x, r["accuracy"]), textcoords="offset points",
-                    xytext=(5 if ha == "left" else -5, dy), fontsize=7, ha=ha, annotation_clip=True)
+        ax.annotate(_lam_label([table[k]["lam"] for k in group]), (x, y), textcoords="offset points",
+                    xytext=(7, 0) if ha == "left" else (-9, -9), fontsize=7, ha=ha, va="center",
+                    annotation_clip=True)
     styles = [("*", 260), ("D", 110), ("s", 70), ("^", 70), ("v", 70), ("P", 70), ("X", 70), ("o", 70)]
     for k, ((name, res), (marker, size)) in enumerate(zip((methods or {}).items(), styles)):
         ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=marker, s=size, zorder=4,

@@ -43,7 +43,7 @@ NO_THINK = THINK_OPEN + THINK_CLOSE
 N_OPERANDS = 2
 DIGITS = 5
 LOW, HIGH = 10 ** (DIGITS - 1), 10 ** DIGITS - 1
-UNDECIDED_SUM = 10 ** 1 - 1   # a column whose digits sum to 9 passes on whatever carry it receives
+UNDECIDED_SUM = 9   # a column whose digits sum to 9 passes on whatever carry it receives
 
 # level -> the numbers of undecided columns (see `undecided_columns`) it holds
 LEVELS: dict[int, tuple[int, ...]] = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(3, DIGITS + 1))}

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     add_out_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh test-split draw (default 0)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"test problems (default {DEFAULT_N})")
-    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (number of carries 0-3); "
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing to 9); "
                    "default 1,1,1,1, the pre-registered balanced mix")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,6 +16,8 @@ from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, posi
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
+CONTINUITY_PROMPTS = 256  # prompts for the CKA panel: CKA over few inputs is biased upwards
+
 
 def sweep_records(model, tokenizer, items: list[EvalItem], grid=DEFAULT_GRID, **run_kwargs
                   ) -> tuple[list[ItemRecord], float]:
@@ -218,7 +220,7 @@ def table_markdown(table: list[dict], continuity: list[dict] | None = None) -> s
 
 
 def run_sweep(model, tokenizer, items: list[EvalItem], out_dir, grid=DEFAULT_GRID,
-              continuity_prompts: int = 256, meta: dict | None = None, **run_kwargs) -> dict:
+              continuity_prompts: int = CONTINUITY_PROMPTS, meta: dict | None = None, **run_kwargs) -> dict:
     """The pilot study: writes `sweep_items.jsonl`, `sweep.json`, `sweep.md` and `frontier.png` to
     out_dir and returns {"table", "continuity", "seconds", "records"}. sweep.json records n and the grid,
     plus `meta` (e.g. seed, mix, data file)."""

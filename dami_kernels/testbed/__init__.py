@@ -8,9 +8,8 @@ in their digit patterns (columns summing to 9), and a tiny shipped Instruct/Thin
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.testbed.paths import ASSETS_DIR, METRICS_FILE, testbed_dirs
 from dami_kernels.testbed.tasks import (DEFAULT_MIX, LEVELS, SPLITS, Problem, carries, check_answer, direct_answer,
-                                        undecided_columns,
                                         draw_problem, level_size, make_problem, make_problems, mix_levels,
-                                        no_think_answer, scratchpad, split_of)
+                                        no_think_answer, scratchpad, split_of, undecided_columns)
 from dami_kernels.testbed.tokenizer import build_tokenizer, chat_prompt
 
 EVAL_SPLITS = ("dev", "test")

@@ -25,6 +25,14 @@ def surface_key(prompt: str) -> tuple:
     return (len(nums), tuple(len(x) for x in nums), len(prompt))
 
 
+def surface_cells(prompts: list[str]) -> dict[tuple, list[int]]:
+    """The prompts' row indices grouped by `surface_key`: {key: [row, ...]}."""
+    cells: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        cells.setdefault(surface_key(p), []).append(i)
+    return cells
+
+
 def outcomes_at(rollouts: Rollouts, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct [Q] float64, tokens [Q] float64) of each query at its grid index [Q]."""
     rows = torch.arange(len(rollouts.ids))
@@ -73,8 +81,8 @@ def frontier_matched(rollouts: Rollouts, budget: float, seed: int = 0) -> dict:
     c_hi, t_hi = outcomes_at(rollouts, torch.full((len(rollouts.ids),), hi, dtype=torch.long))
     realised = _realise(len(rollouts.ids), lo, hi, p, seed)
     grid = rollouts.grid_tensor
-    return {"outcomes": (1 - p) * c_lo + p * c_hi, "exact": outcomes_at(rollouts, realised)[0],
-            "accuracy": float(((1 - p) * c_lo + p * c_hi).mean()),
+    expected = (1 - p) * c_lo + p * c_hi
+    return {"outcomes": expected, "exact": outcomes_at(rollouts, realised)[0], "accuracy": float(expected.mean()),
             "mean_tokens": float(((1 - p) * t_lo + p * t_hi).mean()),
             "mean_lambda": float((1 - p) * grid[lo] + p * grid[hi]),
             "mixture": {"lam_lo": rollouts.grid[lo], "lam_hi": rollouts.grid[hi], "p_hi": p}}
@@ -105,9 +113,7 @@ def fit_syntax_rule(dev: Rollouts, dev_prompts: list[str], budget: float) -> dic
     mixture). Returns {"cells": {key: (lo, hi, p)}, "default": (lo, hi, p), "n_cells": int}."""
     if len(dev_prompts) != len(dev.ids):
         raise ValueError(f"dev_prompts has {len(dev_prompts)} prompts for {len(dev.ids)} dev rollouts")
-    cells: dict[tuple, list[int]] = {}
-    for i, p in enumerate(dev_prompts):
-        cells.setdefault(surface_key(p), []).append(i)
+    cells = surface_cells(dev_prompts)
     hulls = {}
     for key, rows in cells.items():
         acc = dev.correct[rows].to(torch.float64).sum(0).tolist()
@@ -148,8 +154,7 @@ def fit_syntax_rule(dev: Rollouts, dev_prompts: list[str], budget: float) -> dic
         else:
             choice[key] = (a, b, max(0.0, (total_budget - spent) / cost))
             break
-    whole = Rollouts(dev.ids, dev.grid, dev.correct, dev.tokens)
-    return {"cells": choice, "default": _bracket(whole, budget), "n_cells": len(cells)}
+    return {"cells": choice, "default": _bracket(dev, budget), "n_cells": len(cells)}
 
 
 def syntax_rule(rollouts: Rollouts, prompts: list[str], rule: dict, seed: int = 0) -> dict:
@@ -158,10 +163,7 @@ def syntax_rule(rollouts: Rollouts, prompts: list[str], rule: dict, seed: int = 
     if len(prompts) != len(rollouts.ids):
         raise ValueError(f"prompts has {len(prompts)} prompts for {len(rollouts.ids)} rollouts")
     idx = torch.empty(len(prompts), dtype=torch.long)
-    by_cell: dict[tuple, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_cell.setdefault(surface_key(p), []).append(i)
-    for n, (key, rows) in enumerate(sorted(by_cell.items())):
+    for n, (key, rows) in enumerate(sorted(surface_cells(prompts).items())):
         lo, hi, p = rule["cells"].get(key, rule["default"])
         idx[rows] = _realise(len(rows), lo, hi, p, seed + n)
     c, t = outcomes_at(rollouts, idx)

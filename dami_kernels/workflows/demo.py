@@ -28,15 +28,12 @@ from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation import preregistered as prereg
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.stats import auroc, compare
-from dami_kernels.evaluation.sweep import (DEFAULT_GRID, plot_frontier, plot_title, representation_continuity,
+from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_frontier, plot_title, representation_continuity,
                                            sweep_records, sweep_table, table_markdown)
 from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows import baselines as bl
-from dami_kernels.workflows.train_estimators import dev_prompts, rollouts_from_records
-
-CONTINUITY_PROMPTS = 256
-
+from dami_kernels.workflows.train_estimators import conf_signal_aurocs, dev_prompts, rollouts_from_records
 
 def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
     """A fresh draw of n test-split problems by `seed`; checked to be disjoint from the estimators'
@@ -161,11 +158,8 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
                                 b["mean_lambda"])
     methods = {k: methods[k] for k in prereg.METHODS}
     err = ~test.correct[:, i0]
-    signals_auroc = {
-        "confidence": auroc(1 - signals.confidence, err),      # low System-1 confidence -> error
-        "discrepancy": auroc(signals.discrepancy, err),        # endpoints disagree -> error
-        "prompt_length": auroc(torch.tensor([float(len(p)) for p in prompts]), err),
-    }
+    signals_auroc = {**conf_signal_aurocs(signals, err),
+                     "prompt_length": auroc(torch.tensor([float(len(p)) for p in prompts]), err)}
     signals_auroc = {k: (None if v != v else v) for k, v in signals_auroc.items()}  # NaN (one class) -> null
     stat_s = time.perf_counter() - t_stat
 
@@ -174,7 +168,7 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
               "sweep": [{k: r[k] for k in ("lam", "accuracy", "mean_tokens")} for r in table],
               "signals_auroc": signals_auroc}
     lookup = {name: test.evaluate(lam) for name, lam in (("dami_conf", lam_conf), ("dami_pref", lam_pref))}
-    examples_by_method = _examples(items, test, rec, per_method["dami_pref"], grid, sweep, examples)
+    examples_by_method = _examples(items, test, rec, grid, sweep, examples)
     details = {
         **(meta or {}), "n": n, "seed": seed, "mix": mix, "grid": grid,
         "preregistered": {"margin": prereg.MARGIN, "targets": prereg.TARGETS,
@@ -208,7 +202,7 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
     return {"report": report, "details": details}
 
 
-def _examples(items, test: Rollouts, rec: dict, baselines: dict, grid, sweep, k: int) -> list[dict]:
+def _examples(items, test: Rollouts, rec: dict, grid, sweep, k: int) -> list[dict]:
     """Up to k problems per method, preferring ones where the method and Thinking disagree."""
     by_key = {(r.id, r.lam): r for r in sweep}
     think = test.correct[:, grid.index(1.0)]

@@ -36,6 +36,15 @@ def dev_prompts(directory, ids: list[str]) -> list[str]:
     raise ValueError(f"{path} not found and the ids are not testbed ids; retrain the estimators")
 
 
+def conf_signal_aurocs(signals, instruct_wrong) -> dict:
+    """AUROC of each DAMI-Conf signal for predicting an Instruct error (instruct_wrong [Q] bool): low
+    System-1 confidence, and the endpoints' discrepancy. NaN when one class is empty."""
+    from dami_kernels.evaluation.stats import auroc
+
+    return {"confidence": auroc(1 - signals.confidence, instruct_wrong),
+            "discrepancy": auroc(signals.discrepancy, instruct_wrong)}
+
+
 def rollouts_from_records(records) -> Rollouts:
     """Rollouts [Q, G] from sweep records (one per item and grid λ)."""
     return Rollouts.from_records([asdict(r) for r in records])
@@ -79,14 +88,10 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
     (out_dir / "train_prompts.json").write_text(json.dumps({it.id: it.prompt for it in items}))
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
     pref_lam = fit["pref"].predict_prompts(model, tokenizer, prompts, progress=False, signals=fit["signals"])
-    from dami_kernels.evaluation.stats import auroc
-
     err = ~rollouts.correct[:, rollouts.grid.index(0.0)] if 0.0 in rollouts.grid else None
-    sig = fit["signals"]
     report = {
         "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
-        "signals_auroc_dev": None if err is None else {  # AUROC of each signal for an Instruct error
-            "confidence": auroc(1 - sig.confidence, err), "discrepancy": auroc(sig.discrepancy, err)},
+        "signals_auroc_dev": None if err is None else conf_signal_aurocs(fit["signals"], err),
         "fixed": rollouts.frontier(),
         "oracle": rollouts.evaluate(rollouts.oracle_lam()),
         "conf": {"hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},

@@ -26,7 +26,7 @@ import transformers
 from dami_kernels.testbed.evaluate import score
 from dami_kernels.testbed.tasks import DIGITS, LEVELS
 from dami_kernels.testbed.tokenizer import build_tokenizer
-from dami_kernels.testbed.training import (HELDOUT_SEED, heldout_problems, save_checkpoint,
+from dami_kernels.testbed.training import (HELDOUT_SEED, THINKING_STEPS, heldout_problems, save_checkpoint,
                                            train_pair)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dami_kernels" / "testbed" / "assets"
@@ -37,7 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(DEFAULT_OUT),
                     help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
     ap.add_argument("--base-steps", type=int, default=1500)
-    ap.add_argument("--ft-steps", type=int, default=300)
+    ap.add_argument("--ft-steps", type=int, default=100, help="steps of the Instruct fine-tune")
+    ap.add_argument("--thinking-steps", type=int, default=THINKING_STEPS,
+                    help="steps of the Thinking fine-tune (it learns its 2-column scratchpad there)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--ft-lr", type=float, default=5e-4)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     start = time.time()
     tokenizer = build_tokenizer()
     instruct, thinking = train_pair(tokenizer, args.base_steps, args.ft_steps, args.batch_size,
-                                    args.base_lr, args.ft_lr, args.seed)[:2]
+                                    args.base_lr, args.ft_lr, args.seed, args.thinking_steps)[:2]
     train_s = time.time() - start
     out = Path(args.out)
     for name, model in (("instruct", instruct), ("thinking", thinking)):

@@ -23,7 +23,7 @@ from dami_kernels.testbed import make_problems, testbed_dirs as pair_dirs
 
 
 EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
-MAX_TOKENS = 72   # a whole scratchpad (5 column lines + answer) fits
+MAX_TOKENS = 72   # a whole scratchpad fits (Thinking: 3 two-column lines; the base form some λ write: 5 one-column lines)
 # Testbed problems (one surface form at every difficulty), fixed by a seed
 PROMPTS = [p.expression for p in make_problems(12, 2026, split="test")]
 

@@ -10,8 +10,8 @@ from dami_kernels import testbed
 from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, chat_prompt, check_answer, direct_answer,
                                   eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
                                   scratchpad, split_of)
-from dami_kernels.testbed.tasks import DIGITS, undecided_columns
-from dami_kernels.testbed.training import encode_batch, heldout_problems, pair_stages, stage_batches
+from dami_kernels.testbed.tasks import DIGITS, THINKING_WIDTH, undecided_columns
+from dami_kernels.testbed.training import completion, encode_batch, heldout_problems, pair_stages, stage_batches
 
 
 def _seed():
@@ -104,7 +104,8 @@ def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
     m = json.loads(testbed.METRICS_FILE.read_text())
     a = m["args"]
     trained = set()
-    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"]).values():
+    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"],
+                             thinking_steps=a.get("thinking_steps")).values():
         for problems, _ in stage_batches(stage, a["batch_size"]):
             trained.update(p.canonical for p in problems)
             assert all(split_of(p) == "train" for p in problems[:4])
@@ -122,6 +123,12 @@ def test_training_forms():
     assert {f for _, fs in stage_batches(stages["instruct"], 64) for f in fs} == {"direct"}
     base = collections.Counter(f for _, fs in stage_batches(stages["base"], 64) for f in fs)
     assert set(base) == {"think", "direct"}
+    # the base writes one column per scratchpad line; Thinking learns THINKING_WIDTH in its own fine-tune
+    assert (stages["base"].think_width, stages["thinking"].think_width) == (1, THINKING_WIDTH) == (1, 2)
+    assert pair_stages(10, 200, thinking_steps=7)["thinking"].steps == 7 and stages["thinking"].steps == 200
+    p = Problem((87305, 83759), ("+",), 5)
+    assert completion(p, "think", 2) == scratchpad(p, 2) and completion(p, True) == scratchpad(p)
+    assert completion(p, "direct", 2) == "171064" and completion(p, "nothink") == "<think></think>171064"
 
 
 def test_checker_is_exact():
@@ -129,6 +136,17 @@ def test_checker_is_exact():
     assert p.expression == "1234+5678" and p.answer == 6912
     assert scratchpad(p) == "<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912"
     assert scratchpad(Problem((9999, 1001), ("+",), 4)).endswith("9+1+1=11\n</think>11000")
+    # the Thinking model's lines: blocks of 2 columns, zero-padded, the sum one digit wider
+    assert scratchpad(Problem((87305, 83759), ("+",), 5), 2) == "<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064"
+    assert scratchpad(Problem((9999, 1001), ("+",), 4), 2) == "<think>99+01+0=100\n99+10+1=110\n</think>11000"
+    for q in make_problems(200, _seed()):   # at every width the lines add up to the answer
+        for w in (1, 2, 3, 5):
+            totals = [line.split("=")[1] for line in scratchpad(q, w)[len("<think>"):].split("</think>")[0].splitlines()]
+            assert len(totals) == -(-DIGITS // w) and all(len(t) == len(totals[0]) for t in totals[:-1])
+            assert int(totals[-1] + "".join(t[1:] for t in reversed(totals[:-1]))) == q.answer
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="width"):
+            scratchpad(p, bad)
     assert direct_answer(p) == "6912" and no_think_answer(p) == "<think></think>6912"
     assert check_answer(p, "6912") and check_answer(p, " 6912\n") and check_answer(6912, scratchpad(p))
     assert check_answer(p, no_think_answer(p)) and check_answer(p, "<think>wrong 12</think>6912")

@@ -37,12 +37,12 @@ def _check_checkpoint(d):
 def test_train_script_smoke(tmp_path):
     out = tmp_path / "tb"
     cmd = [sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(out), "--base-steps", "4",
-           "--ft-steps", "2", "--batch-size", "16", "--eval-n", "8"]
+           "--ft-steps", "2", "--thinking-steps", "3", "--batch-size", "16", "--eval-n", "8"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "thinking" in res.stdout and "accuracy" in res.stdout
     metrics = json.loads((out / "testbed_metrics.json").read_text())
-    assert metrics["eval_n"] == 8 and metrics["args"]["base_steps"] == 4
+    assert metrics["eval_n"] == 8 and metrics["args"]["base_steps"] == 4 and metrics["args"]["thinking_steps"] == 3
     for side in ("instruct", "thinking"):
         assert 0.0 <= metrics[side]["accuracy"] <= 1.0 and metrics[side]["mean_tokens"] >= 1
         assert sum(v["n"] for v in metrics[side]["per_level"].values()) == 8

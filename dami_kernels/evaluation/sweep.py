@@ -141,6 +141,16 @@ def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[li
     return groups
 
 
+def label_stack(xs: list[float], ys: list[float], groups: list[list[int]], tol: float = 0.03) -> list[int]:
+    """For each label group, how many earlier groups' points nearly coincide with its own (a sweep that
+    turns back, e.g. λ = 0.5 and 0.9 on the same spot): that label is written that many lines lower."""
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    anchors = [(xs[g[0]], ys[g[0]]) for g in groups]
+    return [sum(abs(x - px) < tol * span_x and abs(y - py) < tol * span_y for px, py in anchors[:k])
+            for k, (x, y) in enumerate(anchors)]
+
+
 def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
                   continuity: list[dict] | None = None, title: str | None = None) -> None:
     """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
@@ -161,13 +171,15 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ", zorder=2)
     # One label per run of coinciding points, written beside the point at its own height (left of it and
     # a little lower in the right part of the axes, clear of the method markers near Thinking), so that
-    # no label drifts towards a neighbour.
+    # no label drifts towards a neighbour; a point on the spot of an earlier one gets its label lower.
     span_x = (max(xs) - min(xs)) or 1.0
-    for group in label_groups(xs, ys):
+    groups = label_groups(xs, ys)
+    for group, stacked in zip(groups, label_stack(xs, ys, groups)):
         x, y = xs[group[0]], ys[group[0]]
         ha = "left" if x < min(xs) + 0.7 * span_x else "right"
+        dy = -10 * stacked
         ax.annotate(_lam_label([table[k]["lam"] for k in group]), (x, y), textcoords="offset points",
-                    xytext=(7, 0) if ha == "left" else (-9, -9), fontsize=7, ha=ha, va="center",
+                    xytext=(7, dy) if ha == "left" else (-9, -9 + dy), fontsize=7, ha=ha, va="center",
                     annotation_clip=True)
     styles = [("*", 260), ("D", 110), ("s", 70), ("^", 70), ("v", 70), ("P", 70), ("X", 70), ("o", 70)]
     for k, ((name, res), (marker, size)) in enumerate(zip((methods or {}).items(), styles)):
@@ -183,7 +195,7 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs. tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")   # where it covers the fewest points (the sweep need not be monotone)
     if continuity:
         ax2 = axes[0][1]
         lams = [r["lam"] for r in continuity]

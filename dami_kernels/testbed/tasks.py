@@ -1,4 +1,4 @@
-"""Testbed v3: synthetic additions of ONE surface form, with difficulty from their digit patterns.
+"""Testbed task (v3, kept by v4): synthetic additions of ONE surface form, with difficulty from their digit patterns.
 
 Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``12345+67890``: the same operand
 count, digit counts and prompt length at every difficulty, so a router that sees only the surface
@@ -18,11 +18,13 @@ level  undecided columns  share of all problems (uniform operands, 5 digits)
 4      3 or more           0.8 %
 ====== ================== =============================================
 
-The scratchpad (System 2) writes one column per line inside ``<think>...</think>``, from the units up
-(``digit+digit+carry=`` two-digit column sum), then the answer: for ``1234+5678``
-``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``; each line is written at once, so a long
-chain can slip. The direct form (System 1) is the answer alone; the no-think form (a hybrid Thinking
-model's non-thinking mode, as Qwen3's) is ``<think></think>6912``.
+The scratchpad (System 2) writes its additions inside ``<think>...</think>`` from the units up, one line per
+block of columns (``block+block+carry=`` block sum), then the answer. The shared base learns one column per
+line (``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912`` for ``1234+5678``); the Thinking model
+learns, in its own fine-tune, ``THINKING_WIDTH`` = 2 columns per line
+(``<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064`` for ``87305+83759``). Each line is a small
+addition written at once, so a chain can slip. The direct form (System 1) is the answer alone; the no-think
+form (a hybrid Thinking model's non-thinking mode, as Qwen3's) is ``<think></think>6912``.
 
 The problem space ((9 * 10**(DIGITS-1))**2 ordered operand pairs) is split for good by a hash of the
 problem's canonical form (operands sorted, so ``a+b`` and ``b+a`` share a split): ``train`` (80%: what
@@ -238,22 +240,35 @@ def make_problems(n: int, seed: int, levels=None, exclude=None, split: str | Non
     return out
 
 
-def columns(problem: Problem) -> list[tuple[tuple[int, ...], int, int]]:
-    """The column sums from the units up: ``[(digits of that column, carry in, column sum), ...]``."""
-    out, carry = [], 0
-    for digits in column_digits(problem.operands):
-        total = sum(digits) + carry
-        out.append((digits, carry, total))
-        carry = total // 10
+THINKING_WIDTH = 2   # columns per line of the shipped Thinking model's scratchpad (the base's have 1)
+
+
+def blocks(problem: Problem, width: int = 1) -> list[tuple[tuple[int, ...], int, int, int]]:
+    """The scratchpad's additions from the units up, ``width`` columns each (the last may be narrower):
+    ``[(block of each operand, carry in, block sum, block width), ...]``."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+    n_columns = len(column_digits(problem.operands))
+    out, carry, col = [], 0, 0
+    while col < n_columns:
+        w = min(width, n_columns - col)
+        parts = tuple((x // 10**col) % 10**w for x in problem.operands)
+        total = sum(parts) + carry
+        out.append((parts, carry, total, w))
+        carry = total // 10**w
+        col += w
     return out
 
 
-def scratchpad(problem: Problem) -> str:
-    """The System-2 completion: ``<think>`` one column per line from the units up (``digit+digit+carry=``
-    two-digit sum) ``</think>`` answer, e.g. for ``1234+5678``:
-    ``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``."""
-    lines = "".join("+".join(map(str, digits)) + f"+{carry}={total:02d}\n"
-                    for digits, carry, total in columns(problem))
+def scratchpad(problem: Problem, width: int = 1) -> str:
+    """The System-2 completion: ``<think>`` one line per block of ``width`` columns from the units up
+    (the blocks zero-padded, ``+carry=``, their sum zero-padded to one more digit) ``</think>`` answer.
+
+    For ``1234+5678``, width 1 (the base's): ``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``;
+    for ``87305+83759``, width 2 (the Thinking model's): ``<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064``.
+    """
+    lines = "".join("+".join(f"{x:0{w}d}" for x in parts) + f"+{carry}={total:0{w + 1}d}\n"
+                    for parts, carry, total, w in blocks(problem, width))
     return f"{THINK_OPEN}{lines}{THINK_CLOSE}{problem.answer}"
 
 

@@ -1,7 +1,8 @@
 """Train the testbed pair: a shared tiny Qwen3 base, then an Instruct and a Thinking fine-tune of it.
 
 All work is on the CPU, seeded and deterministic. The base learns both answer forms (direct and
-scratchpad, 50/50); Instruct is then fine-tuned on direct answers only, Thinking on scratchpads (80%) and
+one-column scratchpad, 50/50); Instruct is then fine-tuned on direct answers only, Thinking on
+``THINKING_WIDTH``-column scratchpads (80%), a procedure it learns in its own, longer fine-tune, and
 its non-thinking mode (20%: ``<think></think>`` then the answer, as hybrid models such as Qwen3 are
 trained), so that the Thinking model's no-think answer is a second, independent System-1 opinion that
 DAMI-Conf's discrepancy compares with Instruct's. Training problems are drawn uniformly from the "train"
@@ -20,20 +21,21 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from dami_kernels.testbed.tasks import (Problem, direct_answer, draw_problem, make_problems, no_think_answer,
-                                        scratchpad)
+from dami_kernels.testbed.tasks import (THINKING_WIDTH, Problem, direct_answer, draw_problem, make_problems,
+                                        no_think_answer, scratchpad)
 from dami_kernels.testbed.tokenizer import chat_prompt
 
 HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
 MAX_NEW_TOKENS = 96
 FORMS = ("direct", "think", "nothink")
-COMPLETIONS = {"direct": direct_answer, "think": scratchpad, "nothink": no_think_answer}
+THINKING_STEPS = 1000  # the Thinking fine-tune's default length (it learns THINKING_WIDTH-column lines)
 
 
 @dataclass
 class Stage:
     """One training stage: ``steps`` AdamW steps at peak ``lr`` (one-cycle); each example is a scratchpad
-    with probability ``think_frac``, a no-think answer with ``nothink_frac``, else a direct answer."""
+    of ``think_width`` columns per line with probability ``think_frac``, a no-think answer with
+    ``nothink_frac``, else a direct answer."""
 
     name: str
     steps: int
@@ -41,6 +43,7 @@ class Stage:
     think_frac: float
     seed: int
     nothink_frac: float = 0.0
+    think_width: int = 1
 
 
 def heldout_problems(n: int) -> list[Problem]:
@@ -65,17 +68,22 @@ def stage_batches(stage: Stage, batch_size: int):
 
 
 def pair_stages(base_steps: int, ft_steps: int, base_lr: float = 3e-3, ft_lr: float = 5e-4,
-                seed: int = 0) -> dict[str, Stage]:
-    """The three stages of `train_pair`: base, then Instruct and Thinking fine-tunes of it."""
+                seed: int = 0, thinking_steps: int | None = None) -> dict[str, Stage]:
+    """The three stages of `train_pair`: base, then Instruct (``ft_steps``) and Thinking
+    (``thinking_steps``; None: ``ft_steps``) fine-tunes of it."""
+    steps = ft_steps if thinking_steps is None else thinking_steps
     return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1),
             "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
-            "thinking": Stage("thinking", ft_steps, ft_lr, 0.8, seed + 3, nothink_frac=0.2)}
+            "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, nothink_frac=0.2,
+                              think_width=THINKING_WIDTH)}
 
 
-def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0) -> set[str]:
+def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0,
+                       thinking_steps: int | None = None) -> set[str]:
     """The canonical forms (`Problem.canonical`) of every problem the pair trained on (replayed)."""
-    return {p.canonical for stage in pair_stages(base_steps, ft_steps, seed=seed).values()
-            for problems, _ in stage_batches(stage, batch_size) for p in problems}
+    stages = pair_stages(base_steps, ft_steps, seed=seed, thinking_steps=thinking_steps)
+    return {p.canonical for stage in stages.values() for problems, _ in stage_batches(stage, batch_size)
+            for p in problems}
 
 
 def model_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
@@ -98,14 +106,23 @@ def _form(f) -> str:
     return f
 
 
-def encode_batch(tokenizer, problems: list[Problem], forms: list) -> tuple[torch.Tensor, ...]:
+def completion(problem: Problem, form, think_width: int = 1) -> str:
+    """The training target of ``problem`` in ``form`` (one of FORMS; a bool means think / direct)."""
+    form = _form(form)
+    if form == "think":
+        return scratchpad(problem, think_width)
+    return direct_answer(problem) if form == "direct" else no_think_answer(problem)
+
+
+def encode_batch(tokenizer, problems: list[Problem], forms: list,
+                 think_width: int = 1) -> tuple[torch.Tensor, ...]:
     """Right-padded training batch: input_ids, attention_mask [B, T] and labels [B, T] (-100 off-answer).
 
-    forms: one of FORMS per problem (a bool means think / direct). The loss covers the completion and
-    the closing eos token.
+    forms: one of FORMS per problem (a bool means think / direct); scratchpads have ``think_width``
+    columns per line. The loss covers the completion and the closing eos token.
     """
     prompts = [chat_prompt(tokenizer, p.expression) for p in problems]
-    completions = [COMPLETIONS[_form(f)](p) + tokenizer.eos_token for p, f in zip(problems, forms)]
+    completions = [completion(p, f, think_width) + tokenizer.eos_token for p, f in zip(problems, forms)]
     p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     c_ids = tokenizer(completions, add_special_tokens=False).input_ids
     length = max(len(a) + len(b) for a, b in zip(p_ids, c_ids))
@@ -120,7 +137,7 @@ def encode_batch(tokenizer, problems: list[Problem], forms: list) -> tuple[torch
     return ids, mask, labels
 
 
-def batch_loss(model, tokenizer, problems: list[Problem], forms: list) -> torch.Tensor:
+def batch_loss(model, tokenizer, problems: list[Problem], forms: list, think_width: int = 1) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens of a batch (0-d tensor).
 
     Problems are grouped by form and each group is padded on its own, so that short direct answers are
@@ -132,7 +149,8 @@ def batch_loss(model, tokenizer, problems: list[Problem], forms: list) -> torch.
     total, count = 0.0, 0
     for key in sorted(groups):
         idx = groups[key]
-        ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [forms[i] for i in idx])
+        ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [forms[i] for i in idx],
+                                         think_width)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         total = total + torch.nn.functional.cross_entropy(
@@ -151,7 +169,7 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
     losses = []
     bar = tqdm(stage_batches(stage, batch_size), total=stage.steps, desc=stage.name, mininterval=5.0)
     for problems, forms in bar:
-        loss = batch_loss(model, tokenizer, problems, forms)
+        loss = batch_loss(model, tokenizer, problems, forms, stage.think_width)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -164,15 +182,18 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
 
 
 def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128, base_lr: float = 3e-3,
-               ft_lr: float = 5e-4, seed: int = 0) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
-    """Train the shared base, then the Instruct and Thinking fine-tunes of it (fp32, on the CPU).
+               ft_lr: float = 5e-4, seed: int = 0,
+               thinking_steps: int | None = None) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
+    """Train the shared base, then the Instruct (``ft_steps``) and Thinking (``thinking_steps``; None:
+    ``ft_steps``) fine-tunes of it (fp32, on the CPU).
 
     Returns (instruct_model, thinking_model, final losses per stage).
     """
-    for name, v in (("base_steps", base_steps), ("ft_steps", ft_steps), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
+    for name, v in (("base_steps", base_steps), ("ft_steps", ft_steps), ("batch_size", batch_size),
+                    ("thinking_steps", ft_steps if thinking_steps is None else thinking_steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
             raise ValueError(f"{name} must be a non-negative int (batch_size positive), got {v!r}")
-    stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed)
+    stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed, thinking_steps)
     torch.manual_seed(seed)
     base = Qwen3ForCausalLM(model_config(tokenizer))
     log = {"base": train_stage(base, tokenizer, stages["base"], batch_size)}

@@ -28,7 +28,8 @@ def train_overlap(args: dict, seed: int = OVERLAP_SEED, n: int = 1000) -> float:
     from dami_kernels.testbed.tasks import make_problems
     from dami_kernels.testbed.training import trained_canonicals
 
-    trained = trained_canonicals(args["base_steps"], args["ft_steps"], args["batch_size"], args["seed"])
+    trained = trained_canonicals(args["base_steps"], args["ft_steps"], args["batch_size"], args["seed"],
+                                 args.get("thinking_steps"))
     return sum(p.canonical in trained for p in make_problems(n, seed)) / n
 
 

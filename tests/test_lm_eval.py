@@ -105,7 +105,9 @@ def test_dami_lm_eval_command_with_conf_equals_dami_eval(task_dir, tmp_path):
 
 
 def test_loglikelihood_scores_each_request_at_its_own_lambda():
-    lm = DamiLM(*testbed.testbed_dirs(), lam="conf", device="cpu", batch_size=16)
+    # DAMI-Pref: on the shipped v4 pair it picks several λ for these items (the shipped DAMI-Conf sends
+    # almost every problem to λ = 1, so it would not make a mixed batch)
+    lm = DamiLM(*testbed.testbed_dirs(), lam="pref", device="cpu", batch_size=16)
     items = heldout_sample(8, seed=3)
     contexts = [lm.apply_chat_template([{"role": "user", "content": it.prompt}]) for it in items]
     wrong = [str(int(it.answer) + 1) for it in items]
@@ -126,12 +128,12 @@ def test_loglikelihood_scores_each_request_at_its_own_lambda():
 
 
 def test_task_generation_length_beats_the_checkpoint_default():
-    """The testbed's generation config says max_new_tokens=64; lm-eval's max_gen_toks must win."""
+    """The testbed's generation config says max_new_tokens=96; lm-eval's max_gen_toks must win."""
     lm = DamiLM(*testbed.testbed_dirs(), lam=1, device="cpu")
-    ctx = lm.apply_chat_template([{"role": "user", "content": "56-7+8"}])
+    ctx = lm.apply_chat_template([{"role": "user", "content": "38471+51628"}])
     full, short = lm.generate_until([Instance("generate_until", {}, (ctx, {"until": [], "max_gen_toks": n}), 0)
                                      for n in (64, 5)])
-    reference = generate(lm.model, lm.tokenizer, ["56-7+8"], 1.0, max_new_tokens=64, progress=False)[0]
+    reference = generate(lm.model, lm.tokenizer, ["38471+51628"], 1.0, max_new_tokens=64, progress=False)[0]
     assert full == reference.text and reference.num_tokens > 10
     assert len(lm.tok_encode(short)) == 5 and full.startswith(short)
 

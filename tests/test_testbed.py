@@ -137,11 +137,13 @@ def test_checker_is_exact():
     assert scratchpad(p) == "<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912"
     assert scratchpad(Problem((9999, 1001), ("+",), 4)).endswith("9+1+1=11\n</think>11000")
     # the Thinking model's lines: blocks of 2 columns, zero-padded, the sum one digit wider
-    assert scratchpad(Problem((87305, 83759), ("+",), 5), 2) == "<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064"
+    assert (scratchpad(Problem((87305, 83759), ("+",), 5), 2)
+            == "<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064")
     assert scratchpad(Problem((9999, 1001), ("+",), 4), 2) == "<think>99+01+0=100\n99+10+1=110\n</think>11000"
     for q in make_problems(200, _seed()):   # at every width the lines add up to the answer
         for w in (1, 2, 3, 5):
-            totals = [line.split("=")[1] for line in scratchpad(q, w)[len("<think>"):].split("</think>")[0].splitlines()]
+            lines = scratchpad(q, w)[len("<think>"):].split("</think>")[0].splitlines()
+            totals = [line.split("=")[1] for line in lines]
             assert len(totals) == -(-DIGITS // w) and all(len(t) == len(totals[0]) for t in totals[:-1])
             assert int(totals[-1] + "".join(t[1:] for t in reversed(totals[:-1]))) == q.answer
     for bad in (0, -1, True, 1.5):

@@ -128,13 +128,19 @@ def _lam_label(lams: list[float]) -> str:
     return f"{text} ({', '.join(dict.fromkeys(ends))})" if ends else text
 
 
-def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[list[int]]:
-    """Runs of consecutive points that nearly coincide (within ``tol`` of each axis' span): one label each."""
+def _near(xs: list[float], ys: list[float], tol: float):
+    """Whether two plotted points nearly coincide: within ``tol`` of each axis' span (a 0 span counts as 1)."""
     span_x = (max(xs) - min(xs)) or 1.0
     span_y = (max(ys) - min(ys)) or 1.0
+    return lambda a, b: abs(a[0] - b[0]) < tol * span_x and abs(a[1] - b[1]) < tol * span_y
+
+
+def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[list[int]]:
+    """Runs of consecutive points that nearly coincide (within ``tol`` of each axis' span): one label each."""
+    near = _near(xs, ys, tol)
     groups: list[list[int]] = []
-    for k, (x, y) in enumerate(zip(xs, ys)):
-        if groups and abs(x - xs[groups[-1][0]]) < tol * span_x and abs(y - ys[groups[-1][0]]) < tol * span_y:
+    for k, point in enumerate(zip(xs, ys)):
+        if groups and near(point, (xs[groups[-1][0]], ys[groups[-1][0]])):
             groups[-1].append(k)
         else:
             groups.append([k])
@@ -144,11 +150,9 @@ def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[li
 def label_stack(xs: list[float], ys: list[float], groups: list[list[int]], tol: float = 0.03) -> list[int]:
     """For each label group, how many earlier groups' points nearly coincide with its own (a sweep that
     turns back, e.g. λ = 0.5 and 0.9 on the same spot): that label is written that many lines lower."""
-    span_x = (max(xs) - min(xs)) or 1.0
-    span_y = (max(ys) - min(ys)) or 1.0
+    near = _near(xs, ys, tol)
     anchors = [(xs[g[0]], ys[g[0]]) for g in groups]
-    return [sum(abs(x - px) < tol * span_x and abs(y - py) < tol * span_y for px, py in anchors[:k])
-            for k, (x, y) in enumerate(anchors)]
+    return [sum(near(a, b) for b in anchors[:k]) for k, a in enumerate(anchors)]
 
 
 def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,

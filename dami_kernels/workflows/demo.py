@@ -28,12 +28,13 @@ from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation import preregistered as prereg
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.stats import auroc, compare
-from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_frontier, plot_title, representation_continuity,
-                                           sweep_records, sweep_table, table_markdown)
+from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_frontier, plot_title,
+                                           representation_continuity, sweep_records, sweep_table, table_markdown)
 from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows import baselines as bl
 from dami_kernels.workflows.train_estimators import conf_signal_aurocs, dev_prompts, rollouts_from_records
+
 
 def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
     """A fresh draw of n test-split problems by `seed`; checked to be disjoint from the estimators'

@@ -11,7 +11,8 @@ from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, cha
                                   eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
                                   scratchpad, split_of)
 from dami_kernels.testbed.tasks import DIGITS, THINKING_WIDTH, undecided_columns
-from dami_kernels.testbed.training import completion, encode_batch, heldout_problems, pair_stages, stage_batches
+from dami_kernels.testbed.training import (completion, encode_batch, heldout_problems, pair_stages, stage_batches,
+                                           train_pair)
 
 
 def _seed():
@@ -129,6 +130,11 @@ def test_training_forms():
     p = Problem((87305, 83759), ("+",), 5)
     assert completion(p, "think", 2) == scratchpad(p, 2) and completion(p, True) == scratchpad(p)
     assert completion(p, "direct", 2) == "171064" and completion(p, "nothink") == "<think></think>171064"
+    # bad step counts are refused before anything is trained (bools are not step counts)
+    for kwargs, name in (({"thinking_steps": -1}, "thinking_steps"), ({"thinking_steps": True}, "thinking_steps"),
+                         ({"ft_steps": -2}, "ft_steps"), ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(ValueError, match=name):
+            train_pair(build_tokenizer(), **{"base_steps": 1, "ft_steps": 1, **kwargs})
 
 
 def test_checker_is_exact():

@@ -29,13 +29,15 @@ HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are 
 MAX_NEW_TOKENS = 96
 FORMS = ("direct", "think", "nothink")
 THINKING_STEPS = 1000  # the Thinking fine-tune's default length (it learns THINKING_WIDTH-column lines)
+BASE_WIDTH = 1  # columns per scratchpad line in the base (a tuple: each scratchpad's width drawn from it)
 
 
 @dataclass
 class Stage:
     """One training stage: ``steps`` AdamW steps at peak ``lr`` (one-cycle); each example is a scratchpad
     of ``think_width`` columns per line with probability ``think_frac``, a no-think answer with
-    ``nothink_frac``, else a direct answer."""
+    ``nothink_frac``, else a direct answer. A tuple ``think_width`` draws each scratchpad's width
+    uniformly from it."""
 
     name: str
     steps: int
@@ -43,7 +45,12 @@ class Stage:
     think_frac: float
     seed: int
     nothink_frac: float = 0.0
-    think_width: int = 1
+    think_width: int | tuple[int, ...] = 1
+
+    def __post_init__(self):
+        widths = self.think_width if isinstance(self.think_width, tuple) else (self.think_width,)
+        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"think_width must be a positive int or a tuple of them, got {self.think_width!r}")
 
 
 def heldout_problems(n: int) -> list[Problem]:
@@ -55,34 +62,40 @@ def heldout_problems(n: int) -> list[Problem]:
 
 
 def stage_batches(stage: Stage, batch_size: int):
-    """The (problems, forms) of every step of ``stage``, in order: uniform draws from the "train" split."""
+    """The (problems, forms, widths) of every step of ``stage``, in order: uniform draws from the "train"
+    split; widths[i] is the scratchpad width of a "think" example (1 for the other forms)."""
     rng = random.Random(stage.seed)
+    choices = stage.think_width if isinstance(stage.think_width, tuple) else (stage.think_width,)
     for _ in range(stage.steps):
         problems = [draw_problem(rng, "train") for _ in range(batch_size)]
-        forms = []
+        forms, widths = [], []
         for _ in problems:
             u = rng.random()
             forms.append("think" if u < stage.think_frac else
                          "nothink" if u < stage.think_frac + stage.nothink_frac else "direct")
-        yield problems, forms
+            # a single width draws nothing, so such stages replay the batches of earlier releases
+            widths.append(1 if forms[-1] != "think" else choices[0] if len(choices) == 1 else rng.choice(choices))
+        yield problems, forms, widths
 
 
 def pair_stages(base_steps: int, ft_steps: int, base_lr: float = 3e-3, ft_lr: float = 5e-4,
-                seed: int = 0, thinking_steps: int | None = None) -> dict[str, Stage]:
-    """The three stages of `train_pair`: base, then Instruct (``ft_steps``) and Thinking
-    (``thinking_steps``; None: ``ft_steps``) fine-tunes of it."""
+                seed: int = 0, thinking_steps: int | None = None,
+                base_width: int | tuple[int, ...] = BASE_WIDTH) -> dict[str, Stage]:
+    """The three stages of `train_pair`: base (scratchpads of ``base_width`` columns), then Instruct
+    (``ft_steps``) and Thinking (``thinking_steps``; None: ``ft_steps``) fine-tunes of it."""
     steps = ft_steps if thinking_steps is None else thinking_steps
-    return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1),
+    return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1, think_width=base_width),
             "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
             "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, nothink_frac=0.2,
                               think_width=THINKING_WIDTH)}
 
 
 def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0,
-                       thinking_steps: int | None = None) -> set[str]:
+                       thinking_steps: int | None = None,
+                       base_width: int | tuple[int, ...] = BASE_WIDTH) -> set[str]:
     """The canonical forms (`Problem.canonical`) of every problem the pair trained on (replayed)."""
-    stages = pair_stages(base_steps, ft_steps, seed=seed, thinking_steps=thinking_steps)
-    return {p.canonical for stage in stages.values() for problems, _ in stage_batches(stage, batch_size)
+    stages = pair_stages(base_steps, ft_steps, seed=seed, thinking_steps=thinking_steps, base_width=base_width)
+    return {p.canonical for stage in stages.values() for problems, *_ in stage_batches(stage, batch_size)
             for p in problems}
 
 
@@ -114,15 +127,24 @@ def completion(problem: Problem, form, think_width: int = 1) -> str:
     return direct_answer(problem) if form == "direct" else no_think_answer(problem)
 
 
+def _per_example(widths, n: int) -> list[int]:
+    if isinstance(widths, int):
+        return [widths] * n
+    if len(widths) != n:
+        raise ValueError(f"widths has {len(widths)} entries for {n} problems")
+    return list(widths)
+
+
 def encode_batch(tokenizer, problems: list[Problem], forms: list,
-                 think_width: int = 1) -> tuple[torch.Tensor, ...]:
+                 think_width: int | list[int] = 1) -> tuple[torch.Tensor, ...]:
     """Right-padded training batch: input_ids, attention_mask [B, T] and labels [B, T] (-100 off-answer).
 
     forms: one of FORMS per problem (a bool means think / direct); scratchpads have ``think_width``
-    columns per line. The loss covers the completion and the closing eos token.
+    columns per line (one int, or one per problem). The loss covers the completion and the closing eos.
     """
     prompts = [chat_prompt(tokenizer, p.expression) for p in problems]
-    completions = [completion(p, f, think_width) + tokenizer.eos_token for p, f in zip(problems, forms)]
+    widths = _per_example(think_width, len(problems))
+    completions = [completion(p, f, w) + tokenizer.eos_token for p, f, w in zip(problems, forms, widths)]
     p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     c_ids = tokenizer(completions, add_special_tokens=False).input_ids
     length = max(len(a) + len(b) for a, b in zip(p_ids, c_ids))
@@ -137,20 +159,22 @@ def encode_batch(tokenizer, problems: list[Problem], forms: list,
     return ids, mask, labels
 
 
-def batch_loss(model, tokenizer, problems: list[Problem], forms: list, think_width: int = 1) -> torch.Tensor:
+def batch_loss(model, tokenizer, problems: list[Problem], forms: list,
+               think_width: int | list[int] = 1) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens of a batch (0-d tensor).
 
-    Problems are grouped by form and each group is padded on its own, so that short direct answers are
-    not padded to the length of the scratchpads (about half the compute otherwise).
+    Problems are grouped by form (and scratchpad width) and each group is padded on its own, so that
+    short direct answers are not padded to the length of the scratchpads (about half the compute otherwise).
     """
-    groups: dict[str, list[int]] = {}
+    widths = _per_example(think_width, len(problems))
+    groups: dict[tuple[str, int], list[int]] = {}
     for i, f in enumerate(forms):
-        groups.setdefault(_form(f), []).append(i)
+        groups.setdefault((_form(f), widths[i]), []).append(i)
     total, count = 0.0, 0
     for key in sorted(groups):
         idx = groups[key]
         ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [forms[i] for i in idx],
-                                         think_width)
+                                         [widths[i] for i in idx])
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         total = total + torch.nn.functional.cross_entropy(
@@ -168,8 +192,8 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
     model.train()
     losses = []
     bar = tqdm(stage_batches(stage, batch_size), total=stage.steps, desc=stage.name, mininterval=5.0)
-    for problems, forms in bar:
-        loss = batch_loss(model, tokenizer, problems, forms, stage.think_width)
+    for problems, forms, widths in bar:
+        loss = batch_loss(model, tokenizer, problems, forms, widths)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -183,9 +207,10 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
 
 def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128, base_lr: float = 3e-3,
                ft_lr: float = 5e-4, seed: int = 0,
-               thinking_steps: int | None = None) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
-    """Train the shared base, then the Instruct (``ft_steps``) and Thinking (``thinking_steps``; None:
-    ``ft_steps``) fine-tunes of it (fp32, on the CPU).
+               thinking_steps: int | None = None, base_width: int | tuple[int, ...] = BASE_WIDTH
+               ) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
+    """Train the shared base (scratchpads of ``base_width`` columns), then the Instruct (``ft_steps``) and
+    Thinking (``thinking_steps``; None: ``ft_steps``) fine-tunes of it (fp32, on the CPU).
 
     Returns (instruct_model, thinking_model, final losses per stage).
     """
@@ -193,7 +218,7 @@ def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128,
                     ("thinking_steps", ft_steps if thinking_steps is None else thinking_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
             raise ValueError(f"{name} must be a non-negative int (batch_size positive), got {v!r}")
-    stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed, thinking_steps)
+    stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed, thinking_steps, base_width)
     torch.manual_seed(seed)
     base = Qwen3ForCausalLM(model_config(tokenizer))
     log = {"base": train_stage(base, tokenizer, stages["base"], batch_size)}

@@ -26,10 +26,21 @@ import transformers
 from dami_kernels.testbed.evaluate import score
 from dami_kernels.testbed.tasks import DIGITS, LEVELS
 from dami_kernels.testbed.tokenizer import build_tokenizer
-from dami_kernels.testbed.training import (HELDOUT_SEED, THINKING_STEPS, heldout_problems, save_checkpoint,
-                                           train_pair)
+from dami_kernels.testbed.training import (BASE_WIDTH, HELDOUT_SEED, THINKING_STEPS, heldout_problems,
+                                           save_checkpoint, train_pair)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dami_kernels" / "testbed" / "assets"
+
+
+def widths(text: str) -> int | tuple[int, ...]:
+    """"2" -> 2; "1,2" -> (1, 2): the base's scratchpad width, or the widths it draws from."""
+    try:
+        w = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a width or a comma-separated list of widths, got {text!r}")
+    if any(x < 1 for x in w):
+        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
+    return w[0] if len(w) == 1 else w
 
 
 def main(argv=None) -> int:
@@ -40,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ft-steps", type=int, default=100, help="steps of the Instruct fine-tune")
     ap.add_argument("--thinking-steps", type=int, default=THINKING_STEPS,
                     help="steps of the Thinking fine-tune (it learns its 2-column scratchpad there)")
+    ap.add_argument("--base-width", type=widths, default=BASE_WIDTH,
+                    help="columns per scratchpad line in the base: one width, or a list such as 1,2 to draw from")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--base-lr", type=float, default=3e-3)
     ap.add_argument("--ft-lr", type=float, default=5e-4)
@@ -58,7 +71,8 @@ def main(argv=None) -> int:
     start = time.time()
     tokenizer = build_tokenizer()
     instruct, thinking = train_pair(tokenizer, args.base_steps, args.ft_steps, args.batch_size,
-                                    args.base_lr, args.ft_lr, args.seed, args.thinking_steps)[:2]
+                                    args.base_lr, args.ft_lr, args.seed, args.thinking_steps,
+                                    args.base_width)[:2]
     train_s = time.time() - start
     out = Path(args.out)
     for name, model in (("instruct", instruct), ("thinking", thinking)):

@@ -105,9 +105,10 @@ def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
     m = json.loads(testbed.METRICS_FILE.read_text())
     a = m["args"]
     trained = set()
-    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"],
-                             thinking_steps=a.get("thinking_steps")).values():
-        for problems, _ in stage_batches(stage, a["batch_size"]):
+    width = a.get("base_width", 1)
+    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"], thinking_steps=a.get("thinking_steps"),
+                             base_width=tuple(width) if isinstance(width, list) else width).values():
+        for problems, *_ in stage_batches(stage, a["batch_size"]):
             trained.update(p.canonical for p in problems)
             assert all(split_of(p) == "train" for p in problems[:4])
     fresh = make_problems(1000, OVERLAP_SEED)
@@ -119,14 +120,39 @@ def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
 
 def test_training_forms():
     stages = pair_stages(10, 200)
-    forms = collections.Counter(f for _, fs in stage_batches(stages["thinking"], 64) for f in fs)
+    forms = collections.Counter(f for _, fs, _ in stage_batches(stages["thinking"], 64) for f in fs)
     assert set(forms) == {"think", "nothink"} and 0.15 < forms["nothink"] / sum(forms.values()) < 0.25
-    assert {f for _, fs in stage_batches(stages["instruct"], 64) for f in fs} == {"direct"}
-    base = collections.Counter(f for _, fs in stage_batches(stages["base"], 64) for f in fs)
+    assert {f for _, fs, _ in stage_batches(stages["instruct"], 64) for f in fs} == {"direct"}
+    base = collections.Counter(f for _, fs, _ in stage_batches(stages["base"], 64) for f in fs)
     assert set(base) == {"think", "direct"}
     # the base writes one column per scratchpad line; Thinking learns THINKING_WIDTH in its own fine-tune
     assert (stages["base"].think_width, stages["thinking"].think_width) == (1, THINKING_WIDTH) == (1, 2)
     assert pair_stages(10, 200, thinking_steps=7)["thinking"].steps == 7 and stages["thinking"].steps == 200
+    assert {w for _, fs, ws in stage_batches(stages["thinking"], 64) for f, w in zip(fs, ws) if f == "think"} == {2}
+
+
+def test_base_widths():
+    """A tuple base width draws each scratchpad's width from it (about equally); a single width draws
+    nothing, so its problems and forms are exactly those of a stage without widths; bad widths are refused."""
+    one, mixed = pair_stages(20, 1)["base"], pair_stages(20, 1, base_width=(1, 2))["base"]
+    assert pair_stages(20, 1, base_width=2)["base"].think_width == 2
+    widths = collections.Counter(w for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws) if f == "think")
+    assert set(widths) == {1, 2} and 0.4 < widths[2] / sum(widths.values()) < 0.6
+    assert all(w == 1 for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws) if f != "think")
+    rng = random.Random(one.seed)  # a single-width stage replays the plain draws: problems, then one u per form
+    for (problems, forms, ws), _ in zip(stage_batches(one, 8), range(3)):
+        assert [p.canonical for p in problems] == [testbed.draw_problem(rng, "train").canonical for _ in range(8)]
+        assert forms == ["think" if rng.random() < 0.5 else "direct" for _ in range(8)] and set(ws) == {1}
+    for bad in (0, (1, 0), (), True, 1.5):
+        with pytest.raises(ValueError, match="think_width"):
+            pair_stages(1, 1, base_width=bad)
+    p, q = Problem((87305, 83759), ("+",), 5), Problem((1234, 5678), ("+",), 3)
+    tok = build_tokenizer()
+    ids, _, _ = encode_batch(tok, [p, q], ["think", "think"], [2, 1])
+    text = tok.batch_decode(ids, skip_special_tokens=True)
+    assert text[0].startswith(p.expression + scratchpad(p, 2)) and text[1].startswith(q.expression + scratchpad(q))
+    with pytest.raises(ValueError, match="widths has 1 entries for 2"):
+        encode_batch(tok, [p, q], ["think", "think"], [2])
     p = Problem((87305, 83759), ("+",), 5)
     assert completion(p, "think", 2) == scratchpad(p, 2) and completion(p, True) == scratchpad(p)
     assert completion(p, "direct", 2) == "171064" and completion(p, "nothink") == "<think></think>171064"

@@ -28,8 +28,9 @@ def train_overlap(args: dict, seed: int = OVERLAP_SEED, n: int = 1000) -> float:
     from dami_kernels.testbed.tasks import make_problems
     from dami_kernels.testbed.training import trained_canonicals
 
+    width = args.get("base_width", 1)  # JSON stores a tuple of widths as a list
     trained = trained_canonicals(args["base_steps"], args["ft_steps"], args["batch_size"], args["seed"],
-                                 args.get("thinking_steps"))
+                                 args.get("thinking_steps"), tuple(width) if isinstance(width, list) else width)
     return sum(p.canonical in trained for p in make_problems(n, seed)) / n
 
 

@@ -1,6 +1,7 @@
-"""Testbed v3: the generator (one surface form, difficulty from carries), its splits, the checker, the
+"""The testbed: the generator (one surface form, difficulty from carries), its splits, the checker, the
 scratchpad, the tokenizer and chat template, and its eval items."""
 import collections
+import math
 import random
 
 import pytest
@@ -129,6 +130,23 @@ def test_training_forms():
     assert (stages["base"].think_width, stages["thinking"].think_width) == (1, THINKING_WIDTH) == (1, 2)
     assert pair_stages(10, 200, thinking_steps=7)["thinking"].steps == 7 and stages["thinking"].steps == 200
     assert {w for _, fs, ws in stage_batches(stages["thinking"], 64) for f, w in zip(fs, ws) if f == "think"} == {2}
+
+
+def test_short_stages_train():
+    """Stages shorter than 20 steps train (OneCycleLR used to divide by zero at exactly 10 steps)."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from dami_kernels.testbed.training import Stage, model_config, train_stage
+
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    for steps in (1, 3, 10):
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(model_config(tok, hidden=16, layers=1, heads=2, kv_heads=1, head_dim=8,
+                                              intermediate=32))
+        losses = train_stage(model, tok, Stage("short", steps, 1e-3, 0.5, 0), 2)
+        assert len(losses) == steps and all(math.isfinite(x) for x in losses)
 
 
 def test_base_widths():

@@ -187,8 +187,11 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
     """Run one stage in place on ``model`` (batches from `stage_batches`); returns the loss per step."""
     torch.manual_seed(stage.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    # OneCycleLR divides by (pct_start * steps - 1), which is 0 at 10 steps with pct_start 0.1: stages of
+    # 3-19 steps warm up for exactly one step (pct_start 2 / steps); 20 steps or more keep 0.1
+    pct = 2 / stage.steps if 3 <= stage.steps < 20 else 0.1
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=stage.lr, total_steps=max(stage.steps, 1),
-                                                pct_start=0.1)
+                                                pct_start=pct)
     model.train()
     losses = []
     bar = tqdm(stage_batches(stage, batch_size), total=stage.steps, desc=stage.name, mininterval=5.0)

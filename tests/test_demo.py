@@ -100,6 +100,26 @@ def test_demo_numbers_agree_with_logs(demo_dir):
     assert r["methods"]["random_matched"]["mean_lambda"] == pytest.approx(r["methods"]["dami_pref"]["mean_lambda"])
 
 
+def test_estimate_train_drops_a_signal(tmp_path, capsys):
+    """--drop-signal discrepancy: DAMI-Conf is tuned with w = 0 and DAMI-Pref's features keep only the
+    confidence; the report records it. Dropping both signals is a one-line error before anything runs."""
+    est = tmp_path / "est"
+    assert main(["estimate", "train", "--n", "24", "--grid", "0,0.5,1", "--pref-steps", "30",
+                 "--drop-signal", "discrepancy", "--out", str(est)]) == 0
+    report = json.loads((est / "train_report.json").read_text())
+    assert report["dropped_signals"] == ["discrepancy"]
+    assert json.loads((est / "conf.json").read_text())["w"] == 0.0
+    assert {r["w"] for r in report["conf"]["sensitivity"] if r["param"] == "tau"} == {0.0}
+    pref = json.loads((est / "pref" / "config.json").read_text())
+    assert pref["feature_spec"]["conf_signals"] == ["confidence"]
+    capsys.readouterr()
+    assert main(["estimate", "train", "--n", "24", "--drop-signal", "discrepancy", "--drop-signal", "confidence",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "drop_signals must name at most one" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_estimate_train_and_predict(tmp_path, capsys):
     from dami_kernels.estimators.store import load_estimator
 

@@ -144,6 +144,34 @@ def test_query_features_equal_separate_endpoint_runs_and_estimate_pref(pair):
     assert torch.equal(lam, head.predict(feats))
 
 
+def test_query_features_append_the_named_conf_signals(pair, tmp_path):
+    """conf_signals=True appends [c, d]; a list appends only the named signals (in CONF_SIGNALS order);
+    a head keeps the list in its feature_spec through save/load; bad lists are refused."""
+    from dami_kernels.estimators import conf_signals
+
+    model, tok, prompts, _, _ = pair
+    sig = conf_signals(model, tok, prompts, progress=False)
+    both = query_features(model, tok, prompts, conf_signals=True, signals=sig, progress=False)
+    conf_only = query_features(model, tok, prompts, conf_signals=["confidence"], signals=sig, progress=False)
+    disc_only = query_features(model, tok, prompts, conf_signals=("discrepancy",), signals=sig, progress=False)
+    h2 = 2 * model.config.hidden_size
+    assert both.shape[1] == h2 + 2 and conf_only.shape[1] == disc_only.shape[1] == h2 + 1
+    torch.testing.assert_close(conf_only, both[:, : h2 + 1])
+    torch.testing.assert_close(disc_only, torch.cat([both[:, :h2], both[:, h2 + 1:]], dim=1))
+    assert torch.equal(both[:, h2 + 1], sig.discrepancy.float())
+    spec = {"kind": "endpoint_hidden", "pooling": "mean", "conf_signals": ["confidence"]}
+    head = PrefHead(h2 + 1, [0.0, 1.0], feature_spec=spec)
+    head.save(tmp_path / "h")
+    loaded = PrefHead.load(tmp_path / "h")
+    assert loaded.feature_spec["conf_signals"] == ["confidence"]
+    assert torch.equal(loaded.predict_prompts(model, tok, prompts, progress=False), head.predict(conf_only))
+    for bad in (["speed"], ["confidence", "confidence"], "confidence"):
+        with pytest.raises(ValueError, match="conf_signals"):
+            query_features(model, tok, prompts, conf_signals=bad, progress=False)
+        with pytest.raises(ValueError, match="conf_signals"):
+            PrefHead(4, [0.0, 1.0], feature_spec={**spec, "conf_signals": bad})
+
+
 def test_fit_both_estimators_from_prompts_and_rollouts(pair, tmp_path):
     model, tok, prompts, _, _ = pair
     grid = [0.0, 0.5, 1.0]

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     t.add_argument("--pref-steps", default=None,
                    help="comma list of head training steps to cross-validate (default 50,100,200)")
     t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--drop-signal", action="append", default=[], choices=["confidence", "discrepancy"],
+                   help="leave a DAMI-Conf signal out of both estimators (for a signal with no information "
+                        "on this pair: its dev AUROC for an Instruct error is near 0.5)")
     add_out_args(t, "estimator directory to write")
     t.set_defaults(func=run_train)
     q = sub.add_parser("predict", help="print λ(q) for prompts")
@@ -40,16 +43,18 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from dami_kernels.workflows.train_estimators import train_estimators
+    from dami_kernels.workflows.train_estimators import kept_signals, train_estimators
 
+    kept_signals(args.drop_signal)  # both dropped: a one-line error before anything loads
     grid = parse_grid(args.grid)
     items, max_new_tokens = load_eval_items(args, split="dev")
     batch_size, search = positive_int("--batch-size", args.batch_size), pref_search(args.pref_steps)
     with output_dir(args, "estimator directory") as tmp:
         model, tokenizer = load_from_args(args)
         report = train_estimators(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, pref_search=search)
-    summary = {k: report[k] for k in ("n_train", "oracle")}
+                                  max_new_tokens=max_new_tokens, pref_search=search,
+                                  drop_signals=args.drop_signal)
+    summary = {k: report[k] for k in ("n_train", "oracle", "dropped_signals", "signals_auroc_dev")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
     summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}
     print(json.dumps(summary, indent=1))

@@ -14,6 +14,7 @@ from dami_kernels.estimators.pref import (
     FEATURE_KIND,
     PrefHead,
     pair_weights,
+    signal_names,
     preference_pairs,
     query_features,
     train_pref_head,
@@ -102,12 +103,12 @@ def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict
     return chosen, table
 
 
-def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean", conf_signals: bool = True,
+def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean", conf_signals=True,
              search: dict | None = None, folds: int = 5, epsilon: float = 0.01, lr: float = 3e-3, seed: int = 0,
              weight_decay: float = 1e-4, batch_size: int = 32, progress: bool = True,
              chat_template: bool | None = None, signals=None) -> tuple[PrefHead, list[float], list[dict]]:
     """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus DAMI-Conf's
-    signals with conf_signals), head settings chosen by `cross_validate_pref` over `search`, then the
+    signals that conf_signals names: True both, or a list such as ["confidence"]), head settings chosen by `cross_validate_pref` over `search`, then the
     head trained on all train queries with them. A search with one value per key skips the choice.
     signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order).
     Returns (head, loss per step, CV table)."""
@@ -123,7 +124,8 @@ def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean
     head, losses = train_pref_head(feats, pairs, rollouts.grid, steps=chosen["steps"], lr=lr, seed=seed,
                                    hidden=chosen["hidden"], weight_decay=weight_decay,
                                    feature_spec={"kind": FEATURE_KIND, "pooling": pooling,
-                                                 "conf_signals": conf_signals},
+                                                 "conf_signals": conf_signals if isinstance(conf_signals, bool)
+                                                 else signal_names(conf_signals)},
                                    weights=pair_weights(rollouts, pairs, chosen["accuracy_weight"]),
                                    progress=progress)
     head.training_record.update(accuracy_weight=float(chosen["accuracy_weight"]), cv_folds=folds,

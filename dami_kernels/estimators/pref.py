@@ -17,7 +17,8 @@ Features f(q) (`query_features`): the prompt's last hidden state (after the fina
 tokens (pooling "mean" by default, "last" = the last prompt token, or "mean+last" = both concatenated), at
 λ=0 and at λ=1 from ONE batched forward of 2B rows, concatenated: f = [h_0(q), h_1(q)] ∈ R^{2H}; with
 conf_signals, DAMI-Conf's two signals of the query (System 1's confidence c and the endpoints'
-discrepancy d, `conf.conf_signals` with its default settings) are appended: f = [h_0, h_1, c, d].
+discrepancy d, `conf.conf_signals` with its default settings) are appended: f = [h_0, h_1, c, d]; a list
+of signal names appends only those (["confidence"]: f = [h_0, h_1, c]).
 Files: DIR/head.safetensors (the head's tensors) and DIR/config.json (grid, feature_dim, hidden,
 feature_spec, training record).
 """
@@ -49,6 +50,19 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
 FEATURE_KIND = "endpoint_hidden"
 POOLINGS = ("mean", "last", "mean+last")
+CONF_SIGNALS = ("confidence", "discrepancy")
+
+
+def signal_names(conf_signals) -> list[str]:
+    """The DAMI-Conf signals a feature spec appends: True -> both, False -> none, or a list of names
+    (a subset of CONF_SIGNALS, kept in CONF_SIGNALS order)."""
+    if isinstance(conf_signals, bool):
+        return list(CONF_SIGNALS) if conf_signals else []
+    if not isinstance(conf_signals, (list, tuple)) or not set(conf_signals) <= set(CONF_SIGNALS) \
+            or len(set(conf_signals)) != len(conf_signals):
+        raise ValueError(f"conf_signals must be a bool or a list of distinct names from {CONF_SIGNALS}, "
+                         f"got {conf_signals!r}")
+    return [name for name in CONF_SIGNALS if name in conf_signals]
 
 
 # ----- preference pairs -----
@@ -88,8 +102,8 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
                    progress: bool = True, chat_template: bool | None = None,
                    conf_signals: bool = False, signals=None) -> torch.Tensor:
     """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
-    plus 2 with conf_signals. signals: the prompts' ConfSignals if already measured (with the default
-    settings), so they are not measured twice.
+    plus one per DAMI-Conf signal that conf_signals names (True: both; see `signal_names`). signals: the
+    prompts' ConfSignals if already measured (with the default settings), so they are not measured twice.
 
     Prompts are encoded as `dami_kernels.generation.generate` encodes them (see
     `batching.encode_prompts`).
@@ -100,6 +114,7 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
     from dami_kernels.hf import lambda_scope  # imported here: `estimators` math works without transformers
 
     prompts = check_prompts(prompts)
+    names = signal_names(conf_signals)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     device = model_device(model)
@@ -115,14 +130,14 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
         pooled = _pool(hidden.float(), attn, pooling)  # [2b, ...]
         out.append(torch.cat([pooled[:b], pooled[b:]], dim=-1).cpu())
     feats = torch.cat(out)
-    if conf_signals:
+    if names:
         from dami_kernels.estimators.conf import conf_signals as measure
 
         sig = signals if signals is not None else measure(model, tokenizer, prompts, batch_size=batch_size,
                                                           progress=progress, chat_template=chat_template)
         if sig.confidence.shape[0] != len(prompts):
             raise ValueError(f"signals hold {sig.confidence.shape[0]} queries for {len(prompts)} prompts")
-        feats = torch.cat([feats, sig.confidence.float()[:, None], sig.discrepancy.float()[:, None]], dim=1)
+        feats = torch.cat([feats] + [getattr(sig, name).float()[:, None] for name in names], dim=1)
     return feats
 
 
@@ -130,10 +145,14 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
 def _check_spec(spec) -> dict:
     if not isinstance(spec, dict):
         raise ValueError(f"feature_spec must be a dict, got {type(spec).__name__}")
-    if spec.get("kind") != FEATURE_KIND or spec.get("pooling") not in POOLINGS \
-            or not isinstance(spec.get("conf_signals", False), bool):
+    try:
+        signal_names(spec.get("conf_signals", False))
+        ok = spec.get("kind") == FEATURE_KIND and spec.get("pooling") in POOLINGS
+    except ValueError:
+        ok = False
+    if not ok:
         raise ValueError(f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}, "
-                         f"'conf_signals': bool (optional)}}, got {spec}")
+                         f"'conf_signals': bool or a list of names from {CONF_SIGNALS} (optional)}}, got {spec}")
     return dict(spec)
 
 

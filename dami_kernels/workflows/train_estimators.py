@@ -16,7 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dami_kernels.estimators import DamiConf, Rollouts, conf_signals
+from dami_kernels.estimators.conf import DEFAULT_TUNE_GRID
 from dami_kernels.estimators.fit import fit_pref, prompts_for
+from dami_kernels.estimators.pref import CONF_SIGNALS
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.sweep import DEFAULT_GRID, sweep_records
 
@@ -45,16 +47,28 @@ def conf_signal_aurocs(signals, instruct_wrong) -> dict:
             "discrepancy": auroc(signals.discrepancy, instruct_wrong)}
 
 
+def kept_signals(drop_signals) -> list[str]:
+    """The DAMI-Conf signals left after dropping ``drop_signals`` (names from CONF_SIGNALS; one at most)."""
+    drop = list(drop_signals)
+    unknown = sorted(set(drop) - set(CONF_SIGNALS))
+    if unknown or len(set(drop)) >= len(CONF_SIGNALS):
+        raise ValueError(f"drop_signals must name at most one of {CONF_SIGNALS}, got {drop}")
+    return [name for name in CONF_SIGNALS if name not in drop]
+
+
 def rollouts_from_records(records) -> Rollouts:
     """Rollouts [Q, G] from sweep records (one per item and grid λ)."""
     return Rollouts.from_records([asdict(r) for r in records])
 
 
 def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_search: dict | None = None,
-                   seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
+                   seed: int = 0, batch_size: int = 64, progress: bool = True, drop_signals=()) -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
-    DAMI-Pref: features = mean-pooled endpoint hidden states + DAMI-Conf's signals; head settings
+    drop_signals: DAMI-Conf signals to leave out of both estimators (a subset of CONF_SIGNALS, not both):
+    DAMI-Conf is tuned with w fixed (0 without the discrepancy, 1 without the confidence) and DAMI-Pref's
+    features omit them.
+    DAMI-Pref: features = mean-pooled endpoint hidden states + DAMI-Conf's (kept) signals; head settings
     (steps, accuracy weight of correct-vs-wrong pairs, hidden size) chosen by 5-fold cross-validation
     on these rollouts (`estimators.fit.cross_validate_pref`, grid `pref_search`, default PREF_SEARCH).
     Returns {"conf", "pref", "signals", "sensitivity", "pref_losses", "pref_cv"}.
@@ -62,9 +76,13 @@ def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, 
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
     signals = conf_signals(model, tokenizer, prompts, ids=rollouts.ids, batch_size=batch_size,
                            progress=progress)
-    conf = DamiConf().tune(signals, rollouts)
+    kept = kept_signals(drop_signals)
+    grid = dict(DEFAULT_TUNE_GRID, w=[0.0] if "discrepancy" not in kept else [1.0] if "confidence" not in kept
+                else DEFAULT_TUNE_GRID["w"])
+    conf = DamiConf().tune(signals, rollouts, grid=grid)
     head, losses, cv = fit_pref(model, tokenizer, prompts, rollouts, search=pref_search, seed=seed,
-                                batch_size=batch_size, progress=progress, signals=signals)
+                                batch_size=batch_size, progress=progress, signals=signals,
+                                conf_signals=True if len(kept) == len(CONF_SIGNALS) else kept)
     return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
             "pref_losses": losses, "pref_cv": cv}
 
@@ -91,6 +109,7 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
     err = ~rollouts.correct[:, rollouts.grid.index(0.0)] if 0.0 in rollouts.grid else None
     report = {
         "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
+        "dropped_signals": sorted(fit_kwargs.get("drop_signals", ())),
         "signals_auroc_dev": None if err is None else conf_signal_aurocs(fit["signals"], err),
         "fixed": rollouts.frontier(),
         "oracle": rollouts.evaluate(rollouts.oracle_lam()),

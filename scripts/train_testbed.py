@@ -26,7 +26,7 @@ import transformers
 from dami_kernels.testbed.evaluate import score
 from dami_kernels.testbed.tasks import DIGITS, LEVELS
 from dami_kernels.testbed.tokenizer import build_tokenizer
-from dami_kernels.testbed.training import (BASE_WIDTH, HELDOUT_SEED, THINKING_STEPS, heldout_problems,
+from dami_kernels.testbed.training import (BASE_STEPS, BASE_WIDTH, HELDOUT_SEED, THINKING_STEPS, heldout_problems,
                                            save_checkpoint, train_pair)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dami_kernels" / "testbed" / "assets"
@@ -47,10 +47,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT),
                     help="writes OUT/instruct, OUT/thinking and OUT/testbed_metrics.json")
-    ap.add_argument("--base-steps", type=int, default=1500)
+    ap.add_argument("--base-steps", type=int, default=BASE_STEPS)
     ap.add_argument("--ft-steps", type=int, default=100, help="steps of the Instruct fine-tune")
     ap.add_argument("--thinking-steps", type=int, default=THINKING_STEPS,
-                    help="steps of the Thinking fine-tune (it learns its 2-column scratchpad there)")
+                    help="steps of the Thinking fine-tune (it sharpens its 2-column scratchpad there)")
     ap.add_argument("--base-width", type=widths, default=BASE_WIDTH,
                     help="columns per scratchpad line in the base: one width, or a list such as 1,2 to draw from")
     ap.add_argument("--batch-size", type=int, default=64)

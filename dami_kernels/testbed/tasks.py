@@ -41,6 +41,9 @@ from dataclasses import dataclass
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 NO_THINK = THINK_OPEN + THINK_CLOSE
+# What DAMI-Conf appends to the λ=1 rows to reach the Thinking model's non-thinking mode: nothing, since
+# its non-thinking training examples are plain direct answers, in Instruct's format.
+THINK_PREFIX = ""
 
 N_OPERANDS = 2
 DIGITS = 5

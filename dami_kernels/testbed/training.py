@@ -1,13 +1,15 @@
 """Train the testbed pair: a shared tiny Qwen3 base, then an Instruct and a Thinking fine-tune of it.
 
-All work is on the CPU, seeded and deterministic. The base learns both answer forms (direct and
-one-column scratchpad, 50/50); Instruct is then fine-tuned on direct answers only, Thinking on
-``THINKING_WIDTH``-column scratchpads (80%), a procedure it learns in its own, longer fine-tune, and
-its non-thinking mode (20%: ``<think></think>`` then the answer, as hybrid models such as Qwen3 are
-trained), so that the Thinking model's no-think answer is a second, independent System-1 opinion that
-DAMI-Conf's discrepancy compares with Instruct's. Training problems are drawn uniformly from the "train"
-split of the problem space (`tasks.split_of`); evaluation draws come from "dev" and "test", which
-training never sees. `stage_batches` replays exactly what a stage trained on.
+All work is on the CPU, seeded and deterministic. The base learns direct answers and scratchpads (50/50),
+each scratchpad one or two columns per line (``BASE_WIDTH``); Instruct is then fine-tuned on direct
+answers only, Thinking on ``THINKING_WIDTH``-column scratchpads (80%) and on direct answers in
+Instruct's own format (20%, its non-thinking mode), so that the Thinking model's direct answer is a
+second, independent System-1 opinion that DAMI-Conf's discrepancy compares with Instruct's (with no think
+prefix on the λ=1 rows), and so that both fine-tunes refine the same direct-answer format (a Thinking
+model that only ever answered after ``<think></think>`` made the low-λ part of the segment worse than
+Instruct). Training problems are drawn uniformly from the "train" split of the problem space
+(`tasks.split_of`); evaluation draws come from "dev" and "test", which training never sees.
+`stage_batches` replays exactly what a stage trained on.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from dami_kernels.testbed.tokenizer import chat_prompt
 HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
 MAX_NEW_TOKENS = 96
 FORMS = ("direct", "think", "nothink")
-THINKING_STEPS = 1000  # the Thinking fine-tune's default length (it learns THINKING_WIDTH-column lines)
-BASE_WIDTH = 1  # columns per scratchpad line in the base (a tuple: each scratchpad's width drawn from it)
+BASE_STEPS = 1000  # the shared base's default length
+THINKING_STEPS = 600  # the Thinking fine-tune's default length (it sharpens THINKING_WIDTH-column lines)
+BASE_WIDTH = (1, 2)  # columns per scratchpad line in the base (a tuple: each scratchpad's width drawn from it)
 
 
 @dataclass
@@ -86,8 +89,7 @@ def pair_stages(base_steps: int, ft_steps: int, base_lr: float = 3e-3, ft_lr: fl
     steps = ft_steps if thinking_steps is None else thinking_steps
     return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1, think_width=base_width),
             "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
-            "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, nothink_frac=0.2,
-                              think_width=THINKING_WIDTH)}
+            "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, think_width=THINKING_WIDTH)}
 
 
 def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0,

@@ -12,6 +12,7 @@ from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, cha
                                   eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
                                   scratchpad, split_of)
 from dami_kernels.testbed.tasks import DIGITS, THINKING_WIDTH, undecided_columns
+from dami_kernels.testbed.training import BASE_WIDTH
 from dami_kernels.testbed.training import (completion, encode_batch, heldout_problems, pair_stages, stage_batches,
                                            train_pair)
 
@@ -122,12 +123,14 @@ def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
 def test_training_forms():
     stages = pair_stages(10, 200)
     forms = collections.Counter(f for _, fs, _ in stage_batches(stages["thinking"], 64) for f in fs)
-    assert set(forms) == {"think", "nothink"} and 0.15 < forms["nothink"] / sum(forms.values()) < 0.25
+    # Thinking's non-thinking mode is Instruct's plain direct answer (no think block)
+    assert set(forms) == {"think", "direct"} and 0.15 < forms["direct"] / sum(forms.values()) < 0.25
     assert {f for _, fs, _ in stage_batches(stages["instruct"], 64) for f in fs} == {"direct"}
     base = collections.Counter(f for _, fs, _ in stage_batches(stages["base"], 64) for f in fs)
     assert set(base) == {"think", "direct"}
-    # the base writes one column per scratchpad line; Thinking learns THINKING_WIDTH in its own fine-tune
-    assert (stages["base"].think_width, stages["thinking"].think_width) == (1, THINKING_WIDTH) == (1, 2)
+    # the base writes one- and two-column scratchpads; Thinking sharpens THINKING_WIDTH in its fine-tune
+    assert (stages["base"].think_width, stages["thinking"].think_width) == (BASE_WIDTH, THINKING_WIDTH) == ((1, 2), 2)
+    assert testbed.THINK_PREFIX == ""
     assert pair_stages(10, 200, thinking_steps=7)["thinking"].steps == 7 and stages["thinking"].steps == 200
     assert {w for _, fs, ws in stage_batches(stages["thinking"], 64) for f, w in zip(fs, ws) if f == "think"} == {2}
 
@@ -152,7 +155,7 @@ def test_short_stages_train():
 def test_base_widths():
     """A tuple base width draws each scratchpad's width from it (about equally); a single width draws
     nothing, so its problems and forms are exactly those of a stage without widths; bad widths are refused."""
-    one, mixed = pair_stages(20, 1)["base"], pair_stages(20, 1, base_width=(1, 2))["base"]
+    one, mixed = pair_stages(20, 1, base_width=1)["base"], pair_stages(20, 1, base_width=(1, 2))["base"]
     assert pair_stages(20, 1, base_width=2)["base"].think_width == 2
     widths = collections.Counter(w for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws) if f == "think")
     assert set(widths) == {1, 2} and 0.4 < widths[2] / sum(widths.values()) < 0.6

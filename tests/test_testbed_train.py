@@ -43,6 +43,7 @@ def test_train_script_smoke(tmp_path):
     assert "thinking" in res.stdout and "accuracy" in res.stdout
     metrics = json.loads((out / "testbed_metrics.json").read_text())
     assert metrics["eval_n"] == 8 and metrics["args"]["base_steps"] == 4 and metrics["args"]["thinking_steps"] == 3
+    assert metrics["args"]["base_width"] == [1, 2]  # the default: scratchpads of one or two columns per line
     for side in ("instruct", "thinking"):
         assert 0.0 <= metrics[side]["accuracy"] <= 1.0 and metrics[side]["mean_tokens"] >= 1
         assert sum(v["n"] for v in metrics[side]["per_level"].values()) == 8
@@ -51,6 +52,20 @@ def test_train_script_smoke(tmp_path):
     si, st = mi.state_dict(), mt.state_dict()
     assert si.keys() == st.keys()
     assert any(not torch.equal(si[k], st[k]) for k in si)
+
+
+def test_train_script_base_width_option(tmp_path):
+    """--base-width takes one width or a list; bad values are a usage error (exit 2) before training."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from train_testbed import widths
+    finally:
+        sys.path.pop(0)
+    assert widths("2") == 2 and widths("1,2") == (1, 2)
+    for bad in ("0", "1,x", ""):
+        res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(tmp_path),
+                              "--base-width", bad], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "--base-width" in res.stderr, bad
 
 
 def test_train_script_rejects_bad_eval_n(tmp_path):

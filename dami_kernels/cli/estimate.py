@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
-                                     load_from_args, output_dir, parse_grid, positive_int)
+                                     load_from_args, output_dir, pair_dirs, parse_grid, positive_int)
 
 # Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     t.add_argument("--pref-steps", default=None,
                    help="comma list of head training steps to cross-validate (default 50,100,200)")
     t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--think-prefix", default=None,
+                   help="text appended to the λ=1 rows' prompt to reach the Thinking model's non-thinking mode "
+                        "('auto': an empty think block if the tokenizer knows the tags; default: 'auto', and "
+                        "'' for the shipped testbed pair, whose Thinking model answers directly)")
     t.add_argument("--drop-signal", action="append", default=[], choices=["confidence", "discrepancy"],
                    help="leave a DAMI-Conf signal out of both estimators (for a signal with no information "
                         "on this pair: its dev AUROC for an Instruct error is near 0.5)")
@@ -43,6 +47,8 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from dami_kernels.testbed import THINK_PREFIX as TESTBED_THINK_PREFIX
+    from dami_kernels.testbed.threads import is_testbed_pair
     from dami_kernels.workflows.train_estimators import kept_signals, train_estimators
 
     kept_signals(args.drop_signal)  # both dropped: a one-line error before anything loads
@@ -51,9 +57,12 @@ def run_train(args) -> int:
     batch_size, search = positive_int("--batch-size", args.batch_size), pref_search(args.pref_steps)
     with output_dir(args, "estimator directory") as tmp:
         model, tokenizer = load_from_args(args)
+        think_prefix = args.think_prefix
+        if think_prefix is None:
+            think_prefix = TESTBED_THINK_PREFIX if is_testbed_pair(*pair_dirs(args)) else "auto"
         report = train_estimators(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, pref_search=search,
-                                  drop_signals=args.drop_signal)
+                                  drop_signals=args.drop_signal, think_prefix=think_prefix)
     summary = {k: report[k] for k in ("n_train", "oracle", "dropped_signals", "signals_auroc_dev")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
     summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}

@@ -106,15 +106,17 @@ def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict
 def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean", conf_signals=True,
              search: dict | None = None, folds: int = 5, epsilon: float = 0.01, lr: float = 3e-3, seed: int = 0,
              weight_decay: float = 1e-4, batch_size: int = 32, progress: bool = True,
-             chat_template: bool | None = None, signals=None) -> tuple[PrefHead, list[float], list[dict]]:
+             chat_template: bool | None = None, signals=None,
+             think_prefix: str = "auto") -> tuple[PrefHead, list[float], list[dict]]:
     """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus DAMI-Conf's
     signals that conf_signals names: True both, or a list such as ["confidence"]), head settings chosen by `cross_validate_pref` over `search`, then the
     head trained on all train queries with them. A search with one value per key skips the choice.
-    signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order).
+    signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order); think_prefix:
+    what DAMI-Conf appends to the λ=1 rows (`conf.resolve_think_prefix`), recorded in the feature spec.
     Returns (head, loss per step, CV table)."""
     feats = query_features(model, tokenizer, prompts_for(rollouts, prompts), pooling=pooling,
                            batch_size=batch_size, progress=progress, chat_template=chat_template,
-                           conf_signals=conf_signals, signals=signals)
+                           conf_signals=conf_signals, signals=signals, think_prefix=think_prefix)
     search = search or PREF_SEARCH
     if len(_settings(search)) == 1:
         chosen, table = _settings(search)[0], []
@@ -125,7 +127,8 @@ def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean
                                    hidden=chosen["hidden"], weight_decay=weight_decay,
                                    feature_spec={"kind": FEATURE_KIND, "pooling": pooling,
                                                  "conf_signals": conf_signals if isinstance(conf_signals, bool)
-                                                 else signal_names(conf_signals)},
+                                                 else signal_names(conf_signals),
+                                                 "think_prefix": think_prefix},
                                    weights=pair_weights(rollouts, pairs, chosen["accuracy_weight"]),
                                    progress=progress)
     head.training_record.update(accuracy_weight=float(chosen["accuracy_weight"]), cv_folds=folds,

@@ -100,10 +100,11 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size: int = 32,
                    progress: bool = True, chat_template: bool | None = None,
-                   conf_signals: bool = False, signals=None) -> torch.Tensor:
+                   conf_signals: bool = False, signals=None, think_prefix: str = "auto") -> torch.Tensor:
     """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
     plus one per DAMI-Conf signal that conf_signals names (True: both; see `signal_names`). signals: the
-    prompts' ConfSignals if already measured (with the default settings), so they are not measured twice.
+    prompts' ConfSignals if already measured (with the default settings and ``think_prefix``), so they are
+    not measured twice.
 
     Prompts are encoded as `dami_kernels.generation.generate` encodes them (see
     `batching.encode_prompts`).
@@ -133,8 +134,9 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
     if names:
         from dami_kernels.estimators.conf import conf_signals as measure
 
-        sig = signals if signals is not None else measure(model, tokenizer, prompts, batch_size=batch_size,
-                                                          progress=progress, chat_template=chat_template)
+        sig = signals if signals is not None else measure(model, tokenizer, prompts, think_prefix=think_prefix,
+                                                          batch_size=batch_size, progress=progress,
+                                                          chat_template=chat_template)
         if sig.confidence.shape[0] != len(prompts):
             raise ValueError(f"signals hold {sig.confidence.shape[0]} queries for {len(prompts)} prompts")
         feats = torch.cat([feats] + [getattr(sig, name).float()[:, None] for name in names], dim=1)
@@ -147,12 +149,14 @@ def _check_spec(spec) -> dict:
         raise ValueError(f"feature_spec must be a dict, got {type(spec).__name__}")
     try:
         signal_names(spec.get("conf_signals", False))
-        ok = spec.get("kind") == FEATURE_KIND and spec.get("pooling") in POOLINGS
+        ok = spec.get("kind") == FEATURE_KIND and spec.get("pooling") in POOLINGS \
+            and isinstance(spec.get("think_prefix", "auto"), str)
     except ValueError:
         ok = False
     if not ok:
         raise ValueError(f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}, "
-                         f"'conf_signals': bool or a list of names from {CONF_SIGNALS} (optional)}}, got {spec}")
+                         f"'conf_signals': bool or a list of names from {CONF_SIGNALS} (optional), 'think_prefix': str "
+                         f"(optional)}}, got {spec}")
     return dict(spec)
 
 
@@ -207,6 +211,7 @@ class PrefHead(nn.Module):
         prompts' DAMI-Conf signals if already measured (see `query_features`)."""
         feats = query_features(model, tokenizer, prompts, pooling=self.feature_spec["pooling"],
                                conf_signals=self.feature_spec.get("conf_signals", False), signals=signals,
+                               think_prefix=self.feature_spec.get("think_prefix", "auto"),
                                batch_size=batch_size, progress=progress, chat_template=chat_template)
         return self.predict(feats)
 

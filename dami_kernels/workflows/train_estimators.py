@@ -62,27 +62,30 @@ def rollouts_from_records(records) -> Rollouts:
 
 
 def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_search: dict | None = None,
-                   seed: int = 0, batch_size: int = 64, progress: bool = True, drop_signals=()) -> dict:
+                   seed: int = 0, batch_size: int = 64, progress: bool = True, drop_signals=(),
+                   think_prefix: str = "auto") -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
     drop_signals: DAMI-Conf signals to leave out of both estimators (a subset of CONF_SIGNALS, not both):
     DAMI-Conf is tuned with w fixed (0 without the discrepancy, 1 without the confidence) and DAMI-Pref's
-    features omit them.
+    features omit them. think_prefix: what the λ=1 rows get appended to reach the Thinking model's
+    non-thinking mode ("auto": an empty think block where the tokenizer knows the tags; "" for the testbed).
     DAMI-Pref: features = mean-pooled endpoint hidden states + DAMI-Conf's (kept) signals; head settings
     (steps, accuracy weight of correct-vs-wrong pairs, hidden size) chosen by 5-fold cross-validation
     on these rollouts (`estimators.fit.cross_validate_pref`, grid `pref_search`, default PREF_SEARCH).
     Returns {"conf", "pref", "signals", "sensitivity", "pref_losses", "pref_cv"}.
     """
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
-    signals = conf_signals(model, tokenizer, prompts, ids=rollouts.ids, batch_size=batch_size,
-                           progress=progress)
+    signals = conf_signals(model, tokenizer, prompts, think_prefix=think_prefix, ids=rollouts.ids,
+                           batch_size=batch_size, progress=progress)
     kept = kept_signals(drop_signals)
     grid = dict(DEFAULT_TUNE_GRID, w=[0.0] if "discrepancy" not in kept else [1.0] if "confidence" not in kept
                 else DEFAULT_TUNE_GRID["w"])
-    conf = DamiConf().tune(signals, rollouts, grid=grid)
+    conf = DamiConf(think_prefix=think_prefix).tune(signals, rollouts, grid=grid)
     head, losses, cv = fit_pref(model, tokenizer, prompts, rollouts, search=pref_search, seed=seed,
                                 batch_size=batch_size, progress=progress, signals=signals,
-                                conf_signals=True if len(kept) == len(CONF_SIGNALS) else kept)
+                                conf_signals=True if len(kept) == len(CONF_SIGNALS) else kept,
+                                think_prefix=think_prefix)
     return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
             "pref_losses": losses, "pref_cv": cv}
 

@@ -1,4 +1,4 @@
-"""The built-in System-1/System-2 testbed (v4): ``a+b`` additions of one surface form whose difficulty is
+"""The built-in System-1/System-2 testbed (v5): ``a+b`` additions of one surface form whose difficulty is
 in their digit patterns (columns summing to 9), and a tiny shipped Instruct/Thinking pair.
 
     from dami_kernels.testbed import testbed_dirs, heldout_sample

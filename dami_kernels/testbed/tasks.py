@@ -1,4 +1,4 @@
-"""Testbed task (v3, kept by v4): synthetic additions of ONE surface form, with difficulty from their digit patterns.
+"""Testbed task (v3, kept by v4 and v5): synthetic additions of ONE surface form, with difficulty from their digit patterns.
 
 Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``12345+67890``: the same operand
 count, digit counts and prompt length at every difficulty, so a router that sees only the surface
@@ -19,12 +19,13 @@ level  undecided columns  share of all problems (uniform operands, 5 digits)
 ====== ================== =============================================
 
 The scratchpad (System 2) writes its additions inside ``<think>...</think>`` from the units up, one line per
-block of columns (``block+block+carry=`` block sum), then the answer. The shared base learns one column per
-line (``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912`` for ``1234+5678``); the Thinking model
-learns, in its own fine-tune, ``THINKING_WIDTH`` = 2 columns per line
-(``<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064`` for ``87305+83759``). Each line is a small
-addition written at once, so a chain can slip. The direct form (System 1) is the answer alone; the no-think
-form (a hybrid Thinking model's non-thinking mode, as Qwen3's) is ``<think></think>6912``.
+block of columns (``block+block+carry=`` block sum), then the answer: one column per line
+(``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912`` for ``1234+5678``) or ``THINKING_WIDTH`` = 2
+(``<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064`` for ``87305+83759``); the shared base learns
+both, the Thinking model sharpens the 2-column lines in its own fine-tune. Each line is a small addition
+written at once, so a chain can slip. The direct form (System 1, and the shipped Thinking model's
+non-thinking mode) is the answer alone; the no-think form ``<think></think>6912`` (Qwen3's non-thinking
+mode) is kept for pairs trained that way (v4's).
 
 The problem space ((9 * 10**(DIGITS-1))**2 ordered operand pairs) is split for good by a hash of the
 problem's canonical form (operands sorted, so ``a+b`` and ``b+a`` share a split): ``train`` (80%: what

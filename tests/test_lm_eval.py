@@ -105,8 +105,8 @@ def test_dami_lm_eval_command_with_conf_equals_dami_eval(task_dir, tmp_path):
 
 
 def test_loglikelihood_scores_each_request_at_its_own_lambda():
-    # DAMI-Pref: on the shipped v4 pair it picks several λ for these items (the shipped DAMI-Conf sends
-    # almost every problem to λ = 1, so it would not make a mixed batch)
+    # DAMI-Pref: on the shipped pair it picks two λ (0.9 and 1) for these 8 items; the asserts below
+    # check that the batch really mixes them
     lm = DamiLM(*testbed.testbed_dirs(), lam="pref", device="cpu", batch_size=16)
     items = heldout_sample(8, seed=3)
     contexts = [lm.apply_chat_template([{"role": "user", "content": it.prompt}]) for it in items]

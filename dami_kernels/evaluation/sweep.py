@@ -155,6 +155,19 @@ def label_stack(xs: list[float], ys: list[float], groups: list[list[int]], tol: 
     return [sum(near(a, b) for b in anchors[:k]) for k, a in enumerate(anchors)]
 
 
+def label_side(point: tuple[float, float], width: float, markers: list[tuple[float, float]],
+                height: float = 0.06) -> int:
+    """Where a right-aligned label that runs ``width`` leftwards from ``point`` goes: -1 below the point,
+    +1 above it. Below, unless more method ``markers`` fall in the box below than in the box above (all
+    in axes fractions, 0-1; each box ``height`` tall)."""
+    x, y = point
+
+    def count(lo: float, hi: float) -> int:
+        return sum(x - width <= mx <= x + 0.01 and lo <= my <= hi for mx, my in markers)
+
+    return -1 if count(y - height, y) <= count(y, y + height) else 1
+
+
 def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
                   continuity: list[dict] | None = None, title: str | None = None) -> None:
     """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
@@ -173,28 +186,38 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     xs = [r["mean_tokens"] for r in table]
     ys = [r["accuracy"] for r in table]
     ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ", zorder=2)
-    # One label per run of coinciding points, written beside the point at its own height (left of it and
-    # a little lower in the right part of the axes, clear of the method markers near Thinking), so that
-    # no label drifts towards a neighbour; a point on the spot of an earlier one gets its label lower.
     span_x = (max(xs) - min(xs)) or 1.0
+    pad_x = 0.08 * span_x
+    x_lim = (min(xs) - pad_x, max(xs) + pad_x)
+    lo_y = min(ys + [m["accuracy"] for m in (methods or {}).values()])
+    hi_y = max(ys + [m["accuracy"] for m in (methods or {}).values()])
+    pad_y = 0.08 * ((hi_y - lo_y) or 1.0)
+    y_lim = (lo_y - 2 * pad_y, hi_y + 2 * pad_y)
+    ax.set_xlim(*x_lim)
+    ax.set_ylim(*y_lim)
+
+    def frac(x: float, y: float) -> tuple[float, float]:  # data -> axes fractions
+        return (x - x_lim[0]) / (x_lim[1] - x_lim[0]), (y - y_lim[0]) / (y_lim[1] - y_lim[0])
+
+    # One label per run of coinciding points, written beside the point at its own height (left part of
+    # the axes) or right-aligned under or over it (right part: the side clear of the method markers, which
+    # sit near Thinking), so that no label drifts towards a neighbour; a point on the spot of an earlier
+    # one gets its label lower.
+    markers = [frac(m["mean_tokens"], m["accuracy"]) for m in (methods or {}).values()]
     groups = label_groups(xs, ys)
     for group, stacked in zip(groups, label_stack(xs, ys, groups)):
         x, y = xs[group[0]], ys[group[0]]
+        text = _lam_label([table[k]["lam"] for k in group])
         ha = "left" if x < min(xs) + 0.7 * span_x else "right"
         dy = -10 * stacked
-        ax.annotate(_lam_label([table[k]["lam"] for k in group]), (x, y), textcoords="offset points",
-                    xytext=(7, dy) if ha == "left" else (-9, -9 + dy), fontsize=7, ha=ha, va="center",
-                    annotation_clip=True)
+        if ha == "right":  # about 0.0075 of the axes' width per character at fontsize 7
+            dy += 9 * label_side(frac(x, y), 0.0075 * len(text) + 0.02, markers)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy) if ha == "left" else (-9, dy),
+                    fontsize=7, ha=ha, va="center", annotation_clip=True)
     styles = [("*", 260), ("D", 110), ("s", 70), ("^", 70), ("v", 70), ("P", 70), ("X", 70), ("o", 70)]
     for k, ((name, res), (marker, size)) in enumerate(zip((methods or {}).items(), styles)):
         ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=marker, s=size, zorder=4,
                    facecolors="none", edgecolors=f"C{k + 1}", linewidths=1.6, label=name)
-    pad_x = 0.08 * span_x
-    ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
-    lo_y = min(ys + [m["accuracy"] for m in (methods or {}).values()])
-    hi_y = max(ys + [m["accuracy"] for m in (methods or {}).values()])
-    pad_y = 0.08 * ((hi_y - lo_y) or 1.0)
-    ax.set_ylim(lo_y - 2 * pad_y, hi_y + 2 * pad_y)
     ax.set_xlabel("mean generated tokens per query")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs. tokens")

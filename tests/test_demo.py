@@ -135,7 +135,8 @@ def test_estimate_train_and_predict(tmp_path, capsys):
     assert report["conf"]["sensitivity"]
     assert load_estimator("conf", est).lam_grid == [0.0, 0.5, 1.0]
     # the shipped testbed pair's Thinking model answers directly in its non-thinking mode: no think prefix
-    assert load_estimator("conf", est).think_prefix == "" and load_estimator("pref", est).feature_spec["think_prefix"] == ""
+    assert load_estimator("conf", est).think_prefix == ""
+    assert load_estimator("pref", est).feature_spec["think_prefix"] == ""
     assert load_estimator("pref", est).grid == [0.0, 0.5, 1.0]
     capsys.readouterr()
     assert main(["estimate", "predict", "--method", "pref", "--estimator-dir", str(est), "12+7", "99*9-3"]) == 0

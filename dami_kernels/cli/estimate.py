@@ -47,6 +47,7 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from dami_kernels.estimators.conf import AUTO
     from dami_kernels.testbed import THINK_PREFIX as TESTBED_THINK_PREFIX
     from dami_kernels.testbed.threads import is_testbed_pair
     from dami_kernels.workflows.train_estimators import kept_signals, train_estimators
@@ -59,7 +60,7 @@ def run_train(args) -> int:
         model, tokenizer = load_from_args(args)
         think_prefix = args.think_prefix
         if think_prefix is None:
-            think_prefix = TESTBED_THINK_PREFIX if is_testbed_pair(*pair_dirs(args)) else "auto"
+            think_prefix = TESTBED_THINK_PREFIX if is_testbed_pair(*pair_dirs(args)) else AUTO
         report = train_estimators(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, pref_search=search,
                                   drop_signals=args.drop_signal, think_prefix=think_prefix)

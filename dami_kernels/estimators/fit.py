@@ -9,14 +9,14 @@ import itertools
 
 import torch
 
-from dami_kernels.estimators.conf import DamiConf, conf_signals
+from dami_kernels.estimators.conf import AUTO, DamiConf, conf_signals
 from dami_kernels.estimators.pref import (
     FEATURE_KIND,
     PrefHead,
     pair_weights,
-    signal_names,
     preference_pairs,
     query_features,
+    signal_names,
     train_pref_head,
 )
 from dami_kernels.estimators.rollouts import Rollouts
@@ -107,10 +107,11 @@ def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean
              search: dict | None = None, folds: int = 5, epsilon: float = 0.01, lr: float = 3e-3, seed: int = 0,
              weight_decay: float = 1e-4, batch_size: int = 32, progress: bool = True,
              chat_template: bool | None = None, signals=None,
-             think_prefix: str = "auto") -> tuple[PrefHead, list[float], list[dict]]:
-    """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus DAMI-Conf's
-    signals that conf_signals names: True both, or a list such as ["confidence"]), head settings chosen by `cross_validate_pref` over `search`, then the
-    head trained on all train queries with them. A search with one value per key skips the choice.
+             think_prefix: str = AUTO) -> tuple[PrefHead, list[float], list[dict]]:
+    """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus the DAMI-Conf
+    signals that conf_signals names: True both, or a list such as ["confidence"]), head settings chosen by
+    `cross_validate_pref` over `search`, then the head trained on all train queries with them. A search
+    with one value per key skips the choice.
     signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order); think_prefix:
     what DAMI-Conf appends to the λ=1 rows (`conf.resolve_think_prefix`), recorded in the feature spec.
     Returns (head, loss per step, CV table)."""

@@ -44,6 +44,7 @@ from dami_kernels.estimators.batching import (
     pad_token_id,
     position_ids,
 )
+from dami_kernels.estimators.conf import AUTO
 from dami_kernels.estimators.rollouts import Rollouts, check_grid
 
 CONFIG_NAME = "config.json"
@@ -100,7 +101,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size: int = 32,
                    progress: bool = True, chat_template: bool | None = None,
-                   conf_signals: bool = False, signals=None, think_prefix: str = "auto") -> torch.Tensor:
+                   conf_signals: bool = False, signals=None, think_prefix: str = AUTO) -> torch.Tensor:
     """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
     plus one per DAMI-Conf signal that conf_signals names (True: both; see `signal_names`). signals: the
     prompts' ConfSignals if already measured (with the default settings and ``think_prefix``), so they are
@@ -150,7 +151,7 @@ def _check_spec(spec) -> dict:
     try:
         signal_names(spec.get("conf_signals", False))
         ok = spec.get("kind") == FEATURE_KIND and spec.get("pooling") in POOLINGS \
-            and isinstance(spec.get("think_prefix", "auto"), str)
+            and isinstance(spec.get("think_prefix", AUTO), str)
     except ValueError:
         ok = False
     if not ok:
@@ -211,7 +212,7 @@ class PrefHead(nn.Module):
         prompts' DAMI-Conf signals if already measured (see `query_features`)."""
         feats = query_features(model, tokenizer, prompts, pooling=self.feature_spec["pooling"],
                                conf_signals=self.feature_spec.get("conf_signals", False), signals=signals,
-                               think_prefix=self.feature_spec.get("think_prefix", "auto"),
+                               think_prefix=self.feature_spec.get("think_prefix", AUTO),
                                batch_size=batch_size, progress=progress, chat_template=chat_template)
         return self.predict(feats)
 

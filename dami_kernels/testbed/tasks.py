@@ -1,4 +1,4 @@
-"""Testbed task (v3, kept by v4 and v5): synthetic additions of ONE surface form, with difficulty from their digit patterns.
+"""Testbed task (v3, kept by v4 and v5): synthetic additions of ONE surface form, difficulty from digit patterns.
 
 Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``12345+67890``: the same operand
 count, digit counts and prompt length at every difficulty, so a router that sees only the surface

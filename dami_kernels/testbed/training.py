@@ -51,9 +51,13 @@ class Stage:
     think_width: int | tuple[int, ...] = 1
 
     def __post_init__(self):
-        widths = self.think_width if isinstance(self.think_width, tuple) else (self.think_width,)
-        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        if not self.widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"think_width must be a positive int or a tuple of them, got {self.think_width!r}")
+
+    @property
+    def widths(self) -> tuple:
+        """The scratchpad widths this stage draws from (one entry for a single width)."""
+        return self.think_width if isinstance(self.think_width, tuple) else (self.think_width,)
 
 
 def heldout_problems(n: int) -> list[Problem]:
@@ -68,7 +72,7 @@ def stage_batches(stage: Stage, batch_size: int):
     """The (problems, forms, widths) of every step of ``stage``, in order: uniform draws from the "train"
     split; widths[i] is the scratchpad width of a "think" example (1 for the other forms)."""
     rng = random.Random(stage.seed)
-    choices = stage.think_width if isinstance(stage.think_width, tuple) else (stage.think_width,)
+    choices = stage.widths
     for _ in range(stage.steps):
         problems = [draw_problem(rng, "train") for _ in range(batch_size)]
         forms, widths = [], []

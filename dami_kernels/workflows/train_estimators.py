@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dami_kernels.estimators import DamiConf, Rollouts, conf_signals
-from dami_kernels.estimators.conf import DEFAULT_TUNE_GRID
+from dami_kernels.estimators.conf import AUTO, DEFAULT_TUNE_GRID
 from dami_kernels.estimators.fit import fit_pref, prompts_for
 from dami_kernels.estimators.pref import CONF_SIGNALS
 from dami_kernels.evaluation.data import EvalItem
@@ -63,7 +63,7 @@ def rollouts_from_records(records) -> Rollouts:
 
 def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_search: dict | None = None,
                    seed: int = 0, batch_size: int = 64, progress: bool = True, drop_signals=(),
-                   think_prefix: str = "auto") -> dict:
+                   think_prefix: str = AUTO) -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
     drop_signals: DAMI-Conf signals to leave out of both estimators (a subset of CONF_SIGNALS, not both):

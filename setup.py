@@ -1,5 +1,54 @@
 from setuptools import find_packages, setup
 
+# Dependencies whose NON-public API we use: (oldest supported, newest the tests have passed on). The upper
+# bound is the newest tested release: a later one may have changed the internals below, so it is allowed only
+# after the suite has passed on it (then raise it here; the `test` extra and .ci/run follow). The `test` extra
+# pins the newest (the README's test command, CI step 1); `test-oldest` pins the oldest (CI step 3).
+#   transformers, loading: conversion_mapping.get_model_conversion_mapping, core_model_loading (WeightConverter,
+#     WeightRenaming, rename_source_key), distributed.DistributedConfig, distributed.tensor_parallel /
+#     parallel_utils.ALL_PARALLEL_STYLES, models.auto CONFIG_MAPPING, from_pretrained's loading report,
+#     generation.GenerationMode (dami_kernels/hf/, generation.py); serving (continuous batching):
+#     ContinuousBatchingLogitsProcessorList, RequestState, model_runner.infer_max_single_request_tokens, the
+#     ContinuousBatchingManager's input_queue / logit_processor / output_router / background_thread_status /
+#     batch_processor (all in dami_kernels/serving/cb_internals.py). 5.17.0 is the GPU machines' version.
+#   lm-eval: DamiLM subclasses HFLM and overrides its internals (tok_batch_encode, _model_generate,
+#     _loglikelihood_tokens, _model_call, _detect_batch_size, the _model attribute;
+#     dami_kernels/integrations/lm_eval.py). Today one release: 0.4.13 is the oldest and the newest on PyPI.
+#   peft: subclasses peft.tuners.lora.layer.Linear / Embedding and uses tuners_utils.check_adapters_to_merge
+#     (dami_kernels/hf/peft.py, peft_lora.py).
+TESTED = {
+    "transformers": ("5.17.0", "5.25.0"),
+    "lm-eval[hf]": ("0.4.13", "0.4.13"),
+    "peft": ("0.21.0", "0.21.2"),
+}
+
+
+def bounded(name: str) -> str:
+    oldest, newest = TESTED[name]
+    return f"{name}>={oldest},<={newest}"
+
+
+def pinned(which: int) -> list[str]:
+    """Every bounded dependency pinned at its oldest (0) or newest (1) tested release."""
+    return [f"{name}=={versions[which]}" for name, versions in TESTED.items()]
+
+
+# The test tools, and the pins of the serving tests' clients (tests/test_serve*.py: the official openai client
+# against `dami serve`, whose /metrics prometheus_client exports).
+TEST_TOOLS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "pytest-benchmark>=4",
+    # The interpreter suite runs the real kernels on the CPU; triton 3.6 (the version on the
+    # GPU machines) needs numpy<2.4 in its interpreter.
+    "triton==3.6.0",
+    "numpy<2.4",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "openai==3.57.0",
+    "prometheus_client==0.26.0",
+]
+
 setup(
     name="dami_kernels",
     version="0.1.0",
@@ -14,7 +63,7 @@ setup(
     # otherwise resolves to a CUDA build of several GB.
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.17",  # its loading API (conversion mappings, DistributedConfig); CI tests 5.17 and the newest
+        bounded("transformers"),  # loading and serving internals, see TESTED
         "safetensors>=0.4",
         "accelerate>=1.0",  # transformers needs it to load straight onto a device (load_pair's device/device_map)
         "numpy",
@@ -25,27 +74,16 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         # `dami lm-eval` and the `dami` model for lm-evaluation-harness (dami_kernels/integrations/lm_eval.py)
-        "eval": ["lm-eval[hf]>=0.4.13", "math-verify>=0.9"],
+        "eval": [bounded("lm-eval[hf]"), "math-verify>=0.9"],
         # LoRA on a pair merges into both sides (dami_kernels/hf/peft.py)
-        "peft": ["peft>=0.21"],
-        # `dami serve` (transformers' own server stack and its serving extra)
-        "serve": ["fastapi>=0.115", "uvicorn>=0.30", "openai>=1.98"],
-        "test": [
-            "pytest>=8",
-            "hypothesis>=6",
-            "pytest-benchmark>=4",
-            # The interpreter suite runs the real kernels on the CPU; triton 3.6 (the version on the
-            # GPU machines) needs numpy<2.4 in its interpreter.
-            "triton==3.6.0",
-            "numpy<2.4",
-            # tests/test_lm_eval.py runs lm-eval on the testbed pair (the subclass uses HFLM internals)
-            "lm-eval[hf]==0.4.13",
-            # tests/test_peft.py, tests/test_serve*.py (the official openai client against `dami serve`)
-            "peft==0.21.2",
-            "fastapi==0.165.0",
-            "uvicorn==0.54.0",
-            "openai==3.57.0",
-        ],
+        "peft": [bounded("peft")],
+        # `dami serve` (its FastAPI app; prometheus_client for /metrics; openai, the client its docs use)
+        "serve": ["fastapi>=0.115", "uvicorn>=0.30", "openai>=1.98", "prometheus_client>=0.20"],
+        # The whole suite at the newest allowed releases (transformers==5.25.0, lm-eval[hf]==0.4.13,
+        # peft==0.21.2), so a fresh clone is reproducible
+        "test": TEST_TOOLS + pinned(1),
+        # The same at the oldest supported releases (transformers==5.17.0, lm-eval[hf]==0.4.13, peft==0.21.0)
+        "test-oldest": TEST_TOOLS + pinned(0),
     },
     entry_points={
         "console_scripts": ["dami=dami_kernels.cli:main"],

@@ -58,9 +58,31 @@ def test_save_pretrained_refuses(family):
         model.save_pretrained("/nonexistent/never-written")
 
 
-def test_device_map_over_several_devices_is_refused():
+def _split_map(elsewhere):
+    return {"model.embed_tokens": "cpu", "model.layers": elsewhere, "model.norm": "cpu", "model.rotary_emb": "cpu",
+            "lm_head": "cpu"}
+
+
+@pytest.mark.parametrize("device_map", [_split_map("meta"), _split_map("disk"), _split_map("cuda:0"), _split_map(0),
+                                        "meta", torch.device("meta"), {"": "disk"}],
+                         ids=["meta-layers", "disk-layers", "cpu+cuda", "cpu+index", "meta", "meta-device", "disk"])
+def test_device_map_over_several_devices_is_refused(device_map, monkeypatch):
+    # Refused by our check before transformers is asked to load (transformers 5.25 itself rejects a map naming
+    # "meta", with its own message, once the weights are loaded), so no CUDA device is needed for "cpu+cuda".
+    from transformers import AutoModelForCausalLM
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained was called before the device map was checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
     paths = cached_pair("llama")
-    device_map = {"model.embed_tokens": "cpu", "model.layers": "meta", "model.norm": "cpu", "model.rotary_emb": "cpu",
-                  "lm_head": "cpu"}
     with pytest.raises(ValueError, match="one device"):
         dk.load_pair(paths.instruct, paths.thinking, device_map=device_map, progress=False)
+
+
+def test_device_map_on_one_device_loads():
+    paths = cached_pair("llama")
+    model = dk.load_pair(paths.instruct, paths.thinking, dtype=torch.float32, progress=False,
+                         device_map={"model.embed_tokens": "cpu", "model.layers": "cpu",
+                                     "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -1,6 +1,8 @@
-"""`dami serve` end to end: the shipped testbed pair behind transformers' server on a loopback port, driven by
-the official `openai` client. Every answer is compared with `dk.generate`'s greedy text at the same λ (and, for
-"auto", with `dk.estimate`'s λ), computed on a separately loaded copy of the pair."""
+"""`dami serve` end to end: the shipped testbed pair behind the server on a loopback port, driven by the official
+`openai` client. Every answer is compared with `dk.generate`'s greedy text at the same λ (and, for "auto", with
+`dk.estimate`'s λ; for logprobs, with a forward pass of the model at that λ), computed on a separately loaded copy
+of the pair. Hostile requests (each followed by correct answers from the same server), API keys, metrics and a
+worker that dies and is restarted are tested here too."""
 import json
 import threading
 import time
@@ -17,8 +19,7 @@ from dami_kernels.estimators.store import load_estimator
 from dami_kernels.hf import load_pair_and_tokenizer
 from dami_kernels.hf.prompts import encode_prompts
 from dami_kernels.serving import ServerThread, build_app
-from dami_kernels.serving.templates import testbed_response_template as response_template
-from dami_kernels.serving.versions import PAUSE_API, has_engine_pause
+from dami_kernels.serving.cb_internals import PAUSE_API, has_engine_pause
 from dami_kernels.testbed import make_problems, testbed_dirs as pair_dirs
 
 
@@ -47,7 +48,7 @@ def server():
     options = cli_options([*estimator, "--effort-medium", str(EFFORTS["medium"]), "--cb-page-size", "32",
                            "--cb-num-blocks", "96", "--cb-max-batch-tokens", "512"])
     assert options.efforts == EFFORTS and (options.estimator[0] == "conf" if HAS_PAUSE else options.estimator is None)
-    assert options.response_template == response_template() and options.cb_max_batch_tokens == 512
+    assert options.cb_max_batch_tokens == 512 and options.api_key is None
     app, served = build_app(model, tok, options)
     with ServerThread(app, served) as srv:
         yield srv
@@ -55,8 +56,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def reference():
-    """(model, tokenizer, estimator) of a second copy of the pair, for dk.generate / dk.estimate."""
-    model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False)
+    """(model, tokenizer, estimator) of a second copy of the pair, for dk.generate / dk.estimate (extrapolation
+    allowed, for the keyed server's λ = 1.3)."""
+    model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False, allow_extrapolation=True)
     return model, tok, load_estimator("conf")
 
 
@@ -247,7 +249,7 @@ def test_bad_requests_get_400_while_good_ones_in_flight_complete(server, client,
         results = [r.result(timeout=120) for r in running]
     for (path, body, field), (status, data) in zip(bad_requests(prompt), answers):
         assert status == 400, (path, body, status, data)
-        assert data["detail"].startswith(field + ":") and "\n" not in data["detail"], data
+        assert_error(data, field)
     lams = [s["lam"] for _, _, s in good]
     refs = expected(reference, [p for _, p, _ in good], lams)
     for (kind, _, _), chunks, ref_text, lam in zip(good, results, refs, lams):
@@ -285,21 +287,19 @@ def bad_requests(prompt: str) -> list:
 
 
 def test_a_request_id_in_flight_is_refused(server):
-    from dami_kernels.serving import ServedLambda
-
-    server.served.lambdas.register("busy-id", ServedLambda(0.0, "test"))
+    server.served.inflight.add("busy-id")
     try:
         status, data = post(server, "/completions", b'{"prompt": "<|bos|>"}', {"x-request-id": "busy-id"})
     finally:
-        server.served.lambdas.release("busy-id")
-    assert status == 400 and data["detail"].startswith("x-request-id:") and "in flight" in data["detail"]
+        server.served.inflight.discard("busy-id")
+    assert status == 400 and assert_error(data, "x-request-id") and "in flight" in data["error"]["message"]
     status, data = post(server, "/completions", b'{"prompt": "<|bos|>", "lam": NaN}')
-    assert data["detail"] == "lam: must be finite, got nan"
+    assert data["error"]["message"] == "lam: must be finite, got nan"
 
 
 def test_chat_max_completion_tokens_limits_the_reply(client, reference):
-    """max_completion_tokens (the OpenAI chat field; transformers 5.17's handler refuses it, the pair's passes it
-    on as max_tokens) stops the reply after that many tokens, and wins over max_tokens."""
+    """max_completion_tokens (the OpenAI chat field) stops the reply after that many tokens, and wins over
+    max_tokens."""
     model, tok, _ = reference
     ref = dk.generate(model, tok, [PROMPTS[3]], [1.0], max_new_tokens=3, progress=False)[0]
     assert ref.num_tokens == 3  # (the Thinking side's reply is longer than 3 tokens)
@@ -312,7 +312,8 @@ def test_chat_max_completion_tokens_limits_the_reply(client, reference):
 def test_models_lists_the_pair_and_other_routes_are_refused(server, client):
     assert [m.id for m in client.models.list()] == ["dami-pair"]
     status, data = post(server, "/responses", json.dumps({"input": "hi"}).encode())
-    assert status == 404 and "/v1/chat/completions" in data["detail"]
+    assert status == 404 and "/v1/chat/completions" in data["error"]["message"]
+    assert data["error"]["type"] == "not_found_error"
 
 
 def test_load_many_clients(client, reference):
@@ -354,6 +355,18 @@ def test_cli_options():
         cli_options(["--estimator-dir", "x"])
     with pytest.raises(ValueError, match="--cb-num-blocks"):
         cli_options(["--cb-num-blocks", "0"])
+    assert options.api_key is None and options.max_n == 16
+    assert cli_options(["--api-key", "k1", "--max-n", "4"]).api_key == "k1"
+    with pytest.raises(ValueError, match="--max-n"):
+        cli_options(["--max-n", "0"])
+    with pytest.raises(ValueError, match="--api-key"):
+        cli_options(["--api-key", "two words"])
+
+
+def test_cli_reads_the_api_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DAMI_API_KEY", "from-env")
+    assert cli_options([]).api_key == "from-env"
+    assert cli_options(["--api-key", "flag"]).api_key == "flag"  # the flag wins
 
 
 def test_cli_serve_rejects_bad_options_before_loading(capsys):
@@ -364,3 +377,310 @@ def test_cli_serve_rejects_bad_options_before_loading(capsys):
     assert main(["serve", "--effort-high", "1.5"]) == 2
     assert "reasoning_effort level 'high'" in capsys.readouterr().err
     assert main(["serve", "--port", "0"]) == 2
+
+
+# ---- OpenAI error bodies, hostile requests, n, logprobs ----
+
+def assert_error(data: dict, field: str) -> bool:
+    """An OpenAI error body whose one-line message starts with the field's name and whose param names it."""
+    error = data["error"]
+    assert set(error) == {"message", "type", "param", "code"}, data
+    assert error["message"].startswith(field + ":") and "\n" not in error["message"], data
+    assert error["param"] == field and error["type"] == "invalid_request_error", data
+    return True
+
+
+GOOD = (PROMPTS[1], 0.6)  # the request sent after every hostile one: (prompt, λ)
+CHAT = [{"role": "user", "content": "12+34"}]
+
+
+def hostile_cases() -> list:
+    """(path, raw JSON body, the field the 400 names): the requests that crashed or fooled the server before."""
+    cases = [
+        ("/completions", {"prompt": ""}, "prompt"),
+        ("/completions", {}, "prompt"),
+        ("/completions", {"prompt": ["1+1", "2+2"]}, "prompt"),
+        ("/completions", {"prompt": [10 ** 9]}, "prompt"),
+        ("/chat/completions", {"messages": "hi"}, "messages"),
+        ("/chat/completions", {"messages": []}, "messages"),
+        ("/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ("/chat/completions", {"messages": [{"role": "evil", "content": "hi"}]}, "messages[0].role"),
+        ("/chat/completions", {"messages": [{"role": "system", "content": "be brief"}, *CHAT]}, "messages"),
+        ("/chat/completions", {"messages": CHAT, "temperature": "x"}, "temperature"),
+        ("/chat/completions", {"messages": CHAT, "temperature": -1}, "temperature"),
+        ("/chat/completions", {"messages": CHAT, "top_p": 5}, "top_p"),
+        ("/chat/completions", {"messages": CHAT, "n": 0}, "n"),
+        ("/chat/completions", {"messages": CHAT, "n": -1}, "n"),
+        ("/chat/completions", {"messages": CHAT, "n": 1000}, "n"),
+        ("/completions", {"prompt": "1+1", "best_of": 3}, "best_of"),
+        ("/chat/completions", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]},
+         "tools"),
+        ("/chat/completions", {"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+        ("/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "messages[0].content[0]"),
+        ("/chat/completions", {"messages": CHAT, "top_logprobs": 3}, "top_logprobs"),
+        ("/chat/completions", {"messages": CHAT, "frobnicate": 1}, "frobnicate"),
+        ("/chat/completions", {"messages": CHAT, "temperature": 0.7, "seed": 3}, "seed"),
+        ("/completions", {"prompt": "1+1", "stop": ["a"] * 5}, "stop"),
+    ]
+    out = [(path, json.dumps(body).encode(), field) for path, body, field in cases]
+    out.append(("/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"))
+    out.append(("/completions", b'{"prompt": "1+1", "lam": 1' + b"0" * 400 + b"}", "lam"))
+    out.append(("/completions", b'{"prompt": "1+1", "lam": ', "body"))
+    out.append(("/completions", b'[1, 2]', "body"))
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(hostile_cases())))
+def test_hostile_request_gets_400_and_the_server_answers_the_next_one(server, client, reference, case):
+    path, body, field = hostile_cases()[case]
+    status, data = post(server, path, body)
+    assert status == 400, (path, body[:200], status, data)
+    assert_error(data, field)
+    prompt, lam = GOOD
+    got = client.completions.create(model="dami-pair", prompt=chat_text(reference[1], prompt), max_tokens=MAX_TOKENS,
+                                    extra_body={"lam": lam})
+    assert got.choices[0].text == expected(reference, [prompt], [lam])[0]
+
+
+def test_the_official_client_shows_the_message(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="dami-pair", messages=CHAT, n=0)
+    assert "n: must be an integer" in str(err.value) and err.value.body["param"] == "n"
+
+
+def test_n_gives_n_choices_at_the_request_lambda(client, reference):
+    tok = reference[1]
+    body = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[2]), max_tokens=MAX_TOKENS, n=3,
+                                     extra_body={"lam": 0.35})
+    ref = expected(reference, [PROMPTS[2]], [0.35])[0]
+    assert [c.index for c in body.choices] == [0, 1, 2] and all(c.text == ref for c in body.choices)  # greedy
+    assert body.usage.completion_tokens == 3 * dk.generate(reference[0], tok, [PROMPTS[2]], [0.35],
+                                                           max_new_tokens=MAX_TOKENS, progress=False)[0].num_tokens
+    chunks = list(client.chat.completions.create(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[3]}],
+                                                 max_tokens=MAX_TOKENS, n=2, stream=True, extra_body={"lam": 0.8}))
+    for index in (0, 1):
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == index)
+        assert content == split_think(expected(reference, [PROMPTS[3]], [0.8])[0])[1]
+
+
+def reference_logprobs(reference, prompt_ids: list[int], token_ids: list[int], lam: float):
+    """[G, V] log-softmax of the reference copy at λ for each generated token."""
+    import torch
+
+    model = reference[0]
+    with torch.no_grad(), dk.lambda_scope(model, lam):
+        logits = model(torch.tensor([prompt_ids + token_ids[:-1]])).logits[0, len(prompt_ids) - 1:]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+@needs_pause
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_equal_the_model_at_the_request_lambda(client, reference, stream):
+    tok = reference[1]
+    prompt_ids = encode_prompts(tok, [PROMPTS[5]])[0]
+    kwargs = dict(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[5]}], max_tokens=MAX_TOKENS,
+                  logprobs=True, top_logprobs=3, extra_body={"lam": 0.45})
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    else:
+        entries = client.chat.completions.create(**kwargs).choices[0].logprobs.content
+    ref_tokens = dk.generate(reference[0], tok, [PROMPTS[5]], [0.45], max_new_tokens=MAX_TOKENS, progress=False)[0]
+    ids = [tok.convert_tokens_to_ids(tok.tokenize(e.token)[0]) if e.token not in tok.get_vocab() else
+           tok.get_vocab()[e.token] for e in entries]
+    assert len(entries) == ref_tokens.num_tokens
+    ref = reference_logprobs(reference, prompt_ids, ids, 0.45)
+    for k, entry in enumerate(entries):
+        assert entry.logprob == pytest.approx(float(ref[k, ids[k]]), abs=1e-4)
+        assert [t.token for t in entry.top_logprobs][0] == entry.token  # greedy: the chosen token is the top one
+        top = ref[k].topk(3)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-4)
+    completion = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[5]), max_tokens=MAX_TOKENS,
+                                           logprobs=2, extra_body={"lam": 0.45})
+    lp = completion.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([e.logprob for e in entries], abs=1e-6)
+    assert all(len(t) <= 2 for t in lp.top_logprobs) and "".join(lp.tokens).startswith(completion.choices[0].text[:1])
+
+
+@pytest.mark.skipif(HAS_PAUSE, reason=f"transformers {transformers.__version__} has {PAUSE_API}: logprobs are served")
+def test_logprobs_are_refused_without_the_engine_pause(server):
+    status, data = post(server, "/chat/completions", json.dumps({"messages": CHAT, "logprobs": True}).encode())
+    assert status == 400 and assert_error(data, "logprobs") and "5.24" in data["error"]["message"]
+
+
+def test_stop_strings_end_the_text(client, reference):
+    tok = reference[1]
+    ref = expected(reference, [PROMPTS[6]], [1.0])[0]
+    stop = ref[3:5]
+    body = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[6]), max_tokens=MAX_TOKENS,
+                                     stop=[stop], extra_body={"lam": 1.0})
+    assert body.choices[0].text == ref[:ref.find(stop)] and body.choices[0].finish_reason == "stop"
+
+
+def test_many_concurrent_mixed_lambda_requests_after_hostile_ones(server, client, reference):
+    """128 requests at 128 λ values from 16 clients, after the hostile cases (module order): every answer equal to
+    dk.generate at its λ, and the engine never restarted."""
+    n, clients, max_tokens = 128, 16, 24
+    tok = reference[1]
+    cases = [(PROMPTS[k % len(PROMPTS)], round(k / (n - 1), 4)) for k in range(n)]
+
+    def one(case):
+        prompt, lam = case
+        return client.completions.create(model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=max_tokens,
+                                         extra_body={"lam": lam}).choices[0].text
+
+    with ThreadPoolExecutor(clients) as pool:
+        got = list(pool.map(one, cases))
+    model = reference[0]
+    refs = [r.text for r in dk.generate(model, tok, [c[0] for c in cases], [c[1] for c in cases],
+                                        max_new_tokens=max_tokens, progress=False)]
+    assert got == refs
+    assert server.served.engine.restarts == 0 and len(server.served.lambdas) == 0 and not server.served.inflight
+
+
+# ---- API keys, metrics, and a worker that dies ----
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    """A server with an API key, on a pair loaded with extrapolation allowed."""
+    from dami_kernels.serving import ServeOptions
+
+    model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False, allow_extrapolation=True)
+    app, served = build_app(model, tok, ServeOptions(api_key=KEY, cb_page_size=32, cb_num_blocks=64,
+                                                     cb_max_batch_tokens=256))
+    with ServerThread(app, served) as srv:
+        yield srv
+
+
+def get(server, path: str, headers=None):
+    req = urllib.request.Request(server.base_url.removesuffix("/v1") + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(), dict(err.headers)
+
+
+def test_api_key_is_required_on_every_route_but_health(keyed, reference):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for path in ("/v1/models", "/metrics"):
+        status, text, _ = get(keyed, path)
+        assert status == 401 and json.loads(text)["error"]["code"] == "invalid_api_key"
+        assert get(keyed, path, {"Authorization": "Bearer wrong"})[0] == 401
+        assert get(keyed, path, auth)[0] == 200
+    assert get(keyed, "/health")[0] == 200
+    status, data = post(keyed, "/completions", b'{"prompt": "1+1"}')
+    assert status == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed.base_url, api_key="wrong", max_retries=0).models.list()
+    good = openai.OpenAI(base_url=keyed.base_url, api_key=KEY, max_retries=0, timeout=120)
+    body = good.completions.create(model="dami-pair", prompt=chat_text(reference[1], PROMPTS[4]), max_tokens=MAX_TOKENS,
+                                   extra_body={"lam": 1.3})  # extrapolation allowed on this pair
+    assert body.lam == 1.3 and body.choices[0].text == expected(reference, [PROMPTS[4]], [1.3])[0]
+    status, data = post(keyed, "/completions", b'{"prompt": "1+1", "lam": 1.7976931348623157e308}', auth)
+    assert status == 400 and assert_error(data, "lam") and "float32" in data["error"]["message"]
+    assert good.completions.create(model="dami-pair", prompt="1+1", max_tokens=4, extra_body={"lam": 0.5}).choices
+
+
+def test_metrics_count_requests_tokens_latency_and_lambda(keyed):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    good = openai.OpenAI(base_url=keyed.base_url, api_key=KEY, max_retries=0, timeout=120)
+    before = get(keyed, "/metrics", auth)[1]
+    for lam in (0.0, 0.25, 1.0):
+        good.completions.create(model="dami-pair", prompt="12+3", max_tokens=8, extra_body={"lam": lam})
+    post(keyed, "/completions", b'{"prompt": ""}', auth)
+    status, text, headers = get(keyed, "/metrics", auth)
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+
+    def value(body, name):
+        lines = [line for line in body.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    assert value(text, 'dami_requests_total{route="/v1/completions",status="200"}') - value(
+        before, 'dami_requests_total{route="/v1/completions",status="200"}') == 3
+    assert value(text, 'dami_requests_total{route="/v1/completions",status="400"}') >= 1
+    assert value(text, "dami_generation_tokens_total") - value(before, "dami_generation_tokens_total") >= 3
+    assert value(text, "dami_time_to_first_token_seconds_count") - value(before,
+                                                                         "dami_time_to_first_token_seconds_count") == 3
+    assert value(text, 'dami_lambda_bucket{le="0.3"}') - value(before, 'dami_lambda_bucket{le="0.3"}') == 2
+    for name in ("dami_requests_running", "dami_requests_waiting", "dami_time_per_output_token_seconds_count",
+                 "dami_prompt_tokens_total", "dami_engine_restarts"):
+        assert name in text
+
+
+def test_a_dead_worker_is_restarted_and_service_comes_back(keyed, reference):
+    """A fault inside an engine step kills transformers' worker: the request in flight gets 503 with Retry-After,
+    /health says so, the server starts a new engine, and later requests are answered exactly."""
+    served = keyed.served
+    model = served.engine.model
+    good = openai.OpenAI(base_url=keyed.base_url, api_key=KEY, max_retries=0, timeout=120)
+    calls = {"n": 0}
+
+    def explode(module, args, kwargs):
+        calls["n"] += 1
+        raise RuntimeError("injected fault in the engine step")
+
+    hook = model.register_forward_pre_hook(explode, with_kwargs=True)
+    try:
+        status, data = post(keyed, "/completions", b'{"prompt": "12+34", "max_tokens": 8}',
+                            {"Authorization": f"Bearer {KEY}"})
+    finally:
+        hook.remove()
+    assert calls["n"] >= 1
+    assert status == 503 and data["error"]["type"] == "service_unavailable", (status, data)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and get(keyed, "/health")[0] != 200:
+        time.sleep(0.1)
+    status, text, _ = get(keyed, "/health")
+    assert status == 200 and json.loads(text)["restarts"] >= 1 and "injected fault" in json.loads(text)["last_error"]
+    tok = reference[1]
+    for prompt, lam in ((PROMPTS[7], 0.0), (PROMPTS[8], 0.9)):
+        body = good.completions.create(model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS,
+                                       extra_body={"lam": lam})
+        assert body.choices[0].text == expected(reference, [prompt], [lam])[0]
+
+
+def test_cli_refuses_a_port_in_use_and_a_missing_serve_extra(capsys, monkeypatch):
+    import importlib.util
+    import socket
+
+    from dami_kernels.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+        out, err = capsys.readouterr()
+        assert f"127.0.0.1:{port}" in err and "--port" in err and "\n" not in err.strip()
+        assert "no API key" in out and "loopback only" in out  # said at start, before listening
+    finally:
+        taken.close()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prometheus_client" else
+                        real(name, *a))
+    assert main(["serve"]) == 2
+    assert 'pip install "dami_kernels[serve]"' in capsys.readouterr().err
+
+
+def test_cli_refuses_an_unsupported_transformers(capsys, monkeypatch):
+    import socket
+    import sys
+
+    from dami_kernels.cli import main
+
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.99.0")
+    taken = socket.socket()  # were the check to pass, the command would stop at the port, never serve
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip()
+    assert "5.17.0 to 5.25.0" in err and "5.99.0" in err and "\n" not in err, err

@@ -182,6 +182,7 @@ def test_policy_parses_lam_effort_auto_and_default():
     ({"lam": "fast"}, "lam"), ({"lam": "0.3"}, "lam"), ({"lam": True}, "lam"), ({"lam": [0.1]}, "lam"),
     ({"reasoning_effort": "extreme"}, "reasoning_effort"), ({"reasoning_effort": 2}, "reasoning_effort"),
     ({"lam": 0.2, "reasoning_effort": "low"}, "lam"), ({"max_tokens": 0}, "max_tokens"),
+    ({"lam": 10 ** 400}, "lam"), ({"lam": "x" * 500}, "lam"),
     ({"max_completion_tokens": 2.5}, "max_completion_tokens"),
 ])
 def test_policy_bad_requests_name_the_field(body, field):
@@ -201,6 +202,21 @@ def test_policy_auto_needs_an_estimator_and_checks_its_own_values():
     assert LamPolicy(0.0, {"high": 1.2}, allow_extrapolation=True).parse({"lam": 1.3}).lam == 1.3
 
 
+def test_policy_checks_lambda_in_the_engine_s_fp32():
+    """1e308 passes a float64 check but is inf in the fp32 λ rows: refused from a request and from every flag,
+    with extrapolation allowed too; the largest finite fp32 is accepted."""
+    policy = LamPolicy(0.0, allow_extrapolation=True)
+    for lam in (1.7976931348623157e308, -1e39, 10 ** 39):
+        with pytest.raises(RequestError, match="float32") as err:
+            policy.parse({"lam": lam})
+        assert err.value.field == "lam" and len(str(err.value)) < 200
+    assert policy.parse({"lam": 3.4e38}).lam == 3.4e38
+    with pytest.raises(ValueError, match=r"reasoning_effort level 'high'.*float32"):
+        LamPolicy(0.0, {"high": 1e308}, allow_extrapolation=True)
+    with pytest.raises(ValueError, match="default λ.*float32"):
+        LamPolicy(1e308, allow_extrapolation=True)
+
+
 # ---- the engine extension, without HTTP ----
 
 def test_engine_steps_run_each_request_at_its_lambda():
@@ -211,8 +227,8 @@ def test_engine_steps_run_each_request_at_its_lambda():
 
     from dami_kernels.hf import load_pair_and_tokenizer
     from dami_kernels.hf.prompts import encode_prompts
-    from dami_kernels.serving.rows import RequestLambdas, ServedLambda, attach_lambda_rows
-    from dami_kernels.serving.versions import cb_config
+    from dami_kernels.serving.cb_internals import attach_lambda_rows, cb_config
+    from dami_kernels.serving.lam_policy import RequestLambdas, ServedLambda
     from dami_kernels.testbed import testbed_dirs
 
     model, tok = load_pair_and_tokenizer(*testbed_dirs(), progress=False)
@@ -220,7 +236,8 @@ def test_engine_steps_run_each_request_at_its_lambda():
     lams = [0.0, 1.0, 0.5, 0.3, 0.8, 0.6, 0.45, 1.0]
     ref = dk.generate(model, tok, prompts, lams, max_new_tokens=48, progress=False)
     book = RequestLambdas()
-    config = cb_config(use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32)
+    config = cb_config(use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32,
+                       allow_block_sharing=False)
     cb = model.init_continuous_batching(generation_config=model.generation_config, continuous_batching_config=config)
     rows = attach_lambda_rows(cb, model, book)
     assert model.get_output_embeddings().output_rows  # the engine keeps only the logits rows
@@ -244,7 +261,11 @@ def test_engine_steps_run_each_request_at_its_lambda():
     with pytest.raises(ValueError, match="async batching"):
         attach_lambda_rows(model.init_continuous_batching(
             continuous_batching_config=cb_config(use_async_batching=True, num_blocks=8, max_batch_tokens=64,
-                                                 page_size=32)), model, book)
+                                                 page_size=32, allow_block_sharing=False)), model, book)
+    with pytest.raises(ValueError, match="prefix sharing"):  # a KV block computed at one λ reused at another
+        attach_lambda_rows(model.init_continuous_batching(
+            continuous_batching_config=cb_config(use_async_batching=False, num_blocks=8, max_batch_tokens=64,
+                                                 page_size=32, allow_block_sharing=True)), model, book)
 
 
 def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
@@ -252,7 +273,8 @@ def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
 
     from transformers.generation.continuous_batching.requests import RequestState
 
-    from dami_kernels.serving.rows import LambdaStampingQueue, RequestLambdas, ServedLambda
+    from dami_kernels.serving.cb_internals import LambdaStampingQueue
+    from dami_kernels.serving.lam_policy import RequestLambdas, ServedLambda
 
     book = RequestLambdas(default=0.2)
     book.register("a", ServedLambda(0.7, "request"))
@@ -271,7 +293,7 @@ def test_cb_config_puts_the_page_size_in_this_release_s_field():
 
     from transformers import ContinuousBatchingConfig
 
-    from dami_kernels.serving.versions import cb_config
+    from dami_kernels.serving.cb_internals import cb_config
 
     fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
     config = cb_config(page_size=48, num_blocks=7, max_batch_tokens=None, use_async_batching=False)

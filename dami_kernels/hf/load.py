@@ -68,9 +68,50 @@ def placement_kwargs(device, device_map, tp_plan) -> dict:
             return {"tp_plan": tp_plan}
         return {"distributed_config": DistributedConfig(tp_plan=tp_plan)}
     if device_map is not None:
+        check_device_map(device_map)
         return {"device_map": device_map}
     dev = resolve_device(device)
     return {} if dev.type == "cpu" else {"device_map": dev}  # from_pretrained's default is the CPU
+
+
+# device_map strings that transformers resolves through accelerate while loading (the devices are only known
+# after it); check_one_device checks where such a map put the weights.
+_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_ONE_DEVICE = ("a pair model keeps one λ buffer and its layers are swapped after loading, so it must sit on one "
+               "device without offloading (use device=..., or tp_plan='auto' under torchrun for several GPUs)")
+
+
+def _map_place(value) -> str:
+    """One device_map value as a comparable place: "disk", "meta", "cpu", "cuda:0", ... (an int is the index of
+    the machine's accelerator, as transformers reads it; a device without an index is the current one)."""
+    if isinstance(value, str) and value == "disk":
+        return "disk"
+    if isinstance(value, int) and not isinstance(value, bool):
+        acc = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+        return f"{acc.type if acc is not None else 'cuda'}:{value}"
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device_map value {value!r} is not a device (use e.g. 'cpu', 'cuda:0' or an index)") from None
+    if dev.type in ("cpu", "meta"):
+        return dev.type
+    index = dev.index
+    if index is None:
+        mod = getattr(torch, dev.type, None)
+        index = mod.current_device() if mod is not None and hasattr(mod, "current_device") and mod.is_available() else 0
+    return f"{dev.type}:{index}"
+
+
+def check_device_map(device_map) -> None:
+    """Before anything loads: refuse an explicit device_map (a dict, a device name, index or torch.device) that
+    names several devices, the meta device or disk offload; a pair must sit on one device (check_one_device
+    checks a strategy such as "auto" once transformers has resolved it)."""
+    if isinstance(device_map, str) and device_map in _MAP_STRATEGIES:
+        return
+    values = list(device_map.values()) if isinstance(device_map, dict) else [device_map]
+    places = sorted({_map_place(v) for v in values})
+    if len(places) > 1 or "meta" in places or "disk" in places:
+        raise ValueError(f"device_map places the pair on {places}; {_ONE_DEVICE}")
 
 
 def load_side(ckpt: Checkpoint, dtype: torch.dtype, placement: dict, *, progress: bool = True) -> nn.Module:
@@ -97,10 +138,7 @@ def check_one_device(*models: nn.Module) -> None:
     offloaded = any(str(v) == "disk" for m in models for v in (getattr(m, "hf_device_map", None) or {}).values())
     if len(placed) > 1 or offloaded or any(d.type == "meta" for d in placed):
         where = sorted(map(str, placed)) + (["disk"] if offloaded else [])
-        raise ValueError(
-            f"the device map spread the pair over {where}; a pair model keeps one λ buffer and its layers are "
-            "swapped after loading, so it must sit on one device without offloading (use device=..., or "
-            "tp_plan='auto' under torchrun for several GPUs)")
+        raise ValueError(f"the device map spread the pair over {where}; {_ONE_DEVICE}")
 
 
 def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map=None, tp_plan=None,
@@ -114,13 +152,15 @@ def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map
     pickle-only (.bin) checkpoints. allow_extrapolation: accept λ outside [0, 1]. backend: the fused
     op's backend for every layer. λ starts at 0 (the Instruct model); set it with `set_lambda` or
     `lambda_scope`. The generation config is the Instruct one. Raises ValueError, before reading
-    weights, when the pair does not match or a tensor does not fit the config.
+    weights, when the placement is not one device (a device_map naming several devices, "meta" or "disk";
+    a strategy such as "auto" is checked once resolved), the pair does not match or a tensor does not fit
+    the config.
     """
+    placement = placement_kwargs(device, device_map, tp_plan)
     ckpt_i = open_checkpoint(instruct_dir, allow_pickle=allow_pickle)
     ckpt_t = open_checkpoint(thinking_dir, allow_pickle=allow_pickle)
     check_pair(ckpt_i, ckpt_t)
     dtype = resolve_dtype(dtype, ckpt_i)
-    placement = placement_kwargs(device, device_map, tp_plan)
     model = load_side(ckpt_i, dtype, placement, progress=progress)
     model_t = load_side(ckpt_t, dtype, placement, progress=progress)
     check_one_device(model, model_t)

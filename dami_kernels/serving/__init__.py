@@ -1,14 +1,15 @@
-"""`dami serve`: an OpenAI-compatible server for a pair, on transformers' serving stack and continuous batching,
-where every request runs at its own λ (`lam`, `reasoning_effort`, or "auto" from the λ(q) estimator).
+"""`dami serve`: an OpenAI-compatible server for a pair, where every request runs at its own λ (`lam`,
+`reasoning_effort`, or "auto" from the λ(q) estimator), on transformers' continuous-batching engine.
 
-Layout: `lam_policy` (which λ a request asks for), `rows` (the engine extension: λ per packed token row,
-every step), `engine` (the CB manager and the "auto" estimator), `handlers` (the λ-aware endpoints),
-`models` (one pinned pair), `app` (build and run the server), `versions` (the transformers releases' differences,
-by feature detection: 5.17 and 5.24 are tested).
+Layout: `lam_policy` (which λ a request asks for; the registry the engine reads), `protocol` (request validation
+and OpenAI error bodies), `cb_internals` (every transformers internal used: the λ rows extension of the engine and
+the differences between releases), `engine` (the supervised engine, auto λ, logprob scoring), `text` (incremental
+detokenization, stop strings, reasoning split), `responses` (OpenAI response objects), `metrics` (Prometheus),
+`handlers` (the two generation routes), `app` (the FastAPI app, `ServerThread`, `serve`).
 """
-from dami_kernels.serving.app import DEFAULT_MODEL_ID, ServeOptions, ServerThread, build_app, serve
-from dami_kernels.serving.lam_policy import AUTO, DEFAULT_EFFORTS, LamChoice, LamPolicy, RequestError
-from dami_kernels.serving.rows import LambdaRowsProcessorList, RequestLambdas, ServedLambda, attach_lambda_rows
+from dami_kernels.serving.app import DEFAULT_MODEL_ID, ServeOptions, ServerThread, bind_socket, build_app, serve
+from dami_kernels.serving.lam_policy import (AUTO, DEFAULT_EFFORTS, LamChoice, LamPolicy, RequestError, RequestLambdas,
+                                             ServedLambda)
 
 __all__ = [
     "AUTO",
@@ -16,13 +17,12 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "LamChoice",
     "LamPolicy",
-    "LambdaRowsProcessorList",
     "RequestError",
     "RequestLambdas",
     "ServeOptions",
     "ServedLambda",
     "ServerThread",
-    "attach_lambda_rows",
+    "bind_socket",
     "build_app",
     "serve",
 ]

@@ -1,32 +1,45 @@
-"""Build and run the `dami serve` app: transformers' FastAPI server (`build_server`) with the pair's model
-manager, its continuous-batching generation state and the λ-aware handlers.
+"""The `dami serve` app: FastAPI routes of our own over the supervised continuous-batching engine.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streaming or not), `GET /v1/models`, `GET /metrics`
+(Prometheus), `GET /health` (200 while the engine runs, 503 while it restarts; never needs a key). With an API
+key every route but /health needs `Authorization: Bearer KEY` (401 otherwise). Every error body is OpenAI's
+`{"error": {"message", "type", "param", "code"}}`: 4xx for a client's mistake, 503 (with Retry-After) while the
+engine restarts, 500 only for a real server fault.
 
     app, served = build_app(model, tokenizer, ServeOptions(...))
     with ServerThread(app, served, port=0) as server:   # loopback, in this process (tests, benchmarks)
         ... http://127.0.0.1:{server.port}/v1 ...
-    serve(model, tokenizer, options, host, port)         # blocking (the `dami serve` command)
+    serve(model, tokenizer, options, sock)             # blocking, on a bound socket (the `dami serve` command)
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
+import logging
 import socket
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 
-from dami_kernels.serving.lam_policy import DEFAULT_EFFORTS, LamPolicy
-from dami_kernels.serving.rows import RequestLambdas
+from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
+
+from dami_kernels.serving.lam_policy import DEFAULT_EFFORTS, LamPolicy, RequestLambdas
+from dami_kernels.serving.protocol import APIError, invalid
 
 DEFAULT_MODEL_ID = "dami-pair"
+DEFAULT_MAX_N = 16
+log = logging.getLogger("dami.serve")
 
 
 @dataclass
 class ServeOptions:
-    """Server settings. default_lam: a number or "auto"; efforts: reasoning_effort level -> λ; estimator:
-    None, or (method, estimator object) for "auto"; context_len: prompt + new tokens per request (None:
-    the model's max_position_embeddings); cb_*: transformers' ContinuousBatchingConfig (None: its own
-    defaults, which on a GPU size the KV cache from free memory); cuda_graphs: None (transformers decides),
-    True or False; response_template: set as the tokenizer's `response_template` (how chat replies are
-    split into reasoning_content and content; None: the tokenizer's own or transformers' fallback)."""
+    """Server settings. default_lam: a number or "auto"; efforts: reasoning_effort level -> λ; estimator: None, or
+    (method, estimator object) for "auto"; context_len: prompt + new tokens per request (None: the model's
+    max_position_embeddings); cb_*: transformers' ContinuousBatchingConfig (None: its own defaults, which on a GPU
+    size the KV cache from free memory); cuda_graphs: None (transformers decides), True or False; api_key: None
+    (no authentication) or the key every route but /health needs; max_n: the largest `n` a request may ask."""
 
     model_id: str = DEFAULT_MODEL_ID
     default_lam: float | str = 0.0
@@ -38,78 +51,149 @@ class ServeOptions:
     cb_max_batch_tokens: int | None = None
     cb_max_requests: int | None = None
     cuda_graphs: bool | None = None
-    response_template: dict | None = None
+    api_key: str | None = None
+    max_n: int = DEFAULT_MAX_N
 
 
 @dataclass
 class Served:
     """What `build_app` built, for inspection and shutdown."""
 
-    generation: object  # PairGenerationState
+    engine: object  # PairEngine
     lambdas: RequestLambdas
     policy: LamPolicy
     auto: object | None  # AutoLambda
     context_len: int
-
-    @property
-    def engine(self):
-        return self.generation.manager
+    metrics: object  # ServerMetrics
+    inflight: set = field(default_factory=set)  # request ids being served
 
     def shutdown(self) -> None:
-        self.generation.shutdown()
+        self.engine.shutdown()
 
 
-def cb_config_for(options: ServeOptions):
-    """transformers' ContinuousBatchingConfig for these options; async batching off (see rows.py)."""
-    from dami_kernels.serving.versions import cb_config
-
-    return cb_config(page_size=options.cb_page_size, num_blocks=options.cb_num_blocks,
-                     max_batch_tokens=options.cb_max_batch_tokens, max_requests_per_batch=options.cb_max_requests,
-                     use_cuda_graph=options.cuda_graphs, use_async_batching=False)
+def cb_kwargs_for(options: ServeOptions) -> dict:
+    return {"page_size": options.cb_page_size, "num_blocks": options.cb_num_blocks,
+            "max_batch_tokens": options.cb_max_batch_tokens, "max_requests_per_batch": options.cb_max_requests,
+            "use_cuda_graph": options.cuda_graphs}
 
 
 def build_app(model, tokenizer, options: ServeOptions | None = None):
-    """(FastAPI app, Served) for a pair loaded by `load_pair` and its tokenizer. The engine is started here,
-    with the model's generation config. Requests may hold at most `Served.context_len` tokens (prompt + new):
-    options.context_len or the model's max_position_embeddings, and never more than the KV cache holds."""
-    from transformers.cli.serving.server import build_server
+    """(FastAPI app, Served) for a pair loaded by `load_pair` and its tokenizer; starts the engine. Requests may
+    hold at most `Served.context_len` tokens (prompt + new): options.context_len or the model's
+    max_position_embeddings, and never more than the KV cache holds."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from dami_kernels.hf import lambda_state
-    from dami_kernels.serving.engine import AutoLambda, PairGenerationState
-    from dami_kernels.serving.handlers import NotServedHandler, PairChatCompletionHandler, PairCompletionHandler
-    from dami_kernels.serving.models import PairModelManager
-    from dami_kernels.serving.versions import optional_server_handlers, require_engine_pause
+    from dami_kernels.serving.cb_internals import require_engine_pause
+    from dami_kernels.serving.engine import AutoLambda, PairEngine
+    from dami_kernels.serving.handlers import Handlers
+    from dami_kernels.serving.metrics import CONTENT_TYPE, ServerMetrics
 
     options = options or ServeOptions()
     if options.estimator is not None or options.default_lam == "auto":
         require_engine_pause('"lam": "auto" (--estimator)')
-    if options.response_template is not None:
-        tokenizer.response_template = options.response_template
     if not hasattr(model, "init_continuous_batching"):
         raise ValueError(f"{type(model).__name__} has no continuous batching (init_continuous_batching)")
-    state = lambda_state(model)
-    policy = LamPolicy(options.default_lam, dict(options.efforts), state.allow_extrapolation,
+    if isinstance(options.max_n, bool) or not isinstance(options.max_n, int) or options.max_n < 1:
+        raise ValueError(f"max_n must be a positive integer, got {options.max_n!r}")
+    policy = LamPolicy(options.default_lam, dict(options.efforts), lambda_state(model).allow_extrapolation,
                        has_estimator=options.estimator is not None)
     context = options.context_len or int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     if context < 2:
         raise ValueError("context_len: give the context length (the model config has no max_position_embeddings)")
     lambdas = RequestLambdas(policy.default if isinstance(policy.default, float) else 0.0)
-    generation = PairGenerationState(cb_config_for(options), lambdas)
-    context = min(context, generation.manager.start(model))  # a request the KV cache cannot hold stops the engine
-    auto = None
-    if options.estimator is not None:
-        method, estimator = options.estimator
-        auto = AutoLambda(model, tokenizer, method, estimator, generation.manager)
-    models = PairModelManager(model, tokenizer, options.model_id, device=str(model.device))
-    chat = PairChatCompletionHandler(model_manager=models, generation_state=generation)
-    completion = PairCompletionHandler(model_manager=models, generation_state=generation)
-    for handler in (chat, completion):
-        handler.setup_lambda(policy, lambdas, context, auto)
-    app = build_server(models, chat, completion_handler=completion,
-                       response_handler=NotServedHandler("/v1/responses"),
-                       transcription_handler=NotServedHandler("/v1/audio/transcriptions"),
-                       generation_state=generation, **optional_server_handlers(NotServedHandler))
-    return app, Served(generation, lambdas, policy, auto, context)
+    engine = PairEngine(model, lambdas, cb_kwargs_for(options))
+    context = min(context, engine.start())  # a request the KV cache cannot hold would never be scheduled
+    auto = None if options.estimator is None else AutoLambda(engine, tokenizer, *options.estimator)
+    served = Served(engine, lambdas, policy, auto, context, ServerMetrics(engine))
+    handlers = Handlers(model, tokenizer, options, served)
+
+    app = FastAPI(title="dami serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error_response(err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError):
+        return error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        message = str(err.detail)
+        if err.status_code == 404:
+            message = (f"{request.url.path} is not served by dami serve; use /v1/chat/completions, /v1/completions "
+                       "or /v1/models")
+        return error_response(APIError(err.status_code, message))
+
+    @app.exception_handler(Exception)
+    async def _server_fault(request: Request, err: Exception):
+        log.exception("dami serve: unexpected error on %s", request.url.path)
+        return error_response(APIError(500, f"internal server error ({type(err).__name__})"))
+
+    @app.middleware("http")
+    async def _auth_and_count(request: Request, call_next):
+        route = request.url.path
+        if options.api_key is not None and route != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {options.api_key}".encode()):
+                served.metrics.requests.labels(route="unauthorized", status="401").inc()
+                return error_response(APIError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+        try:
+            response = await call_next(request)
+        except Exception as err:  # noqa: BLE001 - answered as a server fault, counted below
+            log.exception("dami serve: unexpected error on %s", route)
+            response = error_response(APIError(500, f"internal server error ({type(err).__name__})"))
+        known = route in ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+        served.metrics.requests.labels(route=route if known else "other", status=str(response.status_code)).inc()
+        return response
+
+    @app.get("/health")
+    async def health():
+        engine_state = "running" if engine.alive else ("restarting" if engine.restarting else "stopped")
+        body = {"status": "ok" if engine.alive else "unavailable", "engine": engine_state,
+                "restarts": engine.restarts, "last_error": engine.last_error}
+        return JSONResponse(body, status_code=200 if engine.alive else 503,
+                            headers={} if engine.alive else {"Retry-After": "1"})
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(served.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": options.model_id, "object": "model", "created": 0,
+                                            "owned_by": "dami"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await handlers.handle("chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handlers.handle("completion", request)
+
+    return app, served
+
+
+def request_id_of(request) -> str:
+    """The client's x-request-id (printable, at most 128 characters), else a fresh one."""
+    given = request.headers.get("x-request-id")
+    if given is None:
+        return f"req-{uuid.uuid4().hex}"
+    if not (0 < len(given) <= 128 and given.isprintable()):
+        raise invalid("x-request-id", "must be 1 to 128 printable characters")
+    return given
+
+
+async def read_json(request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid("body", f"is not valid JSON ({err})") from None
 
 
 class ServerThread:
@@ -120,9 +204,7 @@ class ServerThread:
         import uvicorn
 
         self.served = served
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self._run, name="dami-serve", daemon=True)
@@ -134,14 +216,13 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.run(self.server.serve(sockets=[self.sock]))
 
-    def start(self, timeout: float = 30.0) -> "ServerThread":
+    def start(self, timeout: float = 30.0) -> ServerThread:
         self.thread.start()
-        waited = 0.0
+        deadline = time.monotonic() + timeout
         while not self.server.started:
-            if not self.thread.is_alive() or waited > timeout:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
-            threading.Event().wait(0.02)
-            waited += 0.02
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:
@@ -158,13 +239,28 @@ class ServerThread:
         self.stop()
 
 
-def serve(model, tokenizer, options: ServeOptions, host: str = "127.0.0.1", port: int = 8000,
-          log_level: str = "info") -> None:
-    """Serve the pair until interrupted (blocking)."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to host:port; ValueError (one line) if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err} (is another server using the "
+                         "port? choose another with --port)") from None
+    return sock
+
+
+def serve(model, tokenizer, options: ServeOptions, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve the pair on a bound socket until interrupted (blocking)."""
     import uvicorn
 
     app, served = build_app(model, tokenizer, options)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        asyncio.run(server.serve(sockets=[sock]))
     finally:
         served.shutdown()
+        sock.close()

@@ -1,179 +1,304 @@
-"""`/v1/chat/completions` and `/v1/completions` with a λ per request: transformers' handlers plus λ.
+"""`/v1/chat/completions` and `/v1/completions`: a validated request becomes `n` engine requests at the request's
+λ; their tokens become OpenAI responses (whole, or streamed as server-sent events).
 
-`LambdaHandlerMixin` adds to a transformers handler exactly what the pair needs:
-1. `handle_request`: read the request's λ (`LamPolicy.parse`: `lam`, `reasoning_effort`, else the server
-   default; HTTP 400 naming the field when bad) before transformers validates the rest of the body;
-2. `_non_streaming` / `_streaming` (called by transformers with the prompt's token ids): check the prompt
-   length (HTTP 400), run the estimator for "auto", register the request's λ for the engine's λ rows, and
-   report it: field `lam` (and `lam_source`) in the JSON response and in every streamed chunk, headers
-   `x-dami-lam` and `x-dami-lam-source`.
-transformers' `_streaming` builds its StreamingResponse synchronously; here it returns a coroutine (so that
-"auto" can be estimated off the event loop before the response headers go out), which `handle_request`
-awaits.
+Order of work for one request: validate the body (`protocol.parse_request`), build the prompt's token ids (chat
+template, or the raw prompt), check its length, resolve λ ("auto": the estimator, in a model session), run the
+choices in the engine (stop strings cancel a choice), score logprobs when asked (one forward pass per choice in a
+model session: streamed requests with logprobs are sent once complete), answer. Errors before the first byte are
+HTTP errors; an error after a stream started is sent as a last `data: {"error": ...}` event.
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
+import time
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
-from transformers.cli.serving.chat_completion import ChatCompletionHandler
-from transformers.cli.serving.completion import CompletionHandler
+from dami_kernels.hf.prompts import encode_text
+from dami_kernels.serving import responses as R
+from dami_kernels.serving.engine import EngineDown, RequestFailed, token_logprobs
+from dami_kernels.serving.lam_policy import ServedLambda
+from dami_kernels.serving.protocol import APIError, GenerationParams, invalid, parse_request
+from dami_kernels.serving.text import THINK_OPEN, ReasoningSplit, TextStream, split_reasoning
 
-from dami_kernels.serving.lam_policy import LamChoice, LamPolicy, RequestError
-from dami_kernels.serving.rows import RequestLambdas, ServedLambda
-from dami_kernels.serving.versions import chat_reads_max_completion_tokens
-
-LAM_HEADER = "x-dami-lam"
-LAM_SOURCE_HEADER = "x-dami-lam-source"
+LAM_HEADER, LAM_SOURCE_HEADER = "x-dami-lam", "x-dami-lam-source"
 
 
-def bad_request(field_name: str, message: str) -> HTTPException:
-    return HTTPException(status_code=400, detail=f"{field_name}: {message}")
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    eos = model.config.eos_token_id if eos is None else eos
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-class LambdaHandlerMixin:
-    """λ per request for a transformers chat/completion handler (see the module docstring).
+class Handlers:
+    """The two generation routes of one server (see the module docstring)."""
 
-    prompt_field: the body field that holds the prompt (named in the over-long prompt error)."""
+    def __init__(self, model, tokenizer, options, served):
+        self.model, self.tokenizer, self.options, self.served = model, tokenizer, options, served
+        self.engine = served.engine
+        self.eos = eos_ids(model, tokenizer)
+        self.vocab = int(model.config.get_text_config().vocab_size)
 
-    prompt_field = "prompt"
+    # ---- request -> prompt ----
 
-    def setup_lambda(self, policy: LamPolicy, lambdas: RequestLambdas, context_len: int, auto=None) -> None:
-        """policy: the server's λ rules; lambdas: the engine's registry; context_len: prompt + new tokens
-        allowed per request; auto: a callable prompt_ids -> λ (`engine.AutoLambda`) or None."""
-        self.policy, self.lambdas, self.context_len, self.auto = policy, lambdas, int(context_len), auto
-        self._choices: dict[str, LamChoice] = {}
-
-    async def handle_request(self, body: dict, request_id: str):
-        if not isinstance(body, dict):
-            raise bad_request("body", "must be a JSON object")
-        try:
-            choice = self.policy.parse(body)
-        except RequestError as err:
-            raise HTTPException(status_code=400, detail=str(err)) from None
-        body = self.adapt_body(body)
-        served_id = self.model_manager.force_model
-        if body.get("model") not in (None, served_id):
-            raise bad_request("model", f"this server serves {served_id!r} only, got {body['model']!r}")
-        if request_id in self._choices or self.lambdas.lookup(request_id) is not None:
-            raise bad_request("x-request-id", f"request id {request_id!r} is already in flight")
-        self._choices[request_id] = choice
-        try:
-            response = await super().handle_request(body, request_id)
-            if inspect.isawaitable(response):  # the streaming path (see `_streaming`)
-                response = await response
-            return response
-        finally:
-            self._choices.pop(request_id, None)
-
-    def adapt_body(self, body: dict) -> dict:
-        """The body as this transformers release's handler reads it (λ fields already removed)."""
-        return body
-
-    async def _begin(self, request_id: str, inputs: dict, gen_config) -> ServedLambda:
-        """Check the prompt length, resolve and register the request's λ; returns it."""
-        choice = self._choices[request_id]
-        prompt_ids = list(inputs["input_ids"])
-        n, context = len(prompt_ids), self.context_len
-        if n >= context:
-            raise bad_request(self.prompt_field, f"the prompt is {n} tokens; this server allows prompts of at "
-                              f"most {context - 1} tokens (context {context})")
-        if choice.max_tokens_field is not None:
-            if n + gen_config.max_new_tokens > context:
-                raise bad_request(choice.max_tokens_field, f"{gen_config.max_new_tokens} new tokens after a "
-                                  f"prompt of {n} exceed the context of {context} tokens")
+    def prompt_ids(self, params: GenerationParams) -> tuple[list[int], str]:
+        """(token ids, field to name in errors)."""
+        tok = self.tokenizer
+        if params.route == "chat":
+            if not getattr(tok, "chat_template", None):
+                raise invalid("messages", "the model's tokenizer has no chat template; use /v1/completions")
+            try:
+                text = tok.apply_chat_template(params.messages, tokenize=False, add_generation_prompt=True)
+            except Exception as err:  # noqa: BLE001 - a template's own refusal (e.g. no system role) is the client's
+                raise invalid("messages", f"the chat template refused them: {' '.join(str(err).split())}") from None
+            ids, where = encode_text(tok, text), "messages"
+        elif isinstance(params.prompt, str):
+            bos = getattr(tok, "bos_token", None)
+            ids = list(tok(params.prompt, add_special_tokens=not (bos and params.prompt.startswith(bos)))["input_ids"])
+            where = "prompt"
         else:
-            gen_config.max_new_tokens = min(int(gen_config.max_new_tokens or context), context - n)
-        lam = choice.lam
-        if lam is None:
-            lam = await asyncio.get_running_loop().run_in_executor(None, self.auto, prompt_ids)
-        served = ServedLambda(lam, choice.source)
-        try:
-            self.lambdas.register(request_id, served)
-        except ValueError as err:
-            raise bad_request("x-request-id", str(err)) from None
-        return served
+            bad = [t for t in params.prompt if not 0 <= t < self.vocab]
+            if bad:
+                raise invalid("prompt", f"token id {bad[0]} is outside the vocabulary [0, {self.vocab})")
+            ids, where = list(params.prompt), "prompt"
+        if not ids:
+            raise invalid(where, "encodes to no tokens")
+        return ids, where
 
-    async def _non_streaming(self, request_id, model, processor, model_id, inputs, gen_config, *args, **kwargs):
-        served = await self._begin(request_id, inputs, gen_config)
-        try:
-            response = await super()._non_streaming(request_id, model, processor, model_id, inputs, gen_config,
-                                                    *args, **kwargs)
-        finally:
-            self.lambdas.release(request_id)
-        data = json.loads(response.body)
-        data.update(lam=served.lam, lam_source=served.source)
-        return JSONResponse(data, status_code=response.status_code, headers=lambda_headers(served))
+    def new_tokens(self, params: GenerationParams, n_prompt: int, where: str) -> int:
+        context = self.served.context_len
+        if n_prompt >= context:
+            raise invalid(where, f"the prompt is {n_prompt} tokens; this server allows prompts of at most "
+                          f"{context - 1} tokens (context {context})")
+        if params.max_tokens is not None:
+            if n_prompt + params.max_tokens > context:
+                raise invalid(params.lam.max_tokens_field, f"{params.max_tokens} new tokens after a prompt of "
+                              f"{n_prompt} exceed the context of {context} tokens")
+            return params.max_tokens
+        default = self.model.generation_config.max_new_tokens
+        return min(int(default or context), context - n_prompt)
 
-    def _streaming(self, request_id, model, processor, model_id, inputs, gen_config, *args, **kwargs):
-        return self._streaming_with_lambda(request_id, model, processor, model_id, inputs, gen_config,
-                                           *args, **kwargs)
+    # ---- the route ----
 
-    async def _streaming_with_lambda(self, request_id, model, processor, model_id, inputs, gen_config,
-                                     *args, **kwargs):
-        served = await self._begin(request_id, inputs, gen_config)
+    async def handle(self, route: str, request):
+        from fastapi.responses import JSONResponse, StreamingResponse
+
+        from dami_kernels.serving.app import read_json, request_id_of
+
+        t_request = time.perf_counter()
+        request_id = request_id_of(request)
+        body = await read_json(request)
+        model_name = self.options.model_id
+        if isinstance(body, dict) and body.get("model") not in (None, model_name):
+            raise invalid("model", f"this server serves {model_name!r} only, got {str(body['model'])[:60]!r}",
+                          code="model_not_found")
+        params = parse_request(body, route, self.served.policy, self.options.max_n)
+        ids, where = self.prompt_ids(params)
+        max_new = self.new_tokens(params, len(ids), where)
+        sampling = self.engine.sampling(params.temperature, params.top_p)
+        if params.seed is not None and sampling["top_k"] != 1:
+            raise invalid("seed", "is not supported when sampling: requests in one engine batch share its random "
+                          "numbers (give temperature 0, or leave seed out)")
+        if params.logprobs:
+            from dami_kernels.serving.cb_internals import has_engine_pause
+
+            if not has_engine_pause():
+                raise invalid("logprobs", "needs a transformers release whose engine can pause (5.24+)")
+        if not self.engine.alive:
+            raise unavailable(EngineDown("the generation engine is restarting"))
+        if request_id in self.served.inflight:
+            raise invalid("x-request-id", f"request id {request_id!r} is already in flight")
+        self.served.inflight.add(request_id)
         try:
-            response = super()._streaming(request_id, model, processor, model_id, inputs, gen_config,
-                                          *args, **kwargs)
+            served = await self.resolve_lambda(params, ids)
+            self.served.metrics.prompt_tokens.inc(len(ids))
+            self.served.metrics.lam.observe(served.lam)
+            headers = {LAM_HEADER: repr(served.lam), LAM_SOURCE_HEADER: served.source}
+            ctx = _Ctx(route, request_id, int(time.time()), model_name, served, ids, max_new, sampling, params,
+                       t_request)
+            if params.stream:
+                events = self.stream(ctx)
+                first = await _first_or_raise(events)
+                return StreamingResponse(_chain(first, events, self.served.inflight, request_id),
+                                         media_type="text/event-stream", headers=headers)
+            choices = await self.run_choices(ctx)
+            body = R.full_response(route, self.tokenizer, request_id, ctx.created, model_name, served, choices,
+                                   len(ids))
+            self.served.inflight.discard(request_id)
+            return JSONResponse(body, headers=headers)
         except BaseException:
-            self.lambdas.release(request_id)
+            self.served.inflight.discard(request_id)
             raise
-        response.body_iterator = self._release_after(response.body_iterator, request_id)
-        response.headers.update(lambda_headers(served))
-        return response
 
-    async def _release_after(self, chunks, request_id: str):
+    async def resolve_lambda(self, params: GenerationParams, ids: list[int]) -> ServedLambda:
+        choice = params.lam
+        if choice.lam is not None:
+            return ServedLambda(choice.lam, choice.source)
         try:
-            async for chunk in chunks:
-                yield chunk
+            lam = await asyncio.get_running_loop().run_in_executor(None, self.served.auto, ids)
+        except EngineDown as err:
+            raise unavailable(err) from None
+        return ServedLambda(lam, choice.source)
+
+    # ---- choices ----
+
+    async def run_choice(self, ctx: _Ctx, index: int, on_text=None) -> R.Choice:
+        """Run one choice to its end; on_text(index, delta, token_count): called as safe text arrives."""
+        text = TextStream(self.tokenizer, ctx.params.stop)
+        ids, times = [], []
+        try:
+            async for out in self.engine.generate(f"{ctx.request_id}-{index}", ctx.prompt_ids, ctx.max_new,
+                                                  ctx.sampling, ctx.served):
+                new = out.generated_tokens[len(ids):]
+                if not new:
+                    continue
+                now = time.perf_counter()
+                times.extend([now] * len(new))
+                ids = list(out.generated_tokens)
+                delta = text.update(ids)
+                if on_text is not None and delta:
+                    await on_text(index, delta, text.tokens)
+                if text.stopped:
+                    break
+        except EngineDown as err:
+            raise unavailable(err) from None
+        except RequestFailed as err:
+            raise APIError(500, f"the engine failed this request: {err}") from None
+        tail = text.finish()
+        if on_text is not None and tail:
+            await on_text(index, tail, text.tokens)
+        kept = ids[:text.tokens] if text.stopped else ids
+        finish = "stop" if text.stopped or (kept and kept[-1] in self.eos) else "length"
+        self.served.metrics.observe_choice(ctx.t_request, times[:len(kept)])
+        choice = R.Choice(index, text.text, finish, kept)
+        if ctx.params.route == "chat":
+            choice.reasoning, choice.text = split_reasoning(text.text, self.think_opened(ctx))
+        return choice
+
+    def think_opened(self, ctx: _Ctx) -> bool:
+        """Whether the chat template opened a `<think>` block at the end of the prompt (Qwen3 Thinking's)."""
+        tail = self.tokenizer.decode(ctx.prompt_ids[-4:], skip_special_tokens=False).rstrip()
+        return tail.endswith(THINK_OPEN)
+
+    async def run_choices(self, ctx: _Ctx, on_text=None) -> list[R.Choice]:
+        tasks = [asyncio.ensure_future(self.run_choice(ctx, i, on_text)) for i in range(ctx.params.n)]
+        try:
+            choices = await asyncio.gather(*tasks)
         finally:
-            self.lambdas.release(request_id)
+            for task in tasks:
+                task.cancel()
+        if ctx.params.logprobs:
+            await self.add_logprobs(ctx, choices)
+        return list(choices)
 
-    def chunk_to_sse(self, chunk) -> str:
-        """transformers' SSE line, with the request's `lam` and `lam_source` in every chunk."""
-        if isinstance(chunk, str):
-            return super().chunk_to_sse(chunk)
-        data = chunk.model_dump(mode="json", exclude_none=True)
-        served = self.lambdas.lookup(data.get("id"))
-        if served is not None:
-            data.update(lam=served.lam, lam_source=served.source)
-        return f"data: {json.dumps(data)}\n\n"
+    async def add_logprobs(self, ctx: _Ctx, choices: list[R.Choice]) -> None:
+        def score():
+            with self.engine.model_session(ctx.served.lam) as model:
+                return [token_logprobs(model, ctx.prompt_ids, c.token_ids, ctx.params.top_logprobs) for c in choices]
+
+        try:
+            scored = await asyncio.get_running_loop().run_in_executor(None, score)
+        except EngineDown as err:
+            raise unavailable(err) from None
+        for choice, entries in zip(choices, scored, strict=True):
+            choice.logprobs = entries
+
+    # ---- streaming ----
+
+    async def stream(self, ctx: _Ctx):
+        """Server-sent events of the request: role chunk, text chunks per choice, finish chunks, usage, [DONE]."""
+        route, tok = ctx.params.route, self.tokenizer
+        make = lambda index, **kw: R.chunk(route, tok, ctx.request_id, ctx.created, ctx.model, ctx.served, index,  # noqa: E731
+                                           **kw)
+        if ctx.params.logprobs:  # scored once complete, then sent token by token
+            choices = await self.run_choices(ctx)
+            for c in choices:
+                if route == "chat":
+                    yield _sse(make(c.index, role=True))
+                offset = 0
+                for k, entry in enumerate(c.logprobs):
+                    piece = tok.decode(c.token_ids[:k + 1], skip_special_tokens=True)[offset:]
+                    yield _sse(make(c.index, text=piece, logprobs=[entry], offset=offset))
+                    offset += len(piece)
+                yield _sse(make(c.index, finish_reason=c.finish_reason))
+        else:
+            queue: asyncio.Queue = asyncio.Queue()
+            splitters = [ReasoningSplit(self.think_opened(ctx)) for _ in range(ctx.params.n)]
+
+            async def on_text(index, delta, _tokens):
+                if route == "chat":
+                    reasoning, content = splitters[index].feed(delta)
+                    if reasoning or content:
+                        await queue.put(make(index, text=content, reasoning=reasoning))
+                else:
+                    await queue.put(make(index, text=delta))
+
+            async def produce():
+                try:
+                    done = await self.run_choices(ctx, on_text)
+                    await queue.put(done)
+                except BaseException as err:  # noqa: BLE001 - handed to the consumer
+                    await queue.put(err)
+
+            if route == "chat":
+                for i in range(ctx.params.n):
+                    yield _sse(make(i, role=True))
+            task = asyncio.ensure_future(produce())
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, list):
+                        choices = item
+                        break
+                    yield _sse(item)
+                for c in choices:
+                    if route == "chat":
+                        reasoning, content = splitters[c.index].feed("", final=True)
+                        if reasoning or content:
+                            yield _sse(make(c.index, text=content, reasoning=reasoning))
+                    yield _sse(make(c.index, finish_reason=c.finish_reason))
+            finally:
+                task.cancel()
+        if ctx.params.include_usage:
+            yield _sse(R.usage_chunk(route, ctx.request_id, ctx.created, ctx.model, ctx.served, len(ctx.prompt_ids),
+                                     sum(len(c.token_ids) for c in choices)))
+        yield "data: [DONE]\n\n"
 
 
-def lambda_headers(served: ServedLambda) -> dict[str, str]:
-    return {LAM_HEADER: repr(served.lam), LAM_SOURCE_HEADER: served.source}
+class _Ctx:
+    """One request being served."""
+
+    def __init__(self, route, request_id, created, model, served, prompt_ids, max_new, sampling, params, t_request):
+        self.route, self.request_id, self.created, self.model, self.served = route, request_id, created, model, served
+        self.prompt_ids, self.max_new, self.sampling, self.params = prompt_ids, max_new, sampling, params
+        self.t_request = t_request
 
 
-class PairChatCompletionHandler(LambdaHandlerMixin, ChatCompletionHandler):
-    """`/v1/chat/completions` (the prompt is the chat template applied to `messages`)."""
-
-    prompt_field = "messages"
-
-    def adapt_body(self, body: dict) -> dict:
-        """`max_completion_tokens` (which wins over `max_tokens`, as in the OpenAI API) passed on as `max_tokens`
-        to a transformers chat handler that refuses it (5.17)."""
-        if "max_completion_tokens" in body and not chat_reads_max_completion_tokens():
-            value = body.pop("max_completion_tokens")
-            if value is not None:
-                body["max_tokens"] = value
-        return body
+def unavailable(err: Exception) -> APIError:
+    return APIError(503, str(err), code="engine_restarting", headers={"Retry-After": str(EngineDown.retry_after)})
 
 
-class PairCompletionHandler(LambdaHandlerMixin, CompletionHandler):
-    """`/v1/completions` (the prompt is the raw text, tokenized with the tokenizer's special tokens)."""
-
-    prompt_field = "prompt"
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
-class NotServedHandler:
-    """A route of transformers' server that `dami serve` does not offer (no per-request λ there)."""
+async def _first_or_raise(events):
+    """The stream's first event; an error before it is raised (and answered with its HTTP status)."""
+    return await events.__anext__()
 
-    def __init__(self, route: str):
-        self.route = route
 
-    async def handle_request(self, *args, **kwargs):
-        raise HTTPException(status_code=404, detail=f"{self.route} is not served by dami serve; use "
-                            "/v1/chat/completions or /v1/completions")
+async def _chain(first: str, events, inflight: set, request_id: str):
+    """The first event, then the rest; an error after the stream started becomes a last error event."""
+    try:
+        yield first
+        async for event in events:
+            yield event
+    except APIError as err:
+        yield _sse(err.body())
+    except Exception as err:  # noqa: BLE001 - the status line is sent: the error goes into the stream
+        yield _sse(APIError(500, f"internal server error ({type(err).__name__})").body())
+    finally:
+        inflight.discard(request_id)
+        await events.aclose()

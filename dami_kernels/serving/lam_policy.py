@@ -5,17 +5,22 @@ A request body may carry (OpenAI clients send `lam` through ``extra_body``):
 - ``"lam": "auto"``: the server's λ(q) estimator chooses (DAMI-Conf or DAMI-Pref);
 - ``"reasoning_effort": "low" | "medium" | "high"``: mapped to the server's configured λ values.
 Neither: the server's default (a number or "auto"). Anything else is a `RequestError` naming the field,
-which the server answers with HTTP 400.
+which the server answers with HTTP 400. Every λ, from a request or a flag, must be finite in fp32 (the dtype of
+the engine's λ rows): 1e308 passes a float64 check but is inf in the kernels.
+
+`RequestLambdas` is the registry of the λ of the requests in flight, which the engine reads.
 """
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from numbers import Real
 
 AUTO = "auto"
 DEFAULT_EFFORTS = {"low": 0.0, "medium": 0.5, "high": 1.0}
 MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
+FP32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 class RequestError(ValueError):
@@ -62,10 +67,15 @@ class LamPolicy:
     def check_number(self, value, name: str) -> float:
         """value as a float; ValueError unless it is a finite number in [0, 1] (any finite with extrapolation)."""
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        value = float(value)
+            raise ValueError(f"{name} must be a number in [0, 1], got {_short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ValueError(f"{name} must be finite in float32, got an integer of {len(str(value))} digits") from None
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
+        if abs(value) > FP32_MAX:
+            raise ValueError(f"{name} must be finite in float32 (|λ| ≤ {FP32_MAX:.4g}), got {value:g}")
         if not self.allow_extrapolation and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value} (the server was not started with "
                              "--allow-extrapolation)")
@@ -81,7 +91,7 @@ class LamPolicy:
         if lam is not None:
             if isinstance(lam, str):
                 if lam != AUTO:
-                    raise RequestError("lam", f'must be a number in [0, 1] or "auto", got the string {lam!r}')
+                    raise RequestError("lam", f'must be a number in [0, 1] or "auto", got the string {_short(lam)}')
                 if not self.has_estimator:
                     raise RequestError("lam", '"auto" needs an estimator; the server was started without --estimator')
                 return LamChoice(None, "auto", max_field)
@@ -91,7 +101,8 @@ class LamPolicy:
                 raise RequestError("lam", str(err).removeprefix("lam ")) from None
         if effort is not None:
             if not isinstance(effort, str) or effort not in self.efforts:
-                raise RequestError("reasoning_effort", f"must be one of {', '.join(self.efforts)}, got {effort!r}")
+                levels = ", ".join(self.efforts)
+                raise RequestError("reasoning_effort", f"must be one of {levels}, got {_short(effort)}")
             return LamChoice(self.efforts[effort], f"reasoning_effort:{effort}", max_field)
         if self.default == AUTO:
             return LamChoice(None, "default:auto", max_field)
@@ -107,6 +118,50 @@ def check_max_tokens(body: dict) -> str | None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RequestError(name, f"must be a positive integer, got {value!r}")
+            raise RequestError(name, f"must be a positive integer, got {_short(value)}")
         found = found or name
     return found
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters (error messages quote what a client sent)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ServedLambda:
+    """The λ a request runs at, and where it came from (see `LamChoice.source`)."""
+
+    lam: float
+    source: str
+
+
+class RequestLambdas:
+    """λ of the requests in flight, by engine request id (thread-safe: the server registers, the engine reads)."""
+
+    def __init__(self, default: float = 0.0):
+        self.default = float(default)
+        self._by_id: dict[str, ServedLambda] = {}
+        self._lock = threading.Lock()
+
+    def register(self, request_id: str, served: ServedLambda) -> None:
+        """Record a request's λ; ValueError if that id is already in flight."""
+        with self._lock:
+            if request_id in self._by_id:
+                raise ValueError(f"request id {request_id!r} is already in flight")
+            self._by_id[request_id] = served
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            self._by_id.pop(request_id, None)
+
+    def lookup(self, request_id) -> ServedLambda | None:
+        return self._by_id.get(request_id)
+
+    def lam(self, request_id) -> float:
+        served = self._by_id.get(request_id)
+        return self.default if served is None else served.lam
+
+    def __len__(self) -> int:
+        return len(self._by_id)

@@ -1,26 +1,25 @@
-"""The one extension of transformers' continuous-batching engine: a λ for every packed token row, every step.
+"""Every transformers internal that `dami serve` uses, in one module: an upgrade of transformers breaks this
+file or nothing. Tested on transformers 5.17 and 5.25 (`TESTED_TRANSFORMERS`, the bounds in setup.py).
 
-The engine (`transformers.generation.continuous_batching`) packs the query tokens of the scheduled requests
-into one [1, T] batch. Before every forward, on the host and outside any CUDA graph,
-`ContinuousBatchingIOs.prepare_batch_tensors` hands the step's requests, in batch order and each with its
-query length, to its logits-processor list (`ContinuousBatchingLogitsProcessorList.prepare_tensor_args`,
-the engine's per-request, per-step channel). `LambdaRowsProcessorList` subclasses that list: it does what
-the list does, then writes the model's λ per packed token row, and per kept logits row, with
-`LambdaState.set_rows`. Nothing of the engine is copied or patched; the list is swapped on the manager
-(its public `logit_processor` attribute) before the manager starts.
+What it uses, and why:
+- the continuous-batching manager's documented API (`model.init_continuous_batching`, `start`, `add_request`,
+  `register_result_handler`, `cancel_request`, `pause`, `stop`) is public; the attributes below are not:
+- `manager.logit_processor` (a `ContinuousBatchingLogitsProcessorList`): swapped for `LambdaRowsProcessorList`,
+  which also writes the model's λ per packed token row every step (`prepare_tensor_args` is the engine's
+  per-request, per-step channel, called on the host before every forward, outside any CUDA graph);
+- `manager.input_queue` (a queue of `RequestState`): swapped for `LambdaStampingQueue`, which copies each
+  request's λ into the engine's own request state (`logit_processor_kwargs["lam"]`, which the engine keeps
+  through scheduling, offloading and forks, and broadcasts to tensor-parallel ranks);
+- `manager.background_thread_status.fatal_error`, `manager.batch_processor.cache` and `.scheduler`: whether the
+  worker died, how long one request may be, how many requests run and wait;
+- `ContinuousBatchingConfig` field names (`page_size` in 5.25, `block_size` in 5.17) and `pause` (5.24+).
 
-Each request carries its λ inside the engine's own request state, in `logit_processor_kwargs["lam"]` (the
-per-request dict the engine keeps through scheduling, offloading, soft resets and forks, and broadcasts to
-every tensor-parallel rank). The server registers the λ by request id in `RequestLambdas`; the manager's
-input queue (`LambdaStampingQueue`, swapped on its public `input_queue` attribute) copies it into the request
-state as `add_request` queues it. The engine's own warmup requests carry no λ and run at the default λ
-(their outputs are discarded).
+The engine's own warmup requests carry no λ and run at the default λ (their outputs are discarded).
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
-import threading
-from dataclasses import dataclass
 
 import torch
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessorList
@@ -28,47 +27,12 @@ from transformers.generation.continuous_batching.requests import RequestState
 
 from dami_kernels.hf import lambda_state
 from dami_kernels.modules import InterpLinear
+from dami_kernels.serving.lam_policy import RequestLambdas
 
-
+# The transformers releases the server is tested on (CI runs both); setup.py bounds transformers to this range.
+TESTED_TRANSFORMERS = ("5.17.0", "5.25.0")
+PAUSE_API = "ContinuousBatchingManager.pause"
 LAM_KWARG = "lam"  # the request state's logit_processor_kwargs key that holds its λ
-
-
-@dataclass(frozen=True)
-class ServedLambda:
-    """The λ a request runs at, and where it came from (see `LamChoice.source`)."""
-
-    lam: float
-    source: str
-
-
-class RequestLambdas:
-    """λ of the requests in flight, by request id (thread-safe: the server registers, the engine reads)."""
-
-    def __init__(self, default: float = 0.0):
-        self.default = float(default)
-        self._by_id: dict[str, ServedLambda] = {}
-        self._lock = threading.Lock()
-
-    def register(self, request_id: str, served: ServedLambda) -> None:
-        """Record a request's λ; ValueError if that id is already in flight."""
-        with self._lock:
-            if request_id in self._by_id:
-                raise ValueError(f"request id {request_id!r} is already in flight")
-            self._by_id[request_id] = served
-
-    def release(self, request_id: str) -> None:
-        with self._lock:
-            self._by_id.pop(request_id, None)
-
-    def lookup(self, request_id) -> ServedLambda | None:
-        return self._by_id.get(request_id)
-
-    def lam(self, request_id) -> float:
-        served = self._by_id.get(request_id)
-        return self.default if served is None else served.lam
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
 
 class LambdaStampingQueue(queue.Queue):
@@ -143,6 +107,9 @@ def attach_lambda_rows(manager, model, lambdas: RequestLambdas) -> LambdaRowsPro
     only the logits rows (the model takes `logits_to_keep`). Returns the installed list."""
     if manager.batch_processor is not None:
         raise ValueError("attach the λ rows before the manager starts (its batch processor already exists)")
+    if manager.continuous_batching_config.allow_block_sharing:
+        raise ValueError("prefix sharing must be off: a KV cache block computed at one λ would be reused by a request "
+                         "at another λ (ContinuousBatchingConfig(allow_block_sharing=False))")
     if manager.continuous_batching_config.use_async_batching:
         raise ValueError("async batching must be off: the next step's λ rows would be written while the current "
                          "step still reads them (ContinuousBatchingConfig(use_async_batching=False))")
@@ -155,3 +122,75 @@ def attach_lambda_rows(manager, model, lambdas: RequestLambdas) -> LambdaRowsPro
     manager.logit_processor = rows_list
     manager.input_queue = LambdaStampingQueue(manager.input_queue, lambdas)
     return rows_list
+
+
+def cb_config(page_size: int | None = None, **kwargs):
+    """transformers' ContinuousBatchingConfig; page_size (KV cache tokens per page) goes to the field this release
+    has (`page_size` in 5.25, `block_size` in 5.17). Other kwargs (None values dropped) are passed as they are."""
+    from transformers import ContinuousBatchingConfig
+
+    fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    if page_size is not None:
+        kwargs["page_size" if "page_size" in fields else "block_size"] = page_size
+    return ContinuousBatchingConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def max_single_request_tokens(manager) -> int:
+    """The most tokens (prompt + new) one request can hold in the started engine's paged KV cache when it is
+    empty: a longer request could never be scheduled."""
+    cache = manager.batch_processor.cache
+    try:
+        from transformers.generation.continuous_batching.model_runner import infer_max_single_request_tokens
+    except ImportError:  # 5.17: every block of a request is counted once per attention group that needs one
+        low, high = 0, cache.num_blocks  # the most blocks of one request for which the cache has room
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if cache.blocks_needed(mid, 0) <= cache.num_blocks else (low, mid - 1)
+        return low * cache.block_size
+    return infer_max_single_request_tokens(cache)
+
+
+def engine_started(manager) -> bool:
+    """Whether the started worker has built its batch processor (its KV cache exists)."""
+    return manager.batch_processor is not None
+
+
+def engine_fatal_error(manager) -> BaseException | None:
+    """The error that stopped the manager's worker, or None while it has none."""
+    return manager.background_thread_status.fatal_error
+
+
+def engine_load(manager) -> tuple[int, int]:
+    """(requests running, requests waiting) in the engine's scheduler; (0, 0) before it started."""
+    processor = manager.batch_processor
+    if processor is None:
+        return 0, 0
+    scheduler = processor.scheduler
+    return len(scheduler.active_requests), len(scheduler.waiting_requests)
+
+
+def forget_result_handler(manager, request_id: str) -> None:
+    """Drop a cancelled request's result handler (transformers drops it only when the request finishes)."""
+    router = manager.output_router
+    with router._lock:
+        router.result_handlers.pop(request_id, None)
+
+
+def sampling_processor_keys(manager) -> dict:
+    """The per-request sampling kwargs the engine takes (name -> type), e.g. temperature, top_k, top_p."""
+    return dict(getattr(manager.logit_processor, "supported_keys", {}))
+
+
+def has_engine_pause() -> bool:
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
+
+    return hasattr(ContinuousBatchingManager, "pause")
+
+
+def require_engine_pause(what: str) -> None:
+    """ValueError (one line, naming the transformers release needed) if the engine cannot pause."""
+    if not has_engine_pause():
+        import transformers
+
+        raise ValueError(f"{what} needs a transformers release with {PAUSE_API} (5.24 has it; the model runs "
+                         f"between engine steps), installed: transformers {transformers.__version__}")

@@ -206,7 +206,7 @@ class ServerThread:
         self.served = served
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off"))
         self.thread = threading.Thread(target=self._run, name="dami-serve", daemon=True)
 
     @property
@@ -259,7 +259,7 @@ def serve(model, tokenizer, options: ServeOptions, sock: socket.socket, log_leve
 
     app, served = build_app(model, tokenizer, options)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off"))
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         served.shutdown()

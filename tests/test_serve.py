@@ -428,6 +428,9 @@ def hostile_cases() -> list:
     out.append(("/completions", b'{"prompt": "1+1", "lam": 1' + b"0" * 400 + b"}", "lam"))
     out.append(("/completions", b'{"prompt": "1+1", "lam": ', "body"))
     out.append(("/completions", b'[1, 2]', "body"))
+    out.append(("/completions", b"[" * 100000 + b"]" * 100000, "body"))  # RecursionError in the JSON parser
+    out.append(("/completions", b'{"prompt": "1+1", "stream_options": {"include_usage": 1}}',
+                "stream_options.include_usage"))
     return out
 
 

@@ -194,6 +194,8 @@ async def read_json(request):
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid("body", f"is not valid JSON ({err})") from None
+    except RecursionError:
+        raise invalid("body", "is nested too deeply") from None
 
 
 class ServerThread:

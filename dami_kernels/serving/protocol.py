@@ -232,6 +232,9 @@ def parse_request(body, route: str, policy: LamPolicy, max_n: int) -> Generation
     if options is not None:
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise invalid("stream_options", f"must be {{\"include_usage\": true|false}}, got {_short(options)}")
-        params.include_usage = _bool(options, "include_usage")
+        usage = options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise invalid("stream_options.include_usage", f"must be true or false, got {_short(usage)}")
+        params.include_usage = bool(usage)
     params.seed = _int(body, "seed", -(2 ** 63), 2 ** 63 - 1)
     return params

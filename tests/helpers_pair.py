@@ -148,3 +148,41 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error ||out - ref|| / ||ref||, computed in fp64."""
     out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).norm() / ref.norm())
+
+
+def copy_pair(tmp_path, arch: str = "qwen3", names=("instruct", "thinking")) -> list[Path]:
+    """A fresh copy of the cached pair of `arch` under tmp_path/<names> (to damage in a test)."""
+    import shutil
+
+    src = cached_pair(arch)
+    out = []
+    for name, path in zip(names, (src.instruct, src.thinking), strict=True):
+        shutil.copytree(path, tmp_path / name)
+        out.append(tmp_path / name)
+    return out
+
+
+def hub_snapshot(src, repo: Path) -> Path:
+    """A Hugging Face hub cache layout of checkpoint `src`: repo/snapshots/REV/* symlinks into repo/blobs/."""
+    import shutil
+
+    snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for f in Path(src).iterdir():
+        shutil.copy(f, blobs / f"sha-{f.name}")
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / f"sha-{f.name}")
+    return snap
+
+
+def both_refuse(dirs, tmp_path, match: str) -> None:
+    """load_pair and merge_pair both raise a ValueError matching `match`; the merge wrote nothing."""
+    import pytest
+
+    import dami_kernels as dk
+
+    with pytest.raises(ValueError, match=match):
+        dk.load_pair(*dirs, progress=False)
+    with pytest.raises(ValueError, match=match):
+        dk.merge_pair(*dirs, 0.5, tmp_path / "merged", progress=False)
+    assert not (tmp_path / "merged").exists()

@@ -209,7 +209,7 @@ def test_missing_shard_and_missing_dir(tmp_path):
         dk.load_pair(paths.instruct, tmp_path / "nope", progress=False)
 
 
-def test_tokenizer_from_instruct_and_warning_when_different(tmp_path):
+def test_tokenizer_from_instruct_refused_when_different_unless_allowed(tmp_path):
     paths = cached_pair("qwen3")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -217,5 +217,7 @@ def test_tokenizer_from_instruct_and_warning_when_different(tmp_path):
     assert tok.chat_template
     t = _copy_side(paths.thinking, tmp_path / "t")
     build_tokenizer(chat_template="{{ messages[0]['content'] }}").save_pretrained(str(t))
-    with pytest.warns(UserWarning, match="tokenizers differ.*chat template"):
+    with pytest.raises(ValueError, match="tokenizers differ.*chat template.*allow_tokenizer_mismatch=True"):
         dk.load_pair_and_tokenizer(paths.instruct, t, backend="torch", progress=False)
+    with pytest.warns(UserWarning, match="tokenizers differ.*chat template"):
+        dk.load_pair_and_tokenizer(paths.instruct, t, allow_tokenizer_mismatch=True, backend="torch", progress=False)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import dami_kernels as dk
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.hf.tokenizer import load_tokenizer
-from helpers_pair import cached_pair
+from helpers_pair import cached_pair, hub_snapshot
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,13 +102,7 @@ def test_single_weight_symlink_outside_refused_hub_snapshot_allowed(tmp_path):
     with pytest.raises(ValueError, match="model.safetensors.*points outside"):
         open_checkpoint(side)
     # the hub cache layout: snapshots/REV/* are symlinks into the repository's blobs/
-    repo = tmp_path / "models--x--y"
-    snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
-    snap.mkdir(parents=True)
-    blobs.mkdir()
-    for f in src.iterdir():
-        shutil.copy(f, blobs / f"sha-{f.name}")
-        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / f"sha-{f.name}")
+    snap = hub_snapshot(src, tmp_path / "models--x--y")
     assert "model.embed_tokens.weight" in open_checkpoint(snap).specs()
 
 

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Python keyword spellings in library messages -> the option the command line user types instead.
 CLI_FLAGS = {"allow_pickle=True": "--allow-pickle", "allow_extrapolation=True": "--allow-extrapolation",
-             "overwrite=True": "--overwrite"}
+             "overwrite=True": "--overwrite", "check_finite=False": "--no-check-finite",
+             "allow_tokenizer_mismatch=True": "--allow-tokenizer-mismatch"}
 
 
 def cli_message(err: BaseException) -> str:

@@ -19,7 +19,20 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
                    help="fused-op backend (default: $DAMI_BACKEND or auto)")
     p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
+    add_tokenizer_mismatch_arg(p)
+    add_no_check_finite_arg(p)
     add_threads_arg(p)
+
+
+def add_tokenizer_mismatch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="use the Instruct tokenizer even when the Thinking one differs or cannot be loaded "
+                        "(a warning instead of an error)")
+
+
+def add_no_check_finite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-check-finite", dest="check_finite", action="store_false",
+                   help="accept weights holding NaN or ±inf (refused by default)")
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -74,10 +87,8 @@ def load_from_args(args):
     import torch
 
     from dami_kernels.hf import load_pair_and_tokenizer
-
-    from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
-
     from dami_kernels.hf.device import resolve_device
+    from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 
     instruct, thinking = pair_dirs(args)
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), flag="--device")
@@ -85,6 +96,8 @@ def load_from_args(args):
     return load_pair_and_tokenizer(
         instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
         allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
+        check_finite=getattr(args, "check_finite", True),
+        allow_tokenizer_mismatch=getattr(args, "allow_tokenizer_mismatch", False),
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from dami_kernels.cli.common import add_no_check_finite_arg, add_tokenizer_mismatch_arg
+
     p = subparsers.add_parser("merge", help="export the pair merged at a fixed λ",
                               description=__doc__.splitlines()[0])
     p.add_argument("--instruct", required=True, help="Instruct checkpoint directory (λ=0)")
@@ -16,6 +18,8 @@ def register(subparsers) -> None:
                    help="replace --out if it exists (only a directory that dami wrote, or an empty one)")
     p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
+    add_tokenizer_mismatch_arg(p)
+    add_no_check_finite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -25,6 +29,7 @@ def run(args) -> int:
 
     check_lams([args.lam], args.allow_extrapolation)
     out = merge_pair(args.instruct, args.thinking, args.lam, args.out, overwrite=args.overwrite,
-                     allow_pickle=args.allow_pickle, allow_extrapolation=args.allow_extrapolation)
+                     allow_pickle=args.allow_pickle, allow_extrapolation=args.allow_extrapolation,
+                     check_finite=args.check_finite, allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     print(f"wrote {out} (λ={args.lam!r})")
     return 0

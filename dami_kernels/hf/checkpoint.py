@@ -9,11 +9,16 @@ Nothing in a checkpoint runs code: configs load with trust_remote_code=False, an
 `auto_map` (custom code) or a model type transformers does not know is refused. Every file the checkpoint
 names (index shards, the weight file, symlinks among them) must lie inside its directory after resolving
 symlinks; for a Hugging Face hub cache snapshot (``.../snapshots/REV``) the repository's ``blobs`` folder,
-where the snapshot's symlinks point, counts as inside.
+where the snapshot's symlinks point, counts as inside. The same holds for every other file of the directory
+(config, generation config, chat template, tokenizer files: `side_files`, the one check for load and merge),
+and each must be a regular file (no FIFO or device), checked before anything is opened. A weight file beside
+its own index (`model.safetensors` and `model.safetensors.index.json`, likewise for pickle) is refused: two
+sources of truth for the weights.
 """
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -112,8 +117,13 @@ def open_checkpoint(path, *, allow_pickle: bool = False) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     if not path.is_dir():
         raise ValueError(f"checkpoint path {path} is not a directory")
+    side_files(path)  # no file from outside the directory, no FIFO or device, before anything is opened
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    for single, index in ((SAFE_SINGLE, SAFE_INDEX), (PICKLE_SINGLE, PICKLE_INDEX)):
+        if (path / single).exists() and (path / index).exists():
+            raise ValueError(f"{path} holds both {single} and {index}, two sources of truth for the weights "
+                             f"(transformers would load {single}, the index names other files); keep one of them")
     config = read_config(path)
     if (path / SAFE_INDEX).is_file():
         return Checkpoint(path, config, _index_files(path, SAFE_INDEX), "safetensors")
@@ -185,6 +195,51 @@ def confined(root: Path, name, where) -> Path:
     if Path(name).is_absolute() or not any(target == a or a in target.parents for a in allowed):
         raise ValueError(f"{where}: {name!r} points outside the checkpoint directory {root} (to {target}); refused")
     return root / name
+
+
+# A folder of files that transformers reads when it loads a tokenizer (named chat templates, *.jinja).
+SIDE_FOLDERS = ("additional_chat_templates",)
+# A folder with one of these suffixes stands where a config, template or vocabulary file is expected: refused.
+SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def side_files(path: Path) -> list[Path]:
+    """The files of checkpoint directory `path` besides its weights: config, generation config, chat template,
+    tokenizer and vocabulary files, and whatever else lies there. The one check that loading (`open_checkpoint`,
+    `load_tokenizer`) and merging (which copies these files) make, from the directory entries alone: no file is
+    opened, so a FIFO never blocks.
+
+    - A symlink must resolve inside the directory (`confined`; for a hub cache snapshot the repository's
+      ``blobs`` counts as inside): the error names the file and where it points. So must the entries of
+      SIDE_FOLDERS.
+    - An entry that is not a regular file once symlinks are followed (a FIFO, a device, a socket, a dangling
+      symlink) is refused, naming it; a folder is skipped unless a file of that name is expected.
+
+    Returns the regular files, sorted by name (what merge copies).
+    """
+    path = Path(path)
+    files = []
+    for f in sorted(path.iterdir()):
+        if f.name.endswith(WEIGHT_SUFFIXES) or f.name in WEIGHT_INDEX_NAMES:
+            continue  # weights: open_checkpoint checks the ones it reads
+        if f.is_symlink():
+            confined(path, f.name, f)
+        try:
+            mode = f.stat().st_mode
+        except OSError as err:
+            raise ValueError(f"{f}: cannot be read ({err.strerror or err}; a dangling symlink?); refused") from None
+        if stat.S_ISREG(mode):
+            files.append(f)
+            continue
+        if stat.S_ISDIR(mode) and (f.name.startswith(".") or f.suffix not in SIDE_FILE_SUFFIXES):
+            for g in sorted(f.iterdir()) if f.name in SIDE_FOLDERS else ():
+                confined(path, f"{f.name}/{g.name}", g)
+            continue  # a folder such as original/ or .cache/: neither read nor copied
+        kind = next((what for test, what in _NOT_REGULAR if test(mode)), "not a file")
+        raise ValueError(f"{f} is not a regular file ({kind}); refused without opening it")
+    return files
 
 
 def _index_files(path: Path, index_name: str) -> list[Path]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from dami_kernels.hf.checkpoint import Checkpoint
-from dami_kernels.hf.expected import Expected, check_against_config, check_tied_copies
+from dami_kernels.hf.expected import Expected, check_against_config, check_config_sizes, check_tied_copies
 
 # Config fields that determine tensor shapes or which tensors exist (checked when either side has them).
 SHAPE_FIELDS = (
@@ -53,10 +53,23 @@ def check_configs(cfg_i, cfg_t, name_i: str = "instruct", name_t: str = "thinkin
         )
 
 
+def check_dtypes(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> None:
+    """A tensor that is not floating-point on either side must have one dtype on both (never cast).
+    The one dtype check of the pair: `check_pair` runs it for `load_pair` and `merge_pair` alike."""
+    si, st = ckpt_i.specs(), ckpt_t.specs()
+    for name in sorted(si):
+        if name not in st:
+            continue  # check_pair names tensors stored on one side only
+        a, b = si[name].dtype, st[name].dtype
+        if (not a.is_floating_point or not b.is_floating_point) and a != b:
+            raise ValueError(f"tensor {name!r} is {a} in {ckpt_i.path} but {b} in {ckpt_t.path}; "
+                             "a non-floating-point tensor is never cast")
+
+
 def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> Expected:
     """Full compatibility check of two opened checkpoints, reading headers only (plus tied copies):
-    configs, tensor names, tensor shapes, every tensor against the shape the config implies, and tied
-    tensors stored twice. Returns the stored -> model name mapping (`Expected`)."""
+    configs, tensor names, tensor shapes, dtypes (`check_dtypes`), every tensor against the shape the
+    config implies, and tied tensors stored twice. Returns the stored -> model name mapping (`Expected`)."""
     check_configs(ckpt_i.config, ckpt_t.config)
     si, st = ckpt_i.specs(), ckpt_t.specs()
     only_i, only_t = sorted(set(si) - set(st)), sorted(set(st) - set(si))
@@ -72,6 +85,9 @@ def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> Expected:
                 f"tensor {name!r} has shape {list(si[name].shape)} in {ckpt_i.path} but "
                 f"{list(st[name].shape)} in {ckpt_t.path}"
             )
+    check_dtypes(ckpt_i, ckpt_t)
+    check_config_sizes(ckpt_i)  # both configs against their tensors, before a model is built from either
+    check_config_sizes(ckpt_t)
     expected = check_against_config(ckpt_i)
     check_tied_copies(ckpt_i, expected)
     check_tied_copies(ckpt_t, expected)

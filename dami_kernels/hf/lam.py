@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dami_kernels.modules import LambdaState
+from dami_kernels.modules.lambda_state import lambda_list
 
 STATE_ATTR = "dami_lambda"
 
@@ -55,7 +56,7 @@ def expand_lambda(lam, expand: int):
     if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
         raise ValueError(f"expand must be a positive integer, got {expand!r}")
     if isinstance(lam, (list, tuple)):
-        lam = torch.tensor([float(v) for v in lam], dtype=torch.float32)
+        lam = lambda_list(lam)
     if isinstance(lam, torch.Tensor) and lam.dim() == 1 and expand > 1:
         return lam.repeat_interleave(expand)
     return lam

@@ -22,6 +22,7 @@ from dami_kernels.hf.checkpoint import Checkpoint, open_checkpoint
 from dami_kernels.hf.compat import check_pair
 from dami_kernels.hf.convert import convert_pair
 from dami_kernels.hf.device import resolve_device
+from dami_kernels.hf.finite import check_model_finite
 from dami_kernels.hf.tokenizer import load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -143,7 +144,7 @@ def check_one_device(*models: nn.Module) -> None:
 
 def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map=None, tp_plan=None,
               allow_pickle: bool = False, allow_extrapolation: bool = False, backend: str | None = None,
-              progress: bool = True) -> nn.Module:
+              progress: bool = True, check_finite: bool = True) -> nn.Module:
     """Load two checkpoints of one base model as one λ-interpolating transformers causal-LM model.
 
     dtype: None/"auto" (the Instruct checkpoint's storage dtype), a torch dtype or its name. Placement
@@ -154,7 +155,8 @@ def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map
     `lambda_scope`. The generation config is the Instruct one. Raises ValueError, before reading
     weights, when the placement is not one device (a device_map naming several devices, "meta" or "disk";
     a strategy such as "auto" is checked once resolved), the pair does not match or a tensor does not fit
-    the config.
+    the config; after loading a side, when a weight holds NaN or ±inf (naming the tensor and the side; one
+    read of the loaded weights, hf/finite.py), unless check_finite=False.
     """
     placement = placement_kwargs(device, device_map, tp_plan)
     ckpt_i = open_checkpoint(instruct_dir, allow_pickle=allow_pickle)
@@ -162,15 +164,41 @@ def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map
     check_pair(ckpt_i, ckpt_t)
     dtype = resolve_dtype(dtype, ckpt_i)
     model = load_side(ckpt_i, dtype, placement, progress=progress)
+    if check_finite:
+        check_model_finite(model, "instruct", ckpt_i.path)
     model_t = load_side(ckpt_t, dtype, placement, progress=progress)
+    if check_finite:
+        check_model_finite(model_t, "thinking", ckpt_t.path)
     check_one_device(model, model_t)
     convert_pair(model, model_t, allow_extrapolation=allow_extrapolation, backend=backend)
     del model_t
     model.eval()
+    model.dami_source_dirs = (ckpt_i.path.resolve(), ckpt_t.path.resolve())  # save_pair never writes onto them
     return model
 
 
-def load_pair_and_tokenizer(instruct_dir, thinking_dir, **kwargs):
-    """(model, tokenizer): `load_pair(instruct_dir, thinking_dir, **kwargs)` and the Instruct tokenizer."""
+def load_pair_and_tokenizer(instruct_dir, thinking_dir, *, allow_tokenizer_mismatch: bool = False, **kwargs):
+    """(model, tokenizer): `load_pair(instruct_dir, thinking_dir, **kwargs)` and the Instruct tokenizer.
+
+    ValueError when the Thinking tokenizer differs from the Instruct one or cannot be loaded (a warning with
+    allow_tokenizer_mismatch=True; see `load_tokenizer`), or when the tokenizer has more tokens than the
+    model's input embedding has rows (its last ids would fail inside generate). The tokenizers are compared
+    before any weight is read.
+    """
+    for path in (instruct_dir, thinking_dir):  # the directory checks of load_pair first, as it makes them
+        open_checkpoint(path, allow_pickle=kwargs.get("allow_pickle", False))
+    tok = load_tokenizer(instruct_dir, thinking_dir, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
     model = load_pair(instruct_dir, thinking_dir, **kwargs)
-    return model, load_tokenizer(instruct_dir, thinking_dir)
+    check_tokenizer_fits(model, tok, instruct_dir)
+    return model, tok
+
+
+def check_tokenizer_fits(model: nn.Module, tokenizer, where) -> None:
+    """ValueError when `tokenizer` has more tokens than `model`'s input embedding has rows."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        rows = emb.weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's input embedding has "
+                         f"only {rows} rows (token ids {rows} to {len(tokenizer) - 1} have no embedding)")

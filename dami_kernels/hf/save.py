@@ -34,12 +34,15 @@ def save_pair(model: nn.Module, out_dir, *, tokenizer=None, overwrite: bool = Fa
 
     tokenizer: saved into both sides when given. overwrite: replace an out_dir that this project wrote
     before (never a foreign directory). progress: transformers' shard-writing bars. Raises ValueError
-    for a model that is not a pair.
+    for a model that is not a pair, and for an out_dir that is, contains or lies inside a directory the pair
+    was loaded from (`load_pair` records them as `model.dami_source_dirs`): replacing it would delete the
+    files the pair came from.
     """
     lambda_state(model)  # a pair model, or a clear error
     sd_i, sd_t = side_state_dicts(model)
     save = type(model).save_pretrained  # the instance's own save_pretrained refuses on purpose
-    with write_output_dir(out_dir, overwrite=overwrite, what="pair") as tmp, hf_progress(progress):
+    sources = getattr(model, "dami_source_dirs", ())
+    with write_output_dir(out_dir, overwrite=overwrite, inputs=sources, what="pair") as tmp, hf_progress(progress):
         for side, sd in (("instruct", sd_i), ("thinking", sd_t)):
             save(model, str(tmp / side), state_dict=sd, max_shard_size=max_shard_size, safe_serialization=True)
             if tokenizer is not None:

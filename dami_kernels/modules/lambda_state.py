@@ -36,9 +36,7 @@ def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[
     allow_extrapolation is set.
     """
     if isinstance(lam, (list, tuple)):
-        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in lam):
-            raise ValueError(f"{name} given as a list must hold numbers only")
-        lam = torch.tensor([float(v) for v in lam], dtype=torch.float32)
+        lam = lambda_list(lam, name)
     if isinstance(lam, torch.Tensor):
         if not lam.is_floating_point():
             raise ValueError(f"{name} must be a float or a floating-point tensor, got dtype {lam.dtype}")
@@ -51,7 +49,7 @@ def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[
         values = lam.detach().to(device="cpu", dtype=torch.float32).reshape(-1)
         per_sequence = lam.dim() == 1
     elif isinstance(lam, Real) and not isinstance(lam, bool):
-        values = torch.tensor([float(lam)], dtype=torch.float32)
+        values = torch.tensor([_as_float(lam, name)], dtype=torch.float32)
         per_sequence = False
     else:
         raise ValueError(f"{name} must be a float or a 1-D tensor [batch], got {type(lam).__name__}")
@@ -63,6 +61,25 @@ def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[
             "(allow_extrapolation=True when loading or converting the pair)"
         )
     return values, per_sequence
+
+
+def _as_float(value, name: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{name} must be finite, got an integer of {len(str(value))} digits") from None
+
+
+def lambda_list(values, name: str = "lam") -> torch.Tensor:
+    """A list or tuple of λ numbers -> fp32 tensor [n]; ValueError for anything but real numbers (booleans,
+    strings, bytes, nested lists) and for an empty list. The one place a list of λ values is read."""
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, Real)][:1]
+    if bad:
+        bad = bad[0]
+        raise ValueError(f"{name} given as a list must hold numbers only, got {type(bad).__name__} {bad!r:.40}")
+    if len(values) == 0:
+        raise ValueError(f"{name} is an empty list; give one value per sequence")
+    return torch.tensor([_as_float(v, name) for v in values], dtype=torch.float32)
 
 
 def _show(values: torch.Tensor) -> str:

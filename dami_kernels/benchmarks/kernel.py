@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -198,24 +199,52 @@ def format_row(r: dict) -> str:
             f"{r['fused_over_unfused']:7.2f} {r['fused_over_catgemm']:6.2f} {r['fused_over_floor']:7.2f}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="interp_linear kernel benchmark")
+TINY_M = (1, 16, 256)
+M_DEFAULTS_TEXT = f"{','.join(map(str, TINY_M))} with --tiny, else {','.join(map(str, DECODE_M + PREFILL_M))}"
+
+
+def bench_plan(args, device: str) -> tuple[dict, tuple[int, ...]]:
+    """(shapes, M values) of a run from the parsed --tiny/--shapes/--m/--budget-s; ValueError naming the
+    option for a mistake (`dami bench` checks them with this before anything runs)."""
+    if device == "cpu" and not args.tiny:
+        raise ValueError("no GPU: pass --tiny for a CPU smoke run")
+    shapes = TINY_SHAPES if args.tiny else QWEN3_4B_SHAPES
+    if args.shapes:
+        names = [s.strip() for s in args.shapes.split(",")]
+        unknown = [s for s in names if s not in shapes]
+        if unknown:
+            raise ValueError(f"--shapes {args.shapes}: unknown {', '.join(unknown)}; the "
+                             f"{'--tiny ' if args.tiny else ''}shapes are {', '.join(shapes)}")
+        shapes = {s: shapes[s] for s in names}
+    if args.m:
+        try:
+            ms = tuple(int(v) for v in args.m.split(","))
+        except ValueError:
+            raise ValueError(f"--m {args.m}: expected comma-separated positive integers") from None
+        if min(ms) < 1:
+            raise ValueError(f"--m {args.m}: expected comma-separated positive integers")
+    else:
+        ms = TINY_M if args.tiny else DECODE_M + PREFILL_M
+    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        raise ValueError(f"--budget-s must be a positive number of seconds, got {args.budget_s!r}")
+    return shapes, ms
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="interp_linear kernel benchmark")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--tiny", action="store_true", help="small shapes (CPU smoke run)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    parser.add_argument("--shapes", default=None, help="comma list of shape names")
-    parser.add_argument("--m", default=None, help="comma list of M values")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="weight dtype on a GPU (default: bf16)")
+    parser.add_argument("--shapes", default=None, help="comma list of shape names (default: all)")
+    parser.add_argument("--m", default=None, help=f"comma list of M values (default: {M_DEFAULTS_TEXT})")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new (shape, M) after this many seconds (default: no limit)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.tiny:
-        parser.error("no GPU: pass --tiny for a CPU smoke run")
-    shapes = TINY_SHAPES if args.tiny else QWEN3_4B_SHAPES
-    if args.shapes:
-        shapes = {s: shapes[s] for s in args.shapes.split(",")}
-    ms = [int(v) for v in args.m.split(",")] if args.m else (
-        (1, 16, 256) if args.tiny else DECODE_M + PREFILL_M)
+    try:
+        shapes, ms = bench_plan(args, device)
+    except ValueError as err:
+        parser.error(str(err))
     dtype = DTYPES[args.dtype] if device == "cuda" else torch.float32
     backend = "triton" if device == "cuda" else cpu_fused_backend()
     bandwidth = copy_bandwidth(device)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from dami_kernels.cli.common import attach_dash_values
+from dami_kernels.cli.common import DamiParser, attach_dash_values
 
 # Subcommand modules, in the order `dami --help` lists them. Each imports torch, transformers and the
 # rest only when its command runs, so that `dami --help` starts at once.
@@ -18,7 +18,7 @@ SUBCOMMANDS = ["demo", "generate", "merge", "sweep", "estimate", "eval", "lm_eva
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DamiParser(  # its sub-parsers too: every option's help states its default
         prog="dami",
         description="Dynamic model interpolation between an Instruct and a Thinking checkpoint.",
     )
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lm-eval"]:  # lm-eval's own command line gets the rest unchanged (no parsing here)
         from dami_kernels.cli.lm_eval import run_lm_eval
 
-        return guarded("lm-eval", lambda: run_lm_eval(argv[1:]))
+        # lm-eval's users pass options as --model_args keywords (allow_extrapolation=true), not as dami flags
+        return guarded("lm-eval", lambda: run_lm_eval(argv[1:]), flags={})
     parser = build_parser()
     args = parser.parse_args(attach_dash_values(argv))
     if not getattr(args, "func", None):
@@ -48,21 +49,23 @@ CLI_FLAGS = {"allow_pickle=True": "--allow-pickle", "allow_extrapolation=True": 
              "allow_tokenizer_mismatch=True": "--allow-tokenizer-mismatch"}
 
 
-def cli_message(err: BaseException) -> str:
-    """The error's message on one line, with Python keywords replaced by the CLI flags (CLI_FLAGS)."""
+def cli_message(err: BaseException, flags: dict[str, str] | None = None) -> str:
+    """The error's message on one line, with Python keywords replaced by the CLI flags (flags, default
+    CLI_FLAGS)."""
     text = " ".join(str(err).split())
-    for keyword, flag in CLI_FLAGS.items():
+    for keyword, flag in (CLI_FLAGS if flags is None else flags).items():
         text = text.replace(keyword, flag)
     return text
 
 
-def guarded(command: str, run) -> int:
-    """run() -> exit status; user mistakes print one line and return 2, without a traceback."""
+def guarded(command: str, run, flags: dict[str, str] | None = None) -> int:
+    """run() -> exit status; user mistakes print one line and return 2, without a traceback. flags: the
+    keyword -> flag spellings for the message (default CLI_FLAGS; {} keeps the library's keywords)."""
     try:
         return int(run() or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError) as err:
-        print(f"dami {command}: error: {cli_message(err)}", file=sys.stderr)
+        print(f"dami {command}: error: {cli_message(err, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dami {command}: interrupted", file=sys.stderr)

@@ -7,13 +7,57 @@ import re
 from contextlib import contextmanager
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that states every option's default: an option with a value (not a flag) and a default other
+    than None, whose help text does not already say "default", gets " (default: VALUE)" appended."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help, action.default
+        if (text is argparse.SUPPRESS or not action.option_strings or action.nargs == 0
+                or default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                or default == [] or "default" in (text or "")):
+            return text
+        return f"{text or ''} (default: %(default)s)".lstrip()
+
+
+class DamiParser(argparse.ArgumentParser):
+    """The `dami` parser and its sub-parsers (add_subparsers makes them of the parent's class): help that
+    states defaults, and unrecognized arguments reported by the sub-command that was given them
+    ("usage: dami bench ...", "dami bench: error: ..."), not by `dami`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost sub-parser that the parsed command line selected (self when none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if sub is not None:
+                    return sub.chosen(parsed) if isinstance(sub, DamiParser) else sub
+        return self
+
+
+def doc_summary(doc: str) -> str:
+    """A module docstring's first paragraph on one line: the sub-parser's description."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> None:
     """--instruct/--thinking and the loading options. With default_testbed, both directories default
     to the pair shipped in the package (dami_kernels.testbed)."""
     hint = " (default: the shipped testbed pair)" if default_testbed else ""
     p.add_argument("--instruct", required=not default_testbed, help=f"Instruct checkpoint directory (λ=0){hint}")
     p.add_argument("--thinking", required=not default_testbed, help=f"Thinking checkpoint directory (λ=1){hint}")
-    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (the checkpoint's dtype), float32, bfloat16 or float16 (default: auto)")
     p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if available)")
     p.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
                    help="fused-op backend (default: $DAMI_BACKEND or auto)")
@@ -46,12 +90,15 @@ def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_defaul
     testbed's test split for evaluation, its dev split for training estimators (see `load_eval_items`)."""
     p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
                    "default: testbed problems (--n, --seed)")
-    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data")
-    p.add_argument("--n", type=int, default=n_default, help="testbed problems when --data is not given")
-    p.add_argument("--seed", type=int, default=seed_default, help="seed of the testbed problems")
-    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing to 9), e.g. "
-                   "3,3,1,1; default 1,1,1,1 (balanced)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 96 on the testbed, 1024 otherwise")
+    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data (default: all)")
+    p.add_argument("--n", type=int, default=n_default,
+                   help=f"testbed problems when --data is not given (default: {n_default})")
+    p.add_argument("--seed", type=int, default=seed_default,
+                   help=f"seed of the testbed problems (default: {seed_default})")
+    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing "
+                   "to 9), e.g. 3,3,1,1 (default: 1,1,1,1, balanced)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="new tokens per answer (default: 96 on the testbed, 1024 otherwise)")
 
 
 def load_eval_items(args, split: str = "test"):
@@ -113,18 +160,43 @@ def parse_mix(text: str | None) -> tuple[int, ...]:
         raise ValueError(f"--mix {text!r}: expected comma-separated integer weights, e.g. 3,3,1,1") from None
 
 
-def parse_grid(text: str) -> list[float]:
-    """"0,0.1,...,1" or "0:1:0.1" (start:stop:step, stop included) -> sorted λ values."""
+# The most λ values a --grid may expand to (a typo such as 0:1:1e-9 would otherwise hang before anything runs).
+MAX_GRID = 10_000
+
+
+def parse_grid(text: str, allow_extrapolation: bool = False) -> list[float]:
+    """"0,0.1,...,1" or "0:1:0.1" (start:stop:step, stop included) -> sorted λ values, each finite and in
+    [0, 1] unless allow_extrapolation (--allow-extrapolation). Errors show --grid as typed and the value
+    at fault (as typed in a comma list)."""
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"--grid {text}: {reason}")
+
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
+            if not (math.isfinite(start) and math.isfinite(stop) and math.isfinite(step)) or step <= 0:
                 raise ValueError
-            n = int(round((stop - start) / step))
-            return [round(start + i * step, 6) for i in range(n + 1)]
-        return sorted(float(v) for v in text.split(","))
+            steps = (stop - start) / step  # inf when the division overflows
+            typed = None
+        else:
+            typed = [v.strip() for v in text.split(",")]
+            floats = [float(v) for v in typed]
     except ValueError:
         raise ValueError(f"--grid {text!r}: expected comma-separated λ values or start:stop:step") from None
+    if typed is None:
+        if steps + 1 > MAX_GRID:
+            raise bad(f"expands to more than {MAX_GRID} λ values")
+        floats = [round(start + i * step, 6) for i in range(round(steps) + 1)]
+        typed = [repr(v) for v in floats]
+    values = list(zip(typed, floats))
+    if not values:
+        raise bad("no λ values (stop lies below start)")
+    for shown, v in values:
+        if not math.isfinite(v):
+            raise bad(f"{shown} is not a finite λ")
+        if not allow_extrapolation and not 0.0 <= v <= 1.0:
+            raise bad(f"{shown} lies outside [0, 1]; pass --allow-extrapolation to accept it")
+    return sorted(v for _, v in values)
 
 
 def add_out_args(p: argparse.ArgumentParser, help_text: str = "output directory") -> None:

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import json
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
-                                     load_from_args, output_dir, pair_dirs, parse_grid, positive_int)
+from dami_kernels.cli.common import (
+    add_items_args,
+    add_out_args,
+    add_pair_args,
+    doc_summary,
+    load_eval_items,
+    load_from_args,
+    output_dir,
+    pair_dirs,
+    parse_grid,
+    positive_int,
+)
 
 # Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
@@ -20,28 +30,34 @@ TRAIN_SEED = 1_000_003
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("estimate", help="train λ(q) estimators, or estimate λ for prompts",
-                              description=__doc__.splitlines()[0])
+                              description=doc_summary(__doc__))
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split")
+    t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split",
+                       description="`dami estimate train`: fit DAMI-Conf and DAMI-Pref on the pair's rollouts of a "
+                                   "train split and write them to --out.")
     add_pair_args(t, default_testbed=True)
     add_items_args(t, n_default=700, seed_default=TRAIN_SEED)
-    t.add_argument("--grid", default="0:1:0.1", help="λ grid of the rollouts (default 0:1:0.1)")
+    t.add_argument("--grid", default="0:1:0.1",
+                   help="λ grid of the rollouts: 'a,b,c' or start:stop:step (default: 0:1:0.1)")
     t.add_argument("--pref-steps", default=None,
-                   help="comma list of head training steps to cross-validate (default 50,100,200)")
-    t.add_argument("--batch-size", type=int, default=256)
+                   help="comma list of head training steps to cross-validate (default: 50,100,200)")
+    t.add_argument("--batch-size", type=int, default=256, help="rows per generate call (default: 256)")
     t.add_argument("--think-prefix", default=None,
                    help="text appended to the λ=1 rows' prompt to reach the Thinking model's non-thinking mode "
                         "('auto': an empty think block if the tokenizer knows the tags; default: 'auto', and "
                         "'' for the shipped testbed pair, whose Thinking model answers directly)")
     t.add_argument("--drop-signal", action="append", default=[], choices=["confidence", "discrepancy"],
                    help="leave a DAMI-Conf signal out of both estimators (for a signal with no information "
-                        "on this pair: its dev AUROC for an Instruct error is near 0.5)")
+                        "on this pair: its dev AUROC for an Instruct error is near 0.5; default: keep both)")
     add_out_args(t, "estimator directory to write")
     t.set_defaults(func=run_train)
-    q = sub.add_parser("predict", help="print λ(q) for prompts")
+    q = sub.add_parser("predict", help="print λ(q) for prompts",
+                       description="`dami estimate predict`: print λ(q) of an estimator for each PROMPT, one JSON "
+                                   "line each.")
     add_pair_args(q, default_testbed=True)
     q.add_argument("--method", choices=["conf", "pref"], required=True)
-    q.add_argument("--estimator-dir", default=None, help="default: the shipped testbed estimators")
+    q.add_argument("--estimator-dir", default=None,
+                   help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
     q.add_argument("prompts", nargs="+", metavar="PROMPT")
     q.set_defaults(func=run_predict)
 
@@ -53,7 +69,7 @@ def run_train(args) -> int:
     from dami_kernels.workflows.train_estimators import kept_signals, train_estimators
 
     kept_signals(args.drop_signal)  # both dropped: a one-line error before anything loads
-    grid = parse_grid(args.grid)
+    grid = parse_grid(args.grid, args.allow_extrapolation)
     items, max_new_tokens = load_eval_items(args, split="dev")
     batch_size, search = positive_int("--batch-size", args.batch_size), pref_search(args.pref_steps)
     with output_dir(args, "estimator directory") as tmp:

@@ -11,13 +11,23 @@ mix, data and estimator); with --compare, the study's files (report.json, detail
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items, load_from_args,
-                                     output_dir, parse_mix, positive_int)
+from dami_kernels.cli.common import (
+    add_items_args,
+    add_out_args,
+    add_pair_args,
+    check_lams,
+    doc_summary,
+    load_eval_items,
+    load_from_args,
+    output_dir,
+    parse_mix,
+    positive_int,
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate at a fixed λ, an estimated λ per query, or compare all methods",
-                              description=__doc__.splitlines()[0])
+                              description=doc_summary(__doc__))
     add_pair_args(p, default_testbed=True)
     add_items_args(p)
     how = p.add_mutually_exclusive_group(required=True)
@@ -29,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--estimator-dir", default=None,
                    help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
     add_out_args(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per generate call (default: 64)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +51,21 @@ def run(args) -> int:
     from dami_kernels.evaluation.runner import evaluate
     from dami_kernels.evaluation.tables import summary_markdown
 
+    # Every argument is checked before the pair loads: λ, the estimators, the items, the sizes.
+    if args.lam is not None:
+        check_lams([args.lam], args.allow_extrapolation)
+    if args.estimator_dir is not None and not (args.estimator or args.compare):
+        raise ValueError("--estimator-dir needs --estimator conf|pref or --compare")
+    estimators = {m: load_estimator(m, args.estimator_dir)
+                  for m in ([args.estimator] if args.estimator else ["conf", "pref"] if args.compare else [])}
+    if args.compare:  # the study reads the estimators' dev rollouts only after its sweep: read them now
+        from pathlib import Path
+
+        from dami_kernels.estimators.rollouts import Rollouts
+        from dami_kernels.workflows.train_estimators import dev_prompts
+
+        est_dir = Path(args.estimator_dir or SHIPPED_DIR)
+        dev_prompts(est_dir, Rollouts.from_jsonl(est_dir / "rollouts.jsonl").ids)
     items, max_new_tokens = load_eval_items(args)
     batch_size = positive_int("--batch-size", args.batch_size)
     meta = {"data": args.data, "seed": None if args.data else args.seed,
@@ -59,9 +84,8 @@ def run(args) -> int:
                             meta={k: meta[k] for k in ("data", "split", "estimator_dir")})
         else:
             if args.estimator:
-                est = load_estimator(args.estimator, args.estimator_dir)
                 lams = estimate(model, tokenizer, [it.prompt for it in items], args.estimator,
-                                estimator=est).tolist()
+                                estimator=estimators[args.estimator]).tolist()
             else:
                 lams = args.lam
             res = evaluate(model, tokenizer, items, lams, out_dir=tmp, batch_size=batch_size,

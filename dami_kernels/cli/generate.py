@@ -10,23 +10,26 @@ graphs, on CUDA): the first batch of each size pays the compilation.
 from __future__ import annotations
 
 import json
+import math
 
-from dami_kernels.cli.common import add_pair_args, check_lams, load_from_args
+from dami_kernels.cli.common import add_pair_args, check_lams, doc_summary, load_from_args, positive_int
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate with a different λ per prompt",
-                              description=__doc__.splitlines()[0])
+                              description=doc_summary(__doc__))
     add_pair_args(p)
     p.add_argument("--lam", type=float, action="append", required=True,
                    help="λ; once for all prompts or once per prompt, in order")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per prompt (default: 256)")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default: all)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature with --do-sample (default: the checkpoint's generation config)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling with --do-sample (default: the checkpoint's generation config)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed for --do-sample (default: 0)")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompts as raw text")
     p.add_argument("--json", action="store_true", help="print one JSON object per result")
     p.add_argument("--compile", action="store_true",
@@ -55,6 +58,12 @@ def run(args) -> int:
     check_lams(lams, args.allow_extrapolation)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.batch_size is not None:
+        positive_int("--batch-size", args.batch_size)
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature must be a positive number, got {args.temperature!r}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must lie in (0, 1], got {args.top_p!r}")
     if args.compile_backend is not None and not args.compile:
         raise ValueError("--compile-backend needs --compile")
     compile_opt = (args.compile_backend or True) if args.compile else False

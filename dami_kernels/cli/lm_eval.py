@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dami_kernels.cli.common import doc_summary
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness with the `dami` model (ARGS go to lm-eval)",
-                              description=__doc__.splitlines()[0], add_help=False)
+                              description=doc_summary(__doc__), add_help=False)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=lambda args: run_lm_eval(args.lm_eval_args))
 

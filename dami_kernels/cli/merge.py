@@ -6,13 +6,13 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from dami_kernels.cli.common import add_no_check_finite_arg, add_tokenizer_mismatch_arg
+    from dami_kernels.cli.common import add_no_check_finite_arg, add_tokenizer_mismatch_arg, doc_summary
 
     p = subparsers.add_parser("merge", help="export the pair merged at a fixed λ",
-                              description=__doc__.splitlines()[0])
+                              description=doc_summary(__doc__))
     p.add_argument("--instruct", required=True, help="Instruct checkpoint directory (λ=0)")
     p.add_argument("--thinking", required=True, help="Thinking checkpoint directory (λ=1)")
-    p.add_argument("--lam", type=float, required=True, help="λ in [0, 1]")
+    p.add_argument("--lam", type=float, required=True, help="λ in [0, 1] (outside it with --allow-extrapolation)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (only a directory that dami wrote, or an empty one)")

@@ -5,25 +5,35 @@
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import (add_items_args, add_out_args, add_pair_args, load_eval_items,
-                                     load_from_args, output_dir, parse_grid, parse_mix, positive_int)
+from dami_kernels.cli.common import (
+    add_items_args,
+    add_out_args,
+    add_pair_args,
+    doc_summary,
+    load_eval_items,
+    load_from_args,
+    output_dir,
+    parse_grid,
+    parse_mix,
+    positive_int,
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="fixed-λ sweep: accuracy vs tokens, frontier plot",
-                              description=__doc__.splitlines()[0])
+                              description=doc_summary(__doc__))
     add_pair_args(p, default_testbed=True)
     add_items_args(p)
-    p.add_argument("--grid", default="0:1:0.1", help="λ grid: 'a,b,c' or start:stop:step (default 0:1:0.1)")
+    p.add_argument("--grid", default="0:1:0.1", help="λ grid: 'a,b,c' or start:stop:step (default: 0:1:0.1)")
     add_out_args(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="rows per generate call (default: 256)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from dami_kernels.evaluation.sweep import run_sweep, table_markdown
 
-    grid = parse_grid(args.grid)
+    grid = parse_grid(args.grid, args.allow_extrapolation)  # every argument checked before anything loads
     items, max_new_tokens = load_eval_items(args)
     batch_size = positive_int("--batch-size", args.batch_size)
     with output_dir(args, "sweep results") as tmp:

@@ -167,6 +167,9 @@ def read_config(path: Path) -> PretrainedConfig:
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise ValueError(f"{f}: model_type {model_type!r} is not a model type this transformers knows; "
                          "custom-code models are not supported")
+    arch = raw.get("architectures")
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        raise ValueError(f"{f}: architectures must be a list of class names, got {str(arch)[:60]!r}")
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except RecursionError:

@@ -5,9 +5,11 @@ running an Instruct/Thinking pair, every request at its own λ.
 
 model_args: ``instruct=DIR,thinking=DIR`` and ``lam=`` a number (one λ for every request), ``conf`` or
 ``pref`` (a λ(q) estimator picks λ per request; ``estimator_dir=DIR`` names one written by
-``dami estimate train``, default: the shipped testbed estimators). Also ``allow_extrapolation``,
-``allow_pickle``, ``kernel_backend`` (auto, triton or torch), ``threads``, ``estimator_batch_size``, and
-HFLM's own arguments (``dtype``, ``device``, ``batch_size``, ``max_length``, ``think_end_token``, ...).
+``dami estimate train``, default: the shipped testbed estimators). Also ``allow_extrapolation=true``
+(a fixed λ outside [0, 1]), ``allow_pickle=true``, ``check_finite=false``, ``kernel_backend`` (auto, triton
+or torch), ``threads``, ``estimator_batch_size``, and HFLM's own arguments (``dtype``, ``device``,
+``batch_size``, ``max_length``, ``think_end_token``, ...). A missing checkpoint directory or a λ outside
+[0, 1] is refused (ValueError / FileNotFoundError naming the model_arg) before anything loads.
 
 How λ reaches each row. The estimator runs once per `generate_until` / `loglikelihood` call on every
 request's context, the text lm-eval feeds the model (chat template included), through the code path of
@@ -37,6 +39,7 @@ from dami_kernels.estimators import estimate
 from dami_kernels.estimators.store import load_estimator
 from dami_kernels.evaluation.answers import extract_answer, normalize_answer
 from dami_kernels.hf import generation_expand_size, lambda_scope, load_pair, set_lambda
+from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 
 ESTIMATED = ("conf", "pref")
@@ -70,13 +73,21 @@ class DamiLM(HFLM):
     """lm-eval's HFLM on a λ-interpolated Instruct/Thinking pair (see the module doc for model_args)."""
 
     def __init__(self, instruct=None, thinking=None, lam=0.0, estimator_dir=None, *, allow_extrapolation=False,
-                 allow_pickle=False, kernel_backend=None, threads=None, estimator_batch_size=32, device=None,
-                 **kwargs):
+                 allow_pickle=False, check_finite=True, kernel_backend=None, threads=None, estimator_batch_size=32,
+                 device=None, **kwargs):
         if not instruct or not thinking:
             raise ValueError("the dami model needs model_args instruct=DIR,thinking=DIR")
         if "pretrained" in kwargs:
             raise ValueError("the dami model takes instruct=DIR,thinking=DIR, not pretrained=")
         self.lam_spec = lambda_spec(lam)
+        if self.lam_spec not in ESTIMATED and not allow_extrapolation and not 0.0 <= self.lam_spec <= 1.0:
+            raise ValueError(f"model_args lam={lam} lies outside [0, 1]; add allow_extrapolation=true to "
+                             "--model_args to accept it")
+        # Both checkpoints opened before HFLM (which would take a missing directory for a Hub name).
+        for side, directory in (("instruct", instruct), ("thinking", thinking)):
+            if not Path(directory).exists():
+                raise FileNotFoundError(f"model_args {side}={directory}: no such checkpoint directory")
+            open_checkpoint(directory, allow_pickle=bool(allow_pickle))
         if estimator_dir is not None and self.lam_spec not in ESTIMATED:
             raise ValueError("estimator_dir= goes with lam=conf or lam=pref")
         if isinstance(estimator_batch_size, bool) or not isinstance(estimator_batch_size, int) \
@@ -84,7 +95,7 @@ class DamiLM(HFLM):
             raise ValueError(f"estimator_batch_size must be a positive integer, got {estimator_batch_size!r}")
         self.instruct_dir, self.thinking_dir = str(instruct), str(thinking)
         self._pair_options = {"allow_extrapolation": bool(allow_extrapolation), "allow_pickle": bool(allow_pickle),
-                              "backend": kernel_backend}
+                              "check_finite": bool(check_finite), "backend": kernel_backend}
         configure_threads(threads, testbed=is_testbed_pair(self.instruct_dir, self.thinking_dir))
         self.estimator = load_estimator(self.lam_spec, estimator_dir) if self.lam_spec in ESTIMATED else None
         self.estimator_batch_size = estimator_batch_size

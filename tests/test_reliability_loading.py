@@ -398,3 +398,14 @@ def test_merge_generate_and_serve_give_the_same_line(tmp_path, capsys, case):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert messages["merge"] == messages["generate"] == messages["serve"], messages
+
+
+def test_a_symlink_loop_between_the_sides_is_a_value_error(tmp_path):
+    """Found by the property test: instruct/x -> thinking/x -> instruct/x raised RuntimeError("Symlink loop")."""
+    pair = cached_pair("qwen3")
+    i, t = _copy(pair.instruct, tmp_path / "i"), _copy(pair.thinking, tmp_path / "t")
+    for a, b in ((i, t), (t, i)):
+        (a / "generation_config.json").unlink()
+        (a / "generation_config.json").symlink_to(b / "generation_config.json")
+    with pytest.raises(ValueError, match="generation_config.json"):
+        dk.load_pair_and_tokenizer(i, t, progress=False)

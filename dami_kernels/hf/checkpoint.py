@@ -194,7 +194,10 @@ def confined(root: Path, name, where) -> Path:
     allowed = [base]
     if base.parent.name == "snapshots":
         allowed.append(base.parent.parent / "blobs")
-    target = (root / name).resolve()
+    try:
+        target = (root / name).resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError before Python 3.13, OSError after)
+        raise ValueError(f"{where}: {name!r} cannot be resolved ({err}); refused") from None
     if Path(name).is_absolute() or not any(target == a or a in target.parents for a in allowed):
         raise ValueError(f"{where}: {name!r} points outside the checkpoint directory {root} (to {target}); refused")
     return root / name

@@ -369,14 +369,38 @@ def test_cli_refuses_with_one_line_and_status_2(tmp_path, capsys, command, case)
             assert main(argv + ["--allow-tokenizer-mismatch"]) == 0
 
 
-@pytest.mark.parametrize("case", list(CLI_MESSAGES))
+def _damaged_weights_or_config(case: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A pair with a NaN in Thinking's final norm, or with num_hidden_layers 1000000 on both sides."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    pair = cached_pair("llama")
+    i, t = _copy(pair.instruct, tmp_path / "i"), _copy(pair.thinking, tmp_path / "t")
+    if case == "nan-weight":
+        sd = load_file(str(t / "model.safetensors"))
+        sd["model.norm.weight"].view(-1)[0] = float("nan")
+        save_file(sd, str(t / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        for d in (i, t):
+            cfg = json.loads((d / "config.json").read_text())
+            cfg["num_hidden_layers"] = 1000000
+            (d / "config.json").write_text(json.dumps(cfg))
+    return i, t
+
+
+@pytest.mark.parametrize("case", [*CLI_MESSAGES, "nan-weight", "million-layers"])
 def test_merge_generate_and_serve_give_the_same_line(tmp_path, capsys, case):
     """`dami merge`, `dami generate` and `dami serve` print the same error for the same damaged pair (exit 2);
-    serve before it listens (a SIGALRM fails the test instead of serving forever)."""
+    serve before it listens (a SIGALRM fails the test instead of serving forever). For a NaN weight, merge says
+    "refusing to merge it" where the loaders say "refusing to load it": the rest of the line is the same."""
     import signal
     import socket
 
-    i, t = _case_dirs(case, tmp_path)
+    if case in CLI_MESSAGES:
+        i, t = _case_dirs(case, tmp_path)
+    else:
+        i, t = _damaged_weights_or_config(case, tmp_path)
     pair = ["--instruct", str(i), "--thinking", str(t)]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -391,13 +415,17 @@ def test_merge_generate_and_serve_give_the_same_line(tmp_path, capsys, case):
     try:
         for command, argv in runs.items():
             assert main(argv) == 2, command
-            line = _err_line(capsys)
+            lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("dami ")]  # (merge's bar before)
+            assert len(lines) == 1, lines
+            line = lines[0]
             assert line.startswith(f"dami {command}: error: "), line
             messages[command] = line.split(": error: ", 1)[1]
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    assert messages["merge"] == messages["generate"] == messages["serve"], messages
+    merge = messages["merge"].replace("refusing to merge it", "refusing to load it").replace(
+        "to merge it anyway", "to load it anyway")
+    assert merge == messages["generate"] == messages["serve"], messages
 
 
 def test_a_symlink_loop_between_the_sides_is_a_value_error(tmp_path):

@@ -14,7 +14,7 @@ Every number is the median of --repeats timed runs after one warm-up, the cases 
 every ratio is against the plain model of the same run. Targets (issue "The CPU path at its floor"): endpoints >= 0.95×,
 uniform prefill >= 0.85×, decode at uniform or mixed λ >= 0.48× (the two-weight floor is 0.5×).
 Runs with any checkout of the package on PYTHONPATH (it uses only the public pair API), so the same
-script measures a commit before and after a change.
+script measures a commit before and after a change. Progress: one line on stderr per run as it finishes.
 """
 from __future__ import annotations
 
@@ -45,17 +45,23 @@ def random_model(seed: int):
     return AutoModelForCausalLM.from_config(config(), dtype=torch.float32).eval().requires_grad_(False)
 
 
-def median_s(cases: dict, repeats: int) -> dict[str, float]:
+def median_s(cases: dict, repeats: int, progress=None) -> dict[str, float]:
     """Median seconds per case; the cases take turns (round-robin), so a load change on a shared
-    machine hits every case alike instead of the ones that happened to run during it."""
-    for fn in cases.values():
+    machine hits every case alike instead of the ones that happened to run during it.
+    progress(name, round, seconds) runs after every run (round 0: the warm-up)."""
+    for name, fn in cases.items():
+        t0 = time.perf_counter()
         fn()  # warm-up
+        if progress:
+            progress(name, 0, time.perf_counter() - t0)
     times = {name: [] for name in cases}
-    for _ in range(repeats):
+    for r in range(1, repeats + 1):
         for name, fn in cases.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            if progress:
+                progress(name, r, times[name][-1])
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -105,11 +111,20 @@ def main(argv=None) -> int:
     }
     prefill_cases = {"prefill_plain": prefill(plain), "prefill_lam0": prefill(pair, 0.0),
                      "prefill_uniform": prefill(pair, 0.5)}
+    # One stderr line per run as it finishes (a full run takes minutes on one thread).
+    total, done, t_start = (len(cases) + len(prefill_cases)) * (args.repeats + 1), [0], time.perf_counter()
+
+    def progress(name, rnd, secs):
+        done[0] += 1
+        run = "warm-up" if rnd == 0 else f"run {rnd}/{args.repeats}"
+        print(f"[{done[0]}/{total}] {name} {run}: {secs:.2f} s (elapsed {time.perf_counter() - t_start:.0f} s)",
+              file=sys.stderr, flush=True)
+
     tps = {}
     with torch.no_grad():
-        for name, secs in median_s(cases, args.repeats).items():
+        for name, secs in median_s(cases, args.repeats, progress).items():
             tps[name] = decode_tokens / secs
-        for name, secs in median_s(prefill_cases, args.repeats).items():
+        for name, secs in median_s(prefill_cases, args.repeats, progress).items():
             tps[name] = args.prefill / secs
     ratios = {name: tps[name] / tps["plain"] for name in ("lam0", "lam1", "uniform", "mixed")}
     ratios["prefill_lam0"] = tps["prefill_lam0"] / tps["prefill_plain"]
@@ -134,6 +149,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -13,6 +13,7 @@ changing λ (uniform or mixed) between calls reuses the compiled graph (and the 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -35,6 +36,30 @@ class GenerationResult:
     text: str
     num_tokens: int
     token_ids: list[int] = field(repr=False)
+
+
+def unknown_characters(tokenizer, prompts: list[str], encoded: list[list[int]]) -> list[str]:
+    """Characters of ``prompts`` that ``tokenizer`` encodes as its unknown token (e.g. anything outside
+    the testbed tokenizer's small alphabet), in order of first appearance; [] when the tokenizer has no
+    unknown token or no encoded prompt contains it. Cheap: a set lookup per prompt, and single-character
+    encodes only for the prompts that did produce the unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    # Special and added tokens (<|bos|>, <think>, ...) typed into a prompt are known as a whole, not per character.
+    specials = sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []}
+                      | set(getattr(tokenizer, "get_added_vocab", dict)() or {}), key=len, reverse=True)
+    found: dict[str, None] = {}
+    for prompt, ids in zip(prompts, encoded):
+        if unk not in ids:
+            continue
+        for tok in specials:
+            if tok:
+                prompt = prompt.replace(tok, " ")
+        for ch in dict.fromkeys(prompt):
+            if ch not in found and unk in tokenizer(ch, add_special_tokens=False)["input_ids"]:
+                found[ch] = None
+    return list(found)
 
 
 def per_prompt_lambdas(lam, n_prompts: int, allow_extrapolation: bool) -> list[float]:
@@ -216,6 +241,12 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     device = state.lam.device
     compile_config = resolve_compile(compile, device)
     encoded = encode_prompts(tokenizer, prompts, chat_template)
+    unknown = unknown_characters(tokenizer, prompts, encoded)
+    if unknown:
+        warnings.warn(f"the prompts contain characters the tokenizer does not know: "
+                      f"{', '.join(repr(c) for c in unknown)}; they are encoded as its unknown token "
+                      f"{tokenizer.unk_token!r}, so the model reads them as nothing it was trained on",
+                      UserWarning, stacklevel=2)
     if compile_config is not None:
         generation_kwargs = compile_generation_kwargs(model, generation_kwargs, compile_config,
                                                       max(len(e) for e in encoded))

@@ -71,6 +71,7 @@ def test_bench_tiny_runs_without_triton_interpret(tmp_path):
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "Triton kernel through the interpreter" in run.stdout
+        assert run.stdout.rstrip().endswith(f"wrote {out}")
         result = json.loads(out.read_text())
         assert result["meta"]["fused_backend"] == "triton" and result["meta"]["interpreter"] is True
         assert {r["M"] for r in result["records"]} == {1}

@@ -106,26 +106,18 @@ def test_syntax_rule_uses_surface_only():
 
 def test_frontier_labels_one_per_run_of_coinciding_points():
     """The sweep plot labels each run of nearly coinciding grid points once, at the run's own point, and
-    names the endpoints (a run λ=0.7..1 on top of each other gets one label, not four drifting ones)."""
-    from dami_kernels.evaluation.sweep import _lam_label, label_groups, label_side, label_stack
+    names the endpoints (a run λ=0.7..1 on top of each other gets one label, not four drifting ones).
+    Where the labels go: tests/test_frontier_plot.py."""
+    from dami_kernels.evaluation.sweep import _lam_label, label_groups
 
     xs = [6.6, 6.6, 6.6, 24.3, 47.0, 53.6, 53.6, 53.6]
     ys = [0.787, 0.767, 0.744, 0.787, 0.943, 1.0, 1.0, 1.0]
     assert label_groups(xs, ys) == [[0], [1], [2], [3], [4], [5, 6, 7]]
     assert label_groups([1.0, 1.0], [0.5, 0.5]) == [[0, 1]]           # degenerate spans
-    # a sweep that turns back (testbed v4: λ = 0.5 and 0.9 land on one spot): the later label goes lower
+    # a sweep that turns back (testbed v4: λ = 0.5 and 0.9 land on one spot): two labels, placed apart
     vx = [6.6, 6.6, 6.6, 7.1, 16.9, 43.1, 52.1, 46.2, 39.6, 41.9, 41.6]
     vy = [0.735, 0.729, 0.713, 0.663, 0.670, 0.595, 0.379, 0.099, 0.035, 0.590, 0.907]
-    groups = label_groups(vx, vy)
-    assert groups == [[0, 1, 2], [3], [4], [5], [6], [7], [8], [9], [10]]
-    assert label_stack(vx, vy, groups) == [0, 0, 0, 0, 0, 0, 0, 1, 0]
-    assert label_stack(xs, ys, label_groups(xs, ys)) == [0] * 6       # a monotone sweep: nothing stacked
-    # a right-aligned label (Thinking's, running 0.2 leftwards) goes below its point unless the method
-    # markers sit there (testbed v5: Pref and the syntax rule just under Thinking, to its left)
-    assert label_side((0.93, 0.85), 0.2, []) == -1
-    assert label_side((0.93, 0.85), 0.2, [(0.85, 0.80), (0.86, 0.81)]) == 1
-    assert label_side((0.93, 0.85), 0.2, [(0.85, 0.80), (0.80, 0.88), (0.82, 0.89)]) == -1  # fewer below
-    assert label_side((0.93, 0.85), 0.2, [(0.50, 0.80), (0.99, 0.82)]) == -1  # outside the label's width
+    assert label_groups(vx, vy) == [[0, 1, 2], [3], [4], [5], [6], [7], [8], [9], [10]]
     assert _lam_label([0.0]) == "λ=0 (Instruct)" and _lam_label([1.0]) == "λ=1 (Thinking)"
     assert _lam_label([0.3]) == "λ=0.3"
     assert _lam_label([0.7, 0.8, 0.9, 1.0]) == "λ=0.7–1 (1: Thinking)"

@@ -54,3 +54,21 @@ def test_mixed_batch_equals_separate_runs(pair):
         assert [mixed[i].text for i in idx] == [r.text for r in alone]
     assert any("</think>" in r.text for r in mixed if r.lam == 1.0)
     assert all("<think>" not in r.text for r in mixed if r.lam == 0.0)
+
+
+def test_generate_warns_once_naming_characters_outside_the_alphabet(pair):
+    """The testbed tokenizer maps anything outside its small alphabet to <|unk|>: dk.generate says so, once
+    per call, naming the characters; a prompt within the alphabet does not warn."""
+    import warnings
+
+    model, tok, _ = pair
+    with pytest.warns(UserWarning, match="does not know") as record:
+        dk.generate(model, tok, ["12+3€x", "1x+2"], 0.5, max_new_tokens=2, progress=False)
+    unk = [w for w in record if "does not know" in str(w.message)]
+    assert len(unk) == 1
+    message = str(unk[0].message)
+    assert "'€', 'x'" in message and "<|unk|>" in message
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        dk.generate(model, tok, ["12+34", "5-6"], [0.0, 1.0], max_new_tokens=2, progress=False)
+    assert not [w for w in record if "does not know" in str(w.message)]

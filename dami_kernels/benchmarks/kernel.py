@@ -280,6 +280,7 @@ def main(argv=None, prog: str | None = None) -> int:
     if skipped:
         print(f"skipped over the {args.budget_s:.0f} s budget: "
               + ", ".join(f"{s['shape']}/M={s['M']}" for s in skipped))
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -147,82 +147,145 @@ def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[li
     return groups
 
 
-def label_stack(xs: list[float], ys: list[float], groups: list[list[int]], tol: float = 0.03) -> list[int]:
-    """For each label group, how many earlier groups' points nearly coincide with its own (a sweep that
-    turns back, e.g. λ = 0.5 and 0.9 on the same spot): that label is written that many lines lower."""
-    near = _near(xs, ys, tol)
-    anchors = [(xs[g[0]], ys[g[0]]) for g in groups]
-    return [sum(near(a, b) for b in anchors[:k]) for k, a in enumerate(anchors)]
+# Methods the demo's plot shows (every one gets its own marker and legend entry); Thinking and Instruct are
+# the fixed-λ curve's endpoints (λ = 1 and 0) and are labelled there.
+PLOTTED_METHODS = ("dami_pref", "dami_conf", "oracle", "syntax_rule", "random_matched", "frontier_matched")
+# Hollow markers, one shape and one size each (largest first, so that markers on one spot nest visibly).
+METHOD_STYLES = [("*", 330), ("D", 150), ("s", 110), ("^", 80), ("v", 60), ("o", 42), ("P", 34), ("X", 28)]
+LABEL_GID = "frontier_label"
 
 
-def label_side(point: tuple[float, float], width: float, markers: list[tuple[float, float]],
-                height: float = 0.06) -> int:
-    """Where a right-aligned label that runs ``width`` leftwards from ``point`` goes: -1 below the point,
-    +1 above it. Below, unless more method ``markers`` fall in the box below than in the box above (all
-    in axes fractions, 0-1; each box ``height`` tall)."""
-    x, y = point
+def _label_candidates():
+    """(dx, dy, ha, va) offsets in points from the labelled point, nearest first: right, left, below,
+    above, then the diagonals; further out (with a leader line) in 16 directions when none of those fit."""
+    import math
 
-    def count(lo: float, hi: float) -> int:
-        return sum(x - width <= mx <= x + 0.01 and lo <= my <= hi for mx, my in markers)
+    out = []
+    for r in (7, 13, 20, 30, 42, 56, 72, 90):
+        n = 8 if r < 20 else 16
+        for k in range(n):
+            a = 2 * math.pi * k / n
+            dx, dy = r * math.cos(a), r * math.sin(a)
+            ha = "left" if dx > 0.3 * r else ("right" if dx < -0.3 * r else "center")
+            va = "bottom" if dy > 0.3 * r else ("top" if dy < -0.3 * r else "center")
+            out.append((round(dx, 2), round(dy, 2), ha, va))
+    order = {(1, 0): 0, (-1, 0): 1, (0, -1): 2, (0, 1): 3}
 
-    return -1 if count(y - height, y) <= count(y, y + height) else 1
+    def rank(c):
+        dx, dy, _, _ = c
+        r = math.hypot(dx, dy)
+        key = (round(dx / r), round(dy / r)) if abs(dx) < 1e-6 or abs(dy) < 1e-6 else None
+        return (r, order.get(key, 4))
+
+    return sorted(out, key=rank)
 
 
-def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
-                  continuity: list[dict] | None = None, title: str | None = None) -> None:
-    """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
-    Thinking), plus optional method points {name: {accuracy, mean_tokens}} (hollow markers of different
-    sizes so that coinciding points stay visible); a second panel with the representation continuity
-    (layer-mean CKA against each endpoint and the position along the segment). `title`: the run (n, seed,
-    mix, ...)."""
+def _overlap(a, b) -> float:
+    """Area shared by two display-space boxes (x0, y0, x1, y1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _box(extent, pad: float = 0.0):
+    return (extent.x0 - pad, extent.y0 - pad, extent.x1 + pad, extent.y1 + pad)
+
+
+def frontier_point_boxes(ax, renderer) -> list[tuple[float, float, float, float]]:
+    """Display-space boxes of every plotted marker on ``ax`` (line markers and scatter points)."""
+    px = renderer.points_to_pixels(1.0)
+    boxes = []
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        r = line.get_markersize() / 2 * px
+        for x, y in line.get_transform().transform(line.get_xydata()):
+            boxes.append((x - r, y - r, x + r, y + r))
+    for coll in ax.collections:
+        sizes = coll.get_sizes()
+        offsets = coll.get_offset_transform().transform(coll.get_offsets())
+        for k, (x, y) in enumerate(offsets):
+            r = (sizes[k % len(sizes)] ** 0.5) / 2 * px if len(sizes) else 3 * px
+            boxes.append((x - r, y - r, x + r, y + r))
+    return boxes
+
+
+def place_labels(ax, labels: list, renderer, owned: list | None = None) -> None:
+    """Move each annotation in ``labels`` (anchored on a plotted point, offset in points) to the first
+    candidate offset (`_label_candidates`) whose box stays inside the axes and overlaps no plotted marker,
+    no label placed before it and not the legend; failing that, to the candidate with the least overlap.
+    A candidate nearer another point than its own (``owned[k]``: the data points label k names, default
+    its anchor) is taken only when no unambiguous one fits. Labels placed far from their point get a thin
+    leader line."""
+    pad = renderer.points_to_pixels(1.0)
+    points = frontier_point_boxes(ax, renderer)
+    frame = _box(ax.get_window_extent(renderer))
+    legend = ax.get_legend()
+    fixed = [_box(legend.get_window_extent(renderer), pad)] if legend is not None else []
+    placed: list = []
+    candidates = _label_candidates()
+    def gap(b, c) -> float:  # distance from box b to a point c (display coordinates)
+        return (max(b[0] - c[0], 0.0, c[0] - b[2]) ** 2 + max(b[1] - c[1], 0.0, c[1] - b[3]) ** 2) ** 0.5
+
+    centres = [((p[0] + p[2]) / 2, (p[1] + p[3]) / 2) for p in points]
+    for k, ann in enumerate(labels):
+        mine = ax.transData.transform(owned[k] if owned else [ann.xy])
+        others = [c for c in centres if min(abs(c[0] - m[0]) + abs(c[1] - m[1]) for m in mine) > 0.5]
+        best = None   # (cost, ambiguous, dx, dy, ha, va, box): no overlap and nearest to its own point wins
+        for dx, dy, ha, va in candidates:
+            ann.xyann = (dx, dy)
+            ann.set_ha(ha)
+            ann.set_va(va)
+            b = _box(ann.get_window_extent(renderer), pad)
+            outside = (max(0.0, frame[0] - b[0]) + max(0.0, b[2] - frame[2])
+                       + max(0.0, frame[1] - b[1]) + max(0.0, b[3] - frame[3]))
+            cost = (sum(_overlap(b, o) for o in points + placed + fixed) + 1e3 * outside)
+            ambiguous = any(gap(b, c) < min(gap(b, m) for m in mine) - pad for c in others)
+            if best is None or (cost, ambiguous) < best[:2]:
+                best = (cost, ambiguous, dx, dy, ha, va, b)
+            if cost == 0 and not ambiguous:
+                break
+        _, _, dx, dy, ha, va, b = best
+        ann.xyann = (dx, dy)
+        ann.set_ha(ha)
+        ann.set_va(va)
+        if (dx * dx + dy * dy) ** 0.5 > 16:   # a leader line (its own artist: the label's box stays the text's)
+            ax.annotate("", ann.xy, xytext=(dx, dy), textcoords="offset points", zorder=1,
+                        arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.7, "shrinkA": 2,
+                                    "shrinkB": 4})
+        placed.append(b)
+
+
+def frontier_figure(table: list[dict], methods: dict | None = None, continuity: list[dict] | None = None,
+                    title: str | None = None, dpi: int = 120):
+    """The figure `plot_frontier` saves: returns (fig, ax, labels) with the λ labels already placed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods = methods or {}
+    if len(methods) > len(METHOD_STYLES):
+        raise ValueError(f"at most {len(METHOD_STYLES)} methods can be plotted, got {len(methods)}")
     panels = 2 if continuity else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.2), squeeze=False, dpi=dpi)
     ax = axes[0][0]
     xs = [r["mean_tokens"] for r in table]
     ys = [r["accuracy"] for r in table]
     ax.plot(xs, ys, "-o", color="tab:blue", label="fixed λ", zorder=2)
-    span_x = (max(xs) - min(xs)) or 1.0
-    pad_x = 0.08 * span_x
-    x_lim = (min(xs) - pad_x, max(xs) + pad_x)
-    lo_y = min(ys + [m["accuracy"] for m in (methods or {}).values()])
-    hi_y = max(ys + [m["accuracy"] for m in (methods or {}).values()])
-    pad_y = 0.08 * ((hi_y - lo_y) or 1.0)
-    y_lim = (lo_y - 2 * pad_y, hi_y + 2 * pad_y)
-    ax.set_xlim(*x_lim)
-    ax.set_ylim(*y_lim)
-
-    def frac(x: float, y: float) -> tuple[float, float]:  # data -> axes fractions
-        return (x - x_lim[0]) / (x_lim[1] - x_lim[0]), (y - y_lim[0]) / (y_lim[1] - y_lim[0])
-
-    # One label per run of coinciding points, written beside the point at its own height (left part of
-    # the axes) or right-aligned under or over it (right part: the side clear of the method markers, which
-    # sit near Thinking), so that no label drifts towards a neighbour; a point on the spot of an earlier
-    # one gets its label lower.
-    markers = [frac(m["mean_tokens"], m["accuracy"]) for m in (methods or {}).values()]
-    groups = label_groups(xs, ys)
-    for group, stacked in zip(groups, label_stack(xs, ys, groups)):
-        x, y = xs[group[0]], ys[group[0]]
-        text = _lam_label([table[k]["lam"] for k in group])
-        ha = "left" if x < min(xs) + 0.7 * span_x else "right"
-        dy = -10 * stacked
-        if ha == "right":  # about 0.0075 of the axes' width per character at fontsize 7
-            dy += 9 * label_side(frac(x, y), 0.0075 * len(text) + 0.02, markers)
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy) if ha == "left" else (-9, dy),
-                    fontsize=7, ha=ha, va="center", annotation_clip=True)
-    styles = [("*", 260), ("D", 110), ("s", 70), ("^", 70), ("v", 70), ("P", 70), ("X", 70), ("o", 70)]
-    for k, ((name, res), (marker, size)) in enumerate(zip((methods or {}).items(), styles)):
+    all_x = xs + [m["mean_tokens"] for m in methods.values()]
+    all_y = ys + [m["accuracy"] for m in methods.values()]
+    span_x = (max(all_x) - min(all_x)) or 1.0
+    span_y = (max(all_y) - min(all_y)) or 1.0
+    ax.set_xlim(min(all_x) - 0.1 * span_x, max(all_x) + 0.1 * span_x)
+    ax.set_ylim(min(all_y) - 0.16 * span_y, max(all_y) + 0.16 * span_y)
+    for k, ((name, res), (marker, size)) in enumerate(zip(methods.items(), METHOD_STYLES)):
         ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=marker, s=size, zorder=4,
-                   facecolors="none", edgecolors=f"C{k + 1}", linewidths=1.6, label=name)
+                   facecolors="none", edgecolors=f"C{k + 1}", linewidths=1.4, label=name)
     ax.set_xlabel("mean generated tokens per query")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs. tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")   # where it covers the fewest points (the sweep need not be monotone)
     if continuity:
         ax2 = axes[0][1]
         lams = [r["lam"] for r in continuity]
@@ -237,10 +300,49 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
         ax2.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    # One label per run of consecutive, nearly coinciding grid points (names the endpoints).
+    labels, owned = [], []
+    for group in label_groups(xs, ys):
+        owned.append([(xs[k], ys[k]) for k in group])
+        x, y = xs[group[0]], ys[group[0]]
+        labels.append(ax.annotate(_lam_label([table[k]["lam"] for k in group]), (x, y),
+                                  textcoords="offset points", xytext=(7, 0), fontsize=7, ha="left",
+                                  va="center", annotation_clip=False, gid=LABEL_GID, zorder=5))
+    # Layout first (it moves the axes), then fix the legend where it covers the fewest points, then place
+    # the labels around the points, the markers, each other and the legend (display coordinates).
     fig.tight_layout()
+    legend = ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    lb = legend.get_window_extent(renderer)
+    legend.set_loc(((lb.x0 - frame.x0) / frame.width, (lb.y0 - frame.y0) / frame.height))
+    place_labels(ax, labels, renderer, owned)
+    return fig, ax, labels
+
+
+def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
+                  continuity: list[dict] | None = None, title: str | None = None) -> None:
+    """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
+    Thinking), plus optional method points {name: {accuracy, mean_tokens}} (hollow markers, each its own
+    shape and size so that coinciding points stay visible, each in the legend); λ labels placed where
+    they cover no point, no marker, no other label and not the legend; a second panel with the
+    representation continuity (layer-mean CKA against each endpoint and the position along the
+    segment). `title`: the run (n, seed, mix, ...)."""
+    import matplotlib.pyplot as plt
+
+    fig, _, _ = frontier_figure(table, methods, continuity, title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=fig.dpi)
     plt.close(fig)
+
+
+def plot_report(report: dict, path: Path, continuity: list[dict] | None = None, title: str | None = None,
+                methods=PLOTTED_METHODS) -> None:
+    """`plot_frontier` from a demo's report.json dict (its "sweep" and "methods"): the demo's frontier.png
+    can be redrawn from a shipped report without rerunning the study (continuity: details.json's)."""
+    shown = {k: report["methods"][k] for k in methods if k in report["methods"]}
+    plot_frontier(report["sweep"], path, methods=shown, continuity=continuity, title=title)
 
 
 def table_markdown(table: list[dict], continuity: list[dict] | None = None) -> str:

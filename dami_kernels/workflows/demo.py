@@ -28,7 +28,7 @@ from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation import preregistered as prereg
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.stats import auroc, compare
-from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_frontier, plot_title,
+from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_report, plot_title,
                                            representation_continuity, sweep_records, sweep_table, table_markdown)
 from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
@@ -197,9 +197,8 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "details.json").write_text(json.dumps(details, indent=1))
     (out_dir / "report.md").write_text(report_markdown(report, details))
-    shown = {k: methods[k] for k in ("dami_pref", "dami_conf", "oracle", "syntax_rule", "random_matched")}
-    plot_frontier(table, out_dir / "frontier.png", methods=shown, continuity=continuity,
-                  title=plot_title({**(meta or {}), "n": n, "seed": seed, "mix": mix}))
+    plot_report(report, out_dir / "frontier.png", continuity=continuity,
+                title=plot_title({**(meta or {}), "n": n, "seed": seed, "mix": mix}))
     return {"report": report, "details": details}
 
 

@@ -84,6 +84,8 @@ setup(
         "test": TEST_TOOLS + pinned(1),
         # The same at the oldest supported releases (transformers==5.17.0, lm-eval[hf]==0.4.13, peft==0.21.0)
         "test-oldest": TEST_TOOLS + pinned(0),
+        # The documentation site (mkdocs.yml; `mkdocs build --strict`, the last step of .ci/run)
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9", "mkdocstrings[python]>=0.26"],
     },
     entry_points={
         "console_scripts": ["dami=dami_kernels.cli:main"],

@@ -11,7 +11,7 @@ Paths, chosen on the host from `lam_value` (a λ that every row shares, known wi
     applied to x, which is [M, K]).
 BLEND_MIN_ROWS was measured on the 2-core CPU machine (fp32, one thread, 512×1536, 1536×512 and
 2048×512 layers): blending costs about two single-row GEMMs, so from 4 rows on one blended GEMM beats two
-(M=4: 425 µs against 497 µs; M=1: 263 µs against 199 µs). See README "The CPU path".
+(M=4: 425 µs against 497 µs; M=1: 263 µs against 199 µs). See docs/fused-op.md, "The CPU path".
 """
 from __future__ import annotations
 

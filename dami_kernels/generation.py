@@ -76,7 +76,10 @@ def per_prompt_lambdas(lam, n_prompts: int, allow_extrapolation: bool) -> list[f
     return [float(v) for v in lam]
 
 
-def _eos_ids(model, tokenizer, kwargs) -> set[int]:
+def eos_ids(model, tokenizer, kwargs: dict | None = None) -> set[int]:
+    """The EOS token ids: kwargs' eos_token_id, else the generation config's (kwargs' or the model's), else the
+    tokenizer's; empty when none has one."""
+    kwargs = kwargs or {}
     eos = kwargs.get("eos_token_id")
     if eos is None:
         config = kwargs.get("generation_config") or model.generation_config
@@ -233,7 +236,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
             raise ValueError(f"{key} is built from the prompts; do not pass it")
     pad_id = pad_token_id(tokenizer)
     generation_kwargs.setdefault("pad_token_id", pad_id)
-    eos_ids = _eos_ids(model, tokenizer, generation_kwargs)
+    eos = eos_ids(model, tokenizer, generation_kwargs)
     expand = generation_expand_size(model, generation_kwargs)
     n_return = int(generation_kwargs.get("num_return_sequences") or
                    getattr(generation_kwargs.get("generation_config") or model.generation_config,
@@ -265,7 +268,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
                 raise RuntimeError(f"generate returned {len(new)} rows for {len(idx)} prompts × {n_return} sequences")
             for row, tokens in enumerate(new):
                 i, s = idx[row // n_return], row % n_return
-                n = count_generated(tokens, eos_ids)
+                n = count_generated(tokens, eos)
                 text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
                 results.append(GenerationResult(i, s, prompts[i], lams[i], text, n, tokens[:n]))
             bar.update(len(idx))

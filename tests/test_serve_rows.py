@@ -300,3 +300,17 @@ def test_cb_config_puts_the_page_size_in_this_release_s_field():
     assert getattr(config, "page_size" if "page_size" in fields else "block_size") == 48
     assert config.num_blocks == 7 and config.use_async_batching is False
     assert config.max_batch_tokens == ContinuousBatchingConfig().max_batch_tokens  # None: transformers' default
+
+
+def test_the_server_s_transformers_range_is_setup_py_s():
+    """`dami serve` refuses a transformers outside cb_internals.TESTED_TRANSFORMERS; setup.py bounds the install
+    with its TESTED table: the two must name the same releases."""
+    import ast
+    from pathlib import Path
+
+    from dami_kernels.serving.cb_internals import TESTED_TRANSFORMERS
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    tested = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TESTED")
+    assert tuple(tested["transformers"]) == TESTED_TRANSFORMERS

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from dami_kernels.serving.lam_policy import DEFAULT_EFFORTS, LamPolicy, RequestLambdas
-from dami_kernels.serving.protocol import APIError, invalid
+from dami_kernels.serving.protocol import APIError
 
 DEFAULT_MODEL_ID = "dami-pair"
 DEFAULT_MAX_N = 16
@@ -176,26 +174,6 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
         return await handlers.handle("completion", request)
 
     return app, served
-
-
-def request_id_of(request) -> str:
-    """The client's x-request-id (printable, at most 128 characters), else a fresh one."""
-    given = request.headers.get("x-request-id")
-    if given is None:
-        return f"req-{uuid.uuid4().hex}"
-    if not (0 < len(given) <= 128 and given.isprintable()):
-        raise invalid("x-request-id", "must be 1 to 128 printable characters")
-    return given
-
-
-async def read_json(request):
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise invalid("body", f"is not valid JSON ({err})") from None
-    except RecursionError:
-        raise invalid("body", "is nested too deeply") from None
 
 
 class ServerThread:

@@ -97,15 +97,13 @@ class PairEngine:
 
     @property
     def alive(self) -> bool:
-        manager = self.manager
-        return (manager is not None and not self.restarting and manager.is_running()
-                and cbi.engine_fatal_error(manager) is None)
+        return not self.restarting and _running(self.manager)
 
     def _supervise(self) -> None:
         """Restart the engine whenever its worker dies (an error inside one step kills transformers' worker)."""
         while not self._stop.wait(self.poll_s):
             manager = self.manager
-            if manager is None or (manager.is_running() and cbi.engine_fatal_error(manager) is None):
+            if manager is None or _running(manager):
                 continue
             if self._stop.is_set():
                 return
@@ -215,6 +213,11 @@ class PairEngine:
                 else:
                     with lambda_scope(self.model, lam):
                         yield self.model
+
+
+def _running(manager) -> bool:
+    """Whether a manager's worker thread runs and has recorded no fatal error."""
+    return manager is not None and manager.is_running() and cbi.engine_fatal_error(manager) is None
 
 
 class AutoLambda:

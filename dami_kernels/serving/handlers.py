@@ -12,22 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 
-from dami_kernels.hf.prompts import encode_text
+from dami_kernels.generation import eos_ids
+from dami_kernels.hf.prompts import encode_prompts, encode_text
 from dami_kernels.serving import responses as R
+from dami_kernels.serving.cb_internals import has_engine_pause
 from dami_kernels.serving.engine import EngineDown, RequestFailed, token_logprobs
 from dami_kernels.serving.lam_policy import ServedLambda
-from dami_kernels.serving.protocol import APIError, GenerationParams, invalid, parse_request
+from dami_kernels.serving.protocol import APIError, GenerationParams, invalid, parse_request, read_json, request_id_of
 from dami_kernels.serving.text import THINK_OPEN, ReasoningSplit, TextStream, split_reasoning
 
 LAM_HEADER, LAM_SOURCE_HEADER = "x-dami-lam", "x-dami-lam-source"
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    eos = model.config.eos_token_id if eos is None else eos
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
 class Handlers:
@@ -52,10 +48,8 @@ class Handlers:
             except Exception as err:  # noqa: BLE001 - a template's own refusal (e.g. no system role) is the client's
                 raise invalid("messages", f"the chat template refused them: {' '.join(str(err).split())}") from None
             ids, where = encode_text(tok, text), "messages"
-        elif isinstance(params.prompt, str):
-            bos = getattr(tok, "bos_token", None)
-            ids = list(tok(params.prompt, add_special_tokens=not (bos and params.prompt.startswith(bos)))["input_ids"])
-            where = "prompt"
+        elif isinstance(params.prompt, str):  # the raw text, as dk.generate(..., chat_template=False) encodes it
+            ids, where = encode_prompts(tok, [params.prompt], chat_template=False)[0], "prompt"
         else:
             bad = [t for t in params.prompt if not 0 <= t < self.vocab]
             if bad:
@@ -83,8 +77,6 @@ class Handlers:
     async def handle(self, route: str, request):
         from fastapi.responses import JSONResponse, StreamingResponse
 
-        from dami_kernels.serving.app import read_json, request_id_of
-
         t_request = time.perf_counter()
         request_id = request_id_of(request)
         body = await read_json(request)
@@ -99,11 +91,8 @@ class Handlers:
         if params.seed is not None and sampling["top_k"] != 1:
             raise invalid("seed", "is not supported when sampling: requests in one engine batch share its random "
                           "numbers (give temperature 0, or leave seed out)")
-        if params.logprobs:
-            from dami_kernels.serving.cb_internals import has_engine_pause
-
-            if not has_engine_pause():
-                raise invalid("logprobs", "needs a transformers release whose engine can pause (5.24+)")
+        if params.logprobs and not has_engine_pause():
+            raise invalid("logprobs", "needs a transformers release whose engine can pause (5.24+)")
         if not self.engine.alive:
             raise unavailable(EngineDown("the generation engine is restarting"))
         if request_id in self.served.inflight:
@@ -114,11 +103,11 @@ class Handlers:
             self.served.metrics.prompt_tokens.inc(len(ids))
             self.served.metrics.lam.observe(served.lam)
             headers = {LAM_HEADER: repr(served.lam), LAM_SOURCE_HEADER: served.source}
-            ctx = _Ctx(route, request_id, int(time.time()), model_name, served, ids, max_new, sampling, params,
-                       t_request)
+            ctx = _Ctx(request_id, int(time.time()), model_name, served, ids, max_new, sampling, params, t_request,
+                       think_opened=route == "chat" and self.think_opened(ids))
             if params.stream:
                 events = self.stream(ctx)
-                first = await _first_or_raise(events)
+                first = await anext(events)  # an error before the first event is answered with its HTTP status
                 return StreamingResponse(_chain(first, events, self.served.inflight, request_id),
                                          media_type="text/event-stream", headers=headers)
             choices = await self.run_choices(ctx)
@@ -172,12 +161,12 @@ class Handlers:
         self.served.metrics.observe_choice(ctx.t_request, times[:len(kept)])
         choice = R.Choice(index, text.text, finish, kept)
         if ctx.params.route == "chat":
-            choice.reasoning, choice.text = split_reasoning(text.text, self.think_opened(ctx))
+            choice.reasoning, choice.text = split_reasoning(text.text, ctx.think_opened)
         return choice
 
-    def think_opened(self, ctx: _Ctx) -> bool:
+    def think_opened(self, prompt_ids: list[int]) -> bool:
         """Whether the chat template opened a `<think>` block at the end of the prompt (Qwen3 Thinking's)."""
-        tail = self.tokenizer.decode(ctx.prompt_ids[-4:], skip_special_tokens=False).rstrip()
+        tail = self.tokenizer.decode(prompt_ids[-4:], skip_special_tokens=False).rstrip()
         return tail.endswith(THINK_OPEN)
 
     async def run_choices(self, ctx: _Ctx, on_text=None) -> list[R.Choice]:
@@ -223,7 +212,7 @@ class Handlers:
                 yield _sse(make(c.index, finish_reason=c.finish_reason))
         else:
             queue: asyncio.Queue = asyncio.Queue()
-            splitters = [ReasoningSplit(self.think_opened(ctx)) for _ in range(ctx.params.n)]
+            splitters = [ReasoningSplit(ctx.think_opened) for _ in range(ctx.params.n)]
 
             async def on_text(index, delta, _tokens):
                 if route == "chat":
@@ -267,13 +256,21 @@ class Handlers:
         yield "data: [DONE]\n\n"
 
 
+@dataclass
 class _Ctx:
-    """One request being served."""
+    """One request being served. created: its Unix time; model: the served model name; t_request: when it
+    arrived (perf_counter); think_opened: a chat prompt ends inside an opened `<think>` block."""
 
-    def __init__(self, route, request_id, created, model, served, prompt_ids, max_new, sampling, params, t_request):
-        self.route, self.request_id, self.created, self.model, self.served = route, request_id, created, model, served
-        self.prompt_ids, self.max_new, self.sampling, self.params = prompt_ids, max_new, sampling, params
-        self.t_request = t_request
+    request_id: str
+    created: int
+    model: str
+    served: ServedLambda
+    prompt_ids: list[int]
+    max_new: int
+    sampling: dict
+    params: GenerationParams
+    t_request: float
+    think_opened: bool = False
 
 
 def unavailable(err: Exception) -> APIError:
@@ -282,11 +279,6 @@ def unavailable(err: Exception) -> APIError:
 
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
-
-
-async def _first_or_raise(events):
-    """The stream's first event; an error before it is raised (and answered with its HTTP status)."""
-    return await events.__anext__()
 
 
 async def _chain(first: str, events, inflight: set, request_id: str):

@@ -10,7 +10,9 @@ logit_bias, penalties) is refused with 400 naming the field, as is an unknown fi
 """
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -238,3 +240,24 @@ def parse_request(body, route: str, policy: LamPolicy, max_n: int) -> Generation
         params.include_usage = bool(usage)
     params.seed = _int(body, "seed", -(2 ** 63), 2 ** 63 - 1)
     return params
+
+
+def request_id_of(request) -> str:
+    """The client's x-request-id (printable, at most 128 characters), else a fresh one."""
+    given = request.headers.get("x-request-id")
+    if given is None:
+        return f"req-{uuid.uuid4().hex}"
+    if not (0 < len(given) <= 128 and given.isprintable()):
+        raise invalid("x-request-id", "must be 1 to 128 printable characters")
+    return given
+
+
+async def read_json(request):
+    """The request's body parsed as JSON; 400 naming `body` when it is not JSON."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid("body", f"is not valid JSON ({err})") from None
+    except RecursionError:
+        raise invalid("body", "is nested too deeply") from None

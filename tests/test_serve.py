@@ -316,6 +316,24 @@ def test_models_lists_the_pair_and_other_routes_are_refused(server, client):
     assert data["error"]["type"] == "not_found_error"
 
 
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(server):
+    """httpx (the openai client) drops a pooled connection after 5 s idle; the server must keep it longer, or a
+    request sent on it as the server closes it is reset unread (seen in CI: "connection reset by peer")."""
+    import http.client
+
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        for wait in (0.0, 6.0):
+            time.sleep(wait)
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and not resp.will_close
+            resp.read()
+        assert conn.sock is not None  # the same socket both times: http.client would have reconnected otherwise
+    finally:
+        conn.close()
+
+
 def test_load_many_clients(client, reference):
     """A small load test (the full 64 requests / 16 clients run in bench/bench_serve.py): every answer equal to
     the reference."""

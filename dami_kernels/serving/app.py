@@ -181,12 +181,10 @@ class ServerThread:
 
     def __init__(self, app, served: Served | None = None, host: str = "127.0.0.1", port: int = 0,
                  log_level: str = "warning"):
-        import uvicorn
-
         self.served = served
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off"))
+        self.server = uvicorn_server(app, log_level)
         self.thread = threading.Thread(target=self._run, name="dami-serve", daemon=True)
 
     @property
@@ -233,13 +231,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model, tokenizer, options: ServeOptions, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve the pair on a bound socket until interrupted (blocking)."""
+# An idle keep-alive connection stays open this long. Longer than the clients' own idle expiry (httpx, which the
+# openai client uses, drops a pooled connection after 5 s idle): were both 5 s, a client could send a request on a
+# connection at the instant the server closes it, and get "connection reset by peer" for a request never read.
+KEEP_ALIVE_S = 30
+
+
+def uvicorn_server(app, log_level: str):
+    """The uvicorn server for the app (not started)."""
     import uvicorn
 
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off",
+                                         timeout_keep_alive=KEEP_ALIVE_S))
+
+
+def serve(model, tokenizer, options: ServeOptions, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve the pair on a bound socket until interrupted (blocking)."""
     app, served = build_app(model, tokenizer, options)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off"))
+        server = uvicorn_server(app, log_level)
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         served.shutdown()

@@ -79,7 +79,7 @@ def main() -> None:
 
     from dami_kernels.hf.checkpoint import open_checkpoint
     from dami_kernels.hf.finite import _model_tensors, check_model_finite
-    from dami_kernels.hf.load import load_side
+    from dami_kernels.pair.load import load_side
 
     loadavg = os.getloadavg()
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ import torch._dynamo  # noqa: E402
 
 from transformers import AutoModelForCausalLM, CompileConfig, Qwen3Config  # noqa: E402
 
-from dami_kernels.hf import convert_pair, lambda_scope  # noqa: E402
+from dami_kernels.pair import convert_pair, lambda_scope  # noqa: E402
 from dami_kernels.modules import InterpLinear  # noqa: E402
 from dami_kernels.ops import interpreting  # noqa: E402
 

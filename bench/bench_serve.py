@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     import openai
 
     import dami_kernels as dk
-    from dami_kernels.hf import load_pair_and_tokenizer
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.serving import ServeOptions, ServerThread, build_app
     from dami_kernels.testbed import testbed_dirs
 

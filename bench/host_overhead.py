@@ -1,7 +1,7 @@
 """Host time of one `InterpLinear.forward` call: the Python/torch work around the kernel launch.
 
 Decode is host-bound when this is large (a Qwen3-4B step makes 253 such calls). Measured with the
-kernel launch itself stubbed out (`triton_launch._launch` replaced by a no-op), so the number is what
+kernel launch itself stubbed out (`ops.common.launch.launch_kernel` replaced by a no-op), so the number is what
 the project adds on top of Triton's own launch cost; beside it the torch backend and a plain F.linear
 on the same input, one thread, M = 1, N = K = 64 (tiny, so the arithmetic is negligible).
 
@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from dami_kernels.ops import triton_launch
+    from dami_kernels.ops.common import launch as common_launch
 
-    triton_launch._launch = lambda kernel, grid, a, kw: None  # the launch stubbed: host work only
+    common_launch.launch_kernel = lambda kernel, grid, a, kw: None  # the launch stubbed: host work only
     n = k = 64
     state = LambdaState(torch.tensor([0.3]))  # per-sequence λ, one sequence (a mixed-λ decode call)
     lin = nn.Linear(k, n)

@@ -8,18 +8,18 @@ __version__ = "0.1.0"
 # neither torch nor transformers.
 _LAZY = {
     "interp_linear": "dami_kernels.ops",
-    # Hugging Face pair API (issue 3)
-    "load_pair": "dami_kernels.hf", "load_pair_and_tokenizer": "dami_kernels.hf", "convert_pair": "dami_kernels.hf",
-    "set_lambda": "dami_kernels.hf", "lambda_scope": "dami_kernels.hf", "merge_pair": "dami_kernels.hf",
-    "save_pair": "dami_kernels.hf",
+    # the pair API
+    "load_pair": "dami_kernels.pair", "load_pair_and_tokenizer": "dami_kernels.pair",
+    "convert_pair": "dami_kernels.pair", "set_lambda": "dami_kernels.pair", "lambda_scope": "dami_kernels.pair",
+    "merge_pair": "dami_kernels.pair", "save_pair": "dami_kernels.pair",
     "generate": "dami_kernels.generation",
-    # λ(q) estimators (issue 5)
+    # λ(q) estimators
     "estimate": "dami_kernels.estimators",
 }
 __all__ = ["__version__", *_LAZY]
 
 
-_SUBPACKAGES = ("ops", "modules", "hf", "generation", "estimators", "evaluation", "testbed", "workflows",
+_SUBPACKAGES = ("ops", "modules", "hf", "pair", "fs", "generation", "estimators", "evaluation", "testbed", "workflows",
                 "integrations", "benchmarks", "cli")
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id
-from dami_kernels.hf.lam import generation_expand_size, lambda_lock, lambda_scope, lambda_state
+from dami_kernels.pair.lam import generation_expand_size, lambda_lock, lambda_scope, lambda_state
 from dami_kernels.modules import validate_lambda
 
 
@@ -218,7 +218,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     longer prompts + max_new_tokens reuse the compiled graph; a new batch size compiles once more.
 
     Thread-safe per model: concurrent calls on one model run one after the other, each at its own λ, and
-    the model's λ from before the call is restored when it returns (hf/lam.py, `lambda_lock`).
+    the model's λ from before the call is restored when it returns (pair/lam.py, `lambda_lock`).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -255,7 +255,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
                                                       max(len(e) for e in encoded))
     results: list[GenerationResult] = []
     starts = range(0, len(prompts), batch_size)
-    # One call at a time per model (see hf/lam.py): other threads' generate/lambda_scope/set_lambda wait.
+    # One call at a time per model (see pair/lam.py): other threads' generate/lambda_scope/set_lambda wait.
     with lambda_lock(model), tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
         for start in starts:
             idx = list(range(start, min(start + batch_size, len(prompts))))

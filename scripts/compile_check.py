@@ -94,9 +94,9 @@ from triton.runtime.driver import driver  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dami_kernels.ops import configs, moe_launch, triton_launch  # noqa: E402
-from dami_kernels.ops.configs import KernelConfig  # noqa: E402
-from dami_kernels.ops.moe_kernels import interp_grouped_kernel  # noqa: E402
-from dami_kernels.ops.triton_kernels import interp_linear_kernel, splitk_reduce_kernel  # noqa: E402
+from dami_kernels.ops.common.configs import KernelConfig  # noqa: E402
+from dami_kernels.ops.interp_experts.kernel import interp_grouped_kernel  # noqa: E402
+from dami_kernels.ops.interp_linear.kernel import interp_linear_kernel, splitk_reduce_kernel  # noqa: E402
 
 SMEM_LIMITS = {90: 232448, 80: 166912, 86: 101376, 89: 101376}  # opt-in shared memory per block, bytes
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -37,8 +37,8 @@ fi
 
 step "GPU and kernel tests"
 timeout 170 $PY -m pytest -q -p no:warnings -p no:cacheprovider \
-  tests/test_gpu_kernels.py tests/test_hf_gpu.py tests/test_ops_interp_linear.py tests/test_ops_readiness.py \
-  tests/test_generation_compile.py tests/test_moe_ops.py -k "not inductor_default_on_cpu" > "$OUT/gpu_tests.txt" 2>&1 || status=1
+  tests/gpu/test_gpu_kernels.py tests/gpu/test_hf_gpu.py tests/ops/test_ops_interp_linear.py tests/ops/test_ops_readiness.py \
+  tests/pair/test_generation_compile.py tests/ops/test_moe_ops.py -k "not inductor_default_on_cpu" > "$OUT/gpu_tests.txt" 2>&1 || status=1
 tail -3 "$OUT/gpu_tests.txt" | tee -a "$LOG"
 
 step "kernel benchmark (budget ${KERNEL_BUDGET_S:-90} s)"

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dami_kernels.benchmarks.kernel import QWEN3_4B_SHAPES, TINY_SHAPES, scenarios, timer  # noqa: E402
 
 from dami_kernels.ops import interp_linear_fp64  # noqa: E402
-from dami_kernels.ops.checks import normalize_args  # noqa: E402
-from dami_kernels.ops.configs import M_BUCKETS, KernelConfig, config_to_json, table_key  # noqa: E402
-from dami_kernels.ops.triton_launch import launch_interp_linear  # noqa: E402
+from dami_kernels.ops.common.checks import normalize_args  # noqa: E402
+from dami_kernels.ops.common.configs import M_BUCKETS, KernelConfig, config_to_json, table_key  # noqa: E402
+from dami_kernels.ops.interp_linear.launch import launch_interp_linear  # noqa: E402
 
 
 def candidates(m: int, k: int) -> list[KernelConfig]:

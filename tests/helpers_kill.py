@@ -48,8 +48,8 @@ def self_kill() -> None:
 
 def install_kill_hooks(stage: str, at_stage) -> None:
     """Patch merge/outdir internals of THIS process so that at_stage() runs at `stage`."""
-    import dami_kernels.hf.merge as merge
-    import dami_kernels.hf.outdir as outdir
+    import dami_kernels.pair.merge as merge
+    import dami_kernels.fs.outdir as outdir
 
     if stage not in STAGES:
         raise ValueError(stage)

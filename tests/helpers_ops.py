@@ -34,8 +34,8 @@ def poison_outputs(monkeypatch):
     module to apply it there)."""
     if not triton_available():
         return
-    from dami_kernels.ops import triton_launch
+    from dami_kernels.ops.common import launch as common_launch
 
     monkeypatch.setattr(
-        triton_launch, "_alloc", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
+        common_launch, "alloc_output", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
     )

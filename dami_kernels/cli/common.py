@@ -133,7 +133,7 @@ def load_from_args(args):
     $DAMI_THREADS, else one thread on the tiny testbed pair: see `dami_kernels.testbed.threads`)."""
     import torch
 
-    from dami_kernels.hf import load_pair_and_tokenizer
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.hf.device import resolve_device
     from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 
@@ -212,7 +212,7 @@ def output_dir(args, what: str):
     --out may not be, contain or lie inside the --instruct/--thinking directories given; with --overwrite
     it replaces only a directory that dami wrote.
     """
-    from dami_kernels.hf.outdir import write_output_dir
+    from dami_kernels.fs.outdir import write_output_dir
 
     inputs = [d for d in (getattr(args, "instruct", None), getattr(args, "thinking", None)) if d]
     with write_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what=what,

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from dami_kernels.cli.common import check_lams
-    from dami_kernels.hf import merge_pair
+    from dami_kernels.pair import merge_pair
 
     check_lams([args.lam], args.allow_extrapolation)
     out = merge_pair(args.instruct, args.thinking, args.lam, args.out, overwrite=args.overwrite,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from dami_kernels.hf.prompts import encode_prompts, encode_text, left_pad, pad_token_id, position_ids  # noqa: F401
-
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device

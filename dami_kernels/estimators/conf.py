@@ -32,14 +32,10 @@ from tqdm.auto import tqdm
 from dami_kernels.estimators.batching import (
     check_prompts,
     chunks,
-    encode_text,
-    encode_prompts,
     endpoint_lambdas,
-    left_pad,
     model_device,
-    pad_token_id,
-    position_ids,
 )
+from dami_kernels.hf.prompts import encode_prompts, encode_text, left_pad, pad_token_id, position_ids
 from dami_kernels.estimators.rollouts import Rollouts, check_grid, snap_to_grid
 from dami_kernels.estimators.signals import LN2, confidence, js_divergence, masked_mean
 
@@ -120,7 +116,7 @@ def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_pref
     λ=0 rows' greedy token to both halves. Decoding stops after max_answer_tokens steps or when every
     λ=0 row has emitted an EOS.
     """
-    from dami_kernels.hf import lambda_scope  # imported here: `estimators` math works without transformers
+    from dami_kernels.pair import lambda_scope  # imported here: `estimators` math works without transformers
     from dami_kernels.hf.kv_cache import cache_kwarg, output_cache
 
     prompts = check_prompts(prompts)

@@ -37,14 +37,11 @@ from tqdm.auto import tqdm
 from dami_kernels.estimators.batching import (
     check_prompts,
     chunks,
-    encode_prompts,
     endpoint_lambdas,
-    left_pad,
     model_device,
-    pad_token_id,
-    position_ids,
 )
 from dami_kernels.estimators.conf import AUTO
+from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
 from dami_kernels.estimators.rollouts import Rollouts, check_grid
 
 CONFIG_NAME = "config.json"
@@ -113,7 +110,7 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
     model's base (no lm_head, no grad); the final-norm hidden states are pooled over the prompt tokens
     ("mean", "last" token, or both concatenated) and the λ=0 and λ=1 halves are concatenated.
     """
-    from dami_kernels.hf import lambda_scope  # imported here: `estimators` math works without transformers
+    from dami_kernels.pair import lambda_scope  # imported here: `estimators` math works without transformers
 
     prompts = check_prompts(prompts)
     names = signal_names(conf_signals)

@@ -11,7 +11,7 @@ import torch
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.runner import ItemRecord, run_items, summarize, write_records
 from dami_kernels.evaluation.tables import markdown_table
-from dami_kernels.hf.lam import lambda_scope
+from dami_kernels.pair.lam import lambda_scope
 from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))

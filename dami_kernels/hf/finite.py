@@ -6,7 +6,7 @@ reduction: for float32, float64 and bfloat16 its sum (a NaN or ±inf among the v
 propagates). Only a slice that fails the fast test (a sum that overflowed, or a real NaN/inf) is counted
 exactly, with `torch.isfinite` on that slice. Other floating dtypes (float8) are checked on a float32 copy
 of each slice. `load_pair` checks both loaded models before pairing them; `merge_pair` checks each merged
-tensor as it is computed (hf/merge.py).
+tensor as it is computed (pair/merge.py).
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ from lm_eval.models.huggingface import HFLM
 from dami_kernels.estimators import estimate
 from dami_kernels.estimators.store import load_estimator
 from dami_kernels.evaluation.answers import extract_answer, normalize_answer
-from dami_kernels.hf import generation_expand_size, lambda_scope, load_pair, set_lambda
+from dami_kernels.pair import generation_expand_size, lambda_scope, load_pair, set_lambda
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 

@@ -18,7 +18,7 @@ from torch import nn
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
 from dami_kernels.modules.linear import InterpLinear, ResolvedBackend, same_layout
 from dami_kernels.ops.interp_linear import interp_linear_layer
-from dami_kernels.ops.moe import interp_experts_rows
+from dami_kernels.ops.interp_experts.op import interp_experts_rows
 
 # Router class name -> whether its routing weights are cast back to the logits' dtype (Qwen) or kept
 # in fp32 (Mixtral). Top-k is renormalized when the router's `norm_topk_prob` is set (Mixtral: always).

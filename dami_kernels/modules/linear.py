@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
-from dami_kernels.ops.backend import resolve_backend
+from dami_kernels.ops.common.backend import resolve_backend
 from dami_kernels.ops.interp_linear import interp_linear_layer, layer_memo
 
 _MEMO_MISSES = 8  # a layer whose launch memo missed this many calls in a row stops making memos
@@ -58,7 +58,7 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.backend = backend
-        # [triton_launch.LaunchMemo | None, backend setting, misses in a row]: the last eager Triton launch,
+        # [ops.interp_linear.launch.LaunchMemo | None, backend setting, misses in a row]: the last eager Triton launch,
         # a list so that a hit updates it without nn.Module.__setattr__ (µs per call)
         self._memo = [None, None, 0]
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)

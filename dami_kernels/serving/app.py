@@ -83,7 +83,7 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from dami_kernels.hf import lambda_state
+    from dami_kernels.pair import lambda_state
     from dami_kernels.serving.cb_internals import require_engine_pause
     from dami_kernels.serving.engine import AutoLambda, PairEngine
     from dami_kernels.serving.handlers import Handlers

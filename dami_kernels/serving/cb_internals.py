@@ -25,7 +25,7 @@ import torch
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessorList
 from transformers.generation.continuous_batching.requests import RequestState
 
-from dami_kernels.hf import lambda_state
+from dami_kernels.pair import lambda_state
 from dami_kernels.modules import InterpLinear
 from dami_kernels.serving.lam_policy import RequestLambdas
 

@@ -201,7 +201,7 @@ class PairEngine:
     def model_session(self, lam=None):
         """The model to oneself: the engine paused (its requests stay in flight), λ set to `lam` if given and
         restored after. One session at a time. Needs the engine's pause API (transformers 5.24+)."""
-        from dami_kernels.hf import lambda_scope
+        from dami_kernels.pair import lambda_scope
 
         cbi.require_engine_pause("running the model beside the engine")
         with self.model_lock:

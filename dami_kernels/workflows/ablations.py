@@ -75,7 +75,7 @@ def ablations_markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from dami_kernels.hf import load_pair_and_tokenizer
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.testbed import testbed_dirs
 
     argv = sys.argv[1:] if argv is None else argv

@@ -223,7 +223,7 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
              estimator_dir=SHIPPED_DIR, mix=None) -> dict:
     """The study above on the shipped pair (or `pair_dirs`) and a fresh draw of n test problems.
     Returns report.json's dict with "details" (details.json) added."""
-    from dami_kernels.hf import load_pair_and_tokenizer
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.testbed import testbed_dirs
     from dami_kernels.testbed.training import MAX_NEW_TOKENS
 

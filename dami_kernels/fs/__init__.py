@@ -1,0 +1,1 @@
+"""Filesystem safety for what the library writes: atomic output directories (`outdir`)."""

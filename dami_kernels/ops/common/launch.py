@@ -1,0 +1,47 @@
+"""Launch plumbing that both op families share: the two seams (output allocation, kernel launch) that tests,
+benchmarks and scripts/compile_check.py replace, and the fp32 precision switch.
+
+Callers use the seams through the module (`launch.alloc_output(...)`), so that replacing them here reaches
+every launcher.
+"""
+from __future__ import annotations
+
+import torch
+
+INT32_LIMIT = 2**31
+REDUCE_BLOCK = 1024
+
+
+def alloc_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation (the tests replace it with a NaN-filled one to catch unwritten tiles)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def launch_kernel(kernel, grid, args, kwargs) -> None:
+    """The kernel launch itself (bench/host_overhead.py replaces it to time the host side alone;
+    scripts/compile_check.py records the launches through it)."""
+    kernel[grid](*args, **kwargs)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tf32_enabled() -> bool:
+    """True when the user turned TF32 on for fp32 matmuls through torch's switch (as cuBLAS follows it):
+    `torch.backends.cuda.matmul.fp32_precision = "tf32"`, `torch.set_float32_matmul_precision("high")`
+    or the legacy `torch.backends.cuda.matmul.allow_tf32 = True`. Default: False (exact fp32)."""
+    # The C getters behind torch.backends.cuda.matmul.fp32_precision / torch.backends.fp32_precision /
+    # allow_tf32 (the Python properties cost several µs per call; this runs on every fp32 call).
+    precision = _precision_getter("cuda", "matmul")
+    if precision == "none":
+        precision = _precision_getter("generic", "all")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    try:
+        return bool(torch._C._get_cublas_allow_tf32())
+    except RuntimeError:  # torch refuses to read the legacy flag after the new API was used
+        return False
+
+
+_precision_getter = torch._C._get_fp32_precision_getter

@@ -1,0 +1,163 @@
+"""Triton device functions that both kernel families share, and the split-K reduction kernel.
+
+The tile loads (x and W, either orientation: SWAP_AB computes the transposed tile so that a small M sits in
+the wide tensor-core dimension), the three K loops (one weight; a weight blended in registers from a shared
+λ; two fp32 accumulators for mixed λ) and the tile store (which can record the path a program took).
+`interp_linear/kernel.py` and `interp_experts/kernel.py` are built from them.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b. UPCAST: fp32 operands (the CPU interpreter's bf16/fp16 dot is not reliable).
+    PRECISION: tl.dot's input_precision for fp32 operands ("ieee": exact fp32, the default; "tf32" only
+    when the user enabled TF32 through torch's switch). Ignored for fp16/bf16 operands."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _load_x(ptrs, rk, k_left, SWAP_AB: tl.constexpr):
+    """x tile, [BLOCK_M, BLOCK_K] (or [BLOCK_K, BLOCK_M] with SWAP_AB); only the K tail is masked."""
+    if SWAP_AB:
+        tile = tl.load(ptrs, mask=rk[:, None] < k_left, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=rk[None, :] < k_left, other=0.0)
+    return tile
+
+
+@triton.jit
+def _load_w(ptrs, rk, k_left, SWAP_AB: tl.constexpr):
+    """W tile, [BLOCK_K, BLOCK_N] (or [BLOCK_N, BLOCK_K] with SWAP_AB); only the K tail is masked."""
+    if SWAP_AB:
+        tile = tl.load(ptrs, mask=rk[None, :] < k_left, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=rk[:, None] < k_left, other=0.0)
+    return tile
+
+
+@triton.jit
+def _dot_xw(x, w, acc, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += x @ W^T, or acc^T += W @ x^T with SWAP_AB (the weight is the A operand: on Hopper a
+    weight tile computed in registers, such as a blend, then feeds the MMA without a shared-memory
+    round trip, and a small M becomes the MMA's narrow N side)."""
+    if SWAP_AB:
+        acc = _dot(w, x, acc, UPCAST, PRECISION)
+    else:
+        acc = _dot(x, w, acc, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
+def _zeros_acc(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP_AB: tl.constexpr):
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _out_orient(acc, SWAP_AB: tl.constexpr):
+    """An accumulator in output orientation [BLOCK_M, BLOCK_N]."""
+    if SWAP_AB:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
+def mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """x @ W^T over K in [k_lo, k_hi) -> fp32 [BLOCK_M, BLOCK_N].
+
+    x_ptrs and w_ptrs point at the first K-tile (rows and columns already clamped in range, laid out
+    as `_load_x`/`_load_w` expect); they advance by BLOCK_K and only the K tail is masked."""
+    acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        b = _load_w(w_ptrs, rk, k_left, SWAP_AB)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST, PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    return _out_orient(acc, SWAP_AB)
+
+
+@triton.jit
+def mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """x @ ((1-λ)W_I + λW_T)^T for one scalar λ: the blend is done per K-tile in registers (fp32,
+    rounded to the weights' dtype) and feeds ONE matrix product. Returns fp32 [BLOCK_M, BLOCK_N]."""
+    acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
+        bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
+        b = ((1.0 - lam) * bi.to(tl.float32) + lam * bt.to(tl.float32)).to(bi.dtype)
+        acc = _dot_xw(a, b, acc, SWAP_AB, UPCAST, PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        wi_ptrs += BLOCK_K * stride_wk
+        wt_ptrs += BLOCK_K * stride_wk
+    return _out_orient(acc, SWAP_AB)
+
+
+@triton.jit
+def mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+             SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """(x @ W_I^T, x @ W_T^T) with two fp32 accumulators; each x tile is loaded once."""
+    acc_i = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
+    acc_t = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_left = k_hi - k0
+        a = _load_x(x_ptrs, rk, k_left, SWAP_AB)
+        bi = _load_w(wi_ptrs, rk, k_left, SWAP_AB)
+        bt = _load_w(wt_ptrs, rk, k_left, SWAP_AB)
+        acc_i = _dot_xw(a, bi, acc_i, SWAP_AB, UPCAST, PRECISION)
+        acc_t = _dot_xw(a, bt, acc_t, SWAP_AB, UPCAST, PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        wi_ptrs += BLOCK_K * stride_wk
+        wt_ptrs += BLOCK_K * stride_wk
+    return _out_orient(acc_i, SWAP_AB), _out_orient(acc_t, SWAP_AB)
+
+
+@triton.jit
+def store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on, mask, path_ptr, pid, path,
+                INT64: tl.constexpr, RECORD_PATH: tl.constexpr):
+    """Store a [BLOCK_M, BLOCK_N] fp32 tile at output rows `rows` (split pid_k's slice), in i64 offsets
+    when INT64; record the program's path when RECORD_PATH. Shared by the dense and grouped kernels."""
+    split_off = pid_k * stride_os
+    if INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+        split_off = pid_k.to(tl.int64) * stride_os
+    out_ptrs = out_ptr + split_off + rows[:, None] * stride_om + cols[None, :] * stride_on
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if RECORD_PATH:
+        tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+
+
+@triton.jit(do_not_specialize=["MN"])
+def splitk_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, INT64: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """out[i] = sum_s part[s, i], cast to out's dtype. part [SPLIT_K, M*N] fp32 contiguous, out [M*N]
+    contiguous. Grid: (cdiv(MN, BLOCK),). The second (and last) kernel of a split-K launch."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        offs = offs.to(tl.int64)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,146 @@
+"""scripts/compile_check.py on CPU: it compiles for sm_90 (no GPU needed) exactly the specializations the
+launcher produces, and its JSON report keeps its contract. Subprocesses on a small subset: bf16 for
+the Qwen3-4B gate/up and lm_head shapes at a split-K decode bucket (M=4) and a multi-stage prefill bucket
+(M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); fp32 (slow to compile) for
+gate/up at M=256, once by default and once with --tf32; --count-variants; and --moe (the grouped
+experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token (split-K decode) and 4096 tokens."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "compile_check.py"
+SMEM_LIMIT_SM90 = 232448
+ROW_KEYS = {"shape": list, "m_bucket": int, "dtype": str, "config": dict, "registers": int, "spill_bytes": int,
+            "shared_bytes": int, "tf32_instructions": int, "int64_offsets": bool, "uses_cp_async": bool}
+
+
+FP32 = ("--shapes", "qwen3-4b:gate_up", "--dtypes", "fp32", "--m-buckets", "256", "--sms", "132")
+RUNS = {
+    "check": ("--shapes", "qwen3-4b:gate_up,qwen3-4b:lm_head", "--dtypes", "bf16", "--m-buckets", "4,256",
+              "--lm-head-m", "16384", "--sms", "132"),
+    "fp32": FP32,  # fp32 compiles are slow (FMA products): one bucket, once by default and once with TF32
+    "tf32": ("--tf32", *FP32),
+    "count": ("--count-variants",),
+    "moe": ("--moe", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[int, str, object]]:
+    """The runs of the script, side by side (the machine has more than one core):
+    {name: (exit status, output, parsed JSON report)}."""
+    tmp = tmp_path_factory.mktemp("compile_check")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest sets it
+    procs = {}
+    for name, args in RUNS.items():
+        log = open(tmp / f"{name}.log", "w+")
+        cmd = [sys.executable, str(SCRIPT), "--json", str(tmp / f"{name}.json"), "--quiet", *args]
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log)
+    out = {}
+    for name, (proc, log) in procs.items():
+        rc = proc.wait(timeout=600)
+        log.seek(0)
+        text = log.read()
+        log.close()
+        report = tmp / f"{name}.json"
+        assert report.exists(), f"{name}: no report written (rc {rc}):\n{text}"
+        out[name] = (rc, text, json.loads(report.read_text()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(runs):
+    """((exit statuses), outputs, rows) of the bf16 and the default fp32 runs."""
+    (rc, text, rows), (rc32, text32, rows32) = runs["check"], runs["fp32"]
+    return (rc, rc32), text + text32, rows + rows32
+
+
+def test_report_contract(report):
+    rc, text, rows = report
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        for key, typ in ROW_KEYS.items():
+            assert isinstance(row[key], typ), (key, row)
+        assert row["dtype"] in ("bf16", "fp16", "fp32")
+        assert len(row["shape"]) == 2 and all(isinstance(v, int) for v in row["shape"])
+        assert {"block_m", "block_n", "block_k", "num_warps", "num_stages"} <= set(row["config"])
+    # Every (shape, M, dtype) of the subset is reported, with the second kernel of split-K launches.
+    got = {(tuple(r["shape"]), r["m"], r["dtype"], r["kernel"]) for r in rows}
+    for shape in ((9728, 2560), (151936, 2560)):
+        for m in (4, 256):
+            assert (shape, m, "bf16", "interp_linear") in got
+    assert ((9728, 2560), 4, "bf16", "splitk_reduce") in got  # the decode bucket splits K
+    assert ((151936, 2560), 16384, "bf16", "interp_linear") in got
+    assert ((9728, 2560), 256, "fp32", "interp_linear") in got
+    assert {r["m_bucket"] for r in rows} == {4, 256, 4096}
+    assert all(r["precision"] == "ieee" for r in rows if r["dtype"] == "fp32")
+    # The exit status says whether any variant has a problem.
+    assert (rc[0] != 0) == any(r["problems"] for r in rows if r["dtype"] == "bf16"), text
+    assert (rc[1] != 0) == any(r["problems"] for r in rows if r["dtype"] == "fp32"), text
+
+
+def test_int64_exactly_for_the_long_lm_head(report):
+    _, _, rows = report
+    for row in rows:
+        assert row["int64_offsets"] == (row["shape"] == [151936, 2560] and row["m"] == 16384), row
+
+
+def test_no_spills_no_smem_overflow_no_default_tf32(report):
+    _, _, rows = report
+    bad = [(r["kernel"], r["dtype"], r["config"], r["split_k"], r["has_bias"], r["problems"]) for r in rows
+           if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")]
+    assert not bad, bad
+    assert all(r["tf32_instructions"] == 0 for r in rows if r["dtype"] == "fp32")
+
+
+def test_multi_stage_configs_are_pipelined(report):
+    _, _, rows = report
+    staged = [r for r in rows if r["kernel"] == "interp_linear" and r["config"]["num_stages"] > 1]
+    assert staged
+    flat = [(r["dtype"], r["config"], r["shape"], r["m"]) for r in staged if not r["uses_cp_async"]]
+    assert not flat, f"multi-stage configs without cp.async: {flat}"
+
+
+def test_tf32_flag_is_seen(runs):
+    _, _, rows = runs["tf32"]
+    assert rows and all(r["precision"] == "tf32" for r in rows)
+    assert all(r["tf32_instructions"] > 0 for r in rows), [(r["config"], r["mma"]) for r in rows]
+
+
+def test_count_variants_is_small(runs):
+    rc, text, result = runs["count"]
+    assert rc == 0, text
+    assert result["decode"]["m"] == [1, 64] and result["prefill"]["m"] == [1, 8192]
+    for loop in ("decode", "prefill"):
+        counts = result[loop]["distinct_keys_per_bias"]
+        assert 0 < counts["false"] <= 8 and 0 < counts["true"] <= 8, result[loop]
+        assert 0 < result[loop]["distinct_keys"] <= 16
+
+
+def test_moe_grouped_kernel_rows(runs):
+    rc, text, rows = runs["moe"]
+    assert rows, text
+    for row in rows:
+        for key, typ in ROW_KEYS.items():
+            assert isinstance(row[key], typ), (key, row)
+        assert row["experts"] == 128 and row["top_k"] == 8 and row["rows"] == 8 * row["m"], row
+    grouped = {(tuple(r["shape"]), r["m"]): r for r in rows if r["kernel"] == "interp_grouped"}
+    # gate_up [E, 1536, 2048] and down [E, 2048, 768] at both token counts, both λ forms.
+    assert set(grouped) == {(s, t) for s in ((1536, 2048), (2048, 768)) for t in (1, 4096)}, sorted(grouped)
+    for (_, tokens), r in grouped.items():
+        assert set(r["lam_forms"]) == {"per_row", "per_sequence"}, r
+        assert r["m_bucket"] == (1 if tokens == 1 else 256)
+        assert r["mma"] in ("wgmma", "mma.sync"), r
+        assert r["specialization"]["P"] == "i32" and r["specialization"]["NUM_TILES"] == "i32", r
+    # One token routes 8 rows: the decode config splits K, so the reduce kernel follows.
+    assert any(r["kernel"] == "splitk_reduce" and r["m"] == 1 for r in rows), rows
+    assert not [r for r in rows if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")]
+    assert all(r["uses_cp_async"] for r in grouped.values() if r["config"]["num_stages"] > 1)
+    assert (rc != 0) == any(r["problems"] for r in rows), text

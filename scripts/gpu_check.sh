@@ -6,10 +6,11 @@
 #   3. the kernel microbenchmark (merged / unfused / catgemm / fused, same run, same card),
 #   4. the end-to-end generation benchmark,
 #   5. the host-overhead benchmark (host µs per InterpLinear call, launch stubbed),
-# then prints a short table last. The sm_90 compile check needs no GPU: run scripts/compile_check.py on
-# the CPU machine instead. Every step writes its results under $OUT as it goes (a kill keeps what was
-# done), and $OUT holds at most 7 files. Budget: about 6 minutes (each step has its own timeout; the
-# sum of the timeouts is 540 s, inside one 10-minute device call).
+# then prints a short table last. The sm_90 compile checks need no GPU: run scripts/compile_check.py,
+# scripts/compile_check_moe.py and scripts/count_variants.py on the CPU machine instead. Every step
+# writes its results under $OUT as it goes (a kill keeps what was done), and $OUT holds at most 7 files.
+# Budget: about 6 minutes (each step has its own timeout; the sum of the timeouts is 540 s, inside one
+# 10-minute device call).
 # Commit $OUT/*.json under bench/results/<card>/ and tuned.json as dami_kernels/ops/tuned/<card>.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,9 +1,10 @@
-"""scripts/compile_check.py on CPU: it compiles for sm_90 (no GPU needed) exactly the specializations the
-launcher produces, and its JSON report keeps its contract. Subprocesses on a small subset: bf16 for
-the Qwen3-4B gate/up and lm_head shapes at a split-K decode bucket (M=4) and a multi-stage prefill bucket
-(M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); fp32 (slow to compile) for
-gate/up at M=256, once by default and once with --tf32; --count-variants; and --moe (the grouped
-experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token (split-K decode) and 4096 tokens."""
+"""The offline compile tools on CPU: scripts/compile_check.py compiles for sm_90 (no GPU needed) exactly the
+specializations the launcher produces, and its JSON report keeps its contract. Subprocesses on a small subset:
+bf16 for the Qwen3-4B gate/up and lm_head shapes at a split-K decode bucket (M=4) and a multi-stage prefill
+bucket (M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); fp32 (slow to compile) for
+gate/up at M=256, once by default and once with --tf32; scripts/count_variants.py; and
+scripts/compile_check_moe.py (the grouped experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token
+(split-K decode) and 4096 tokens."""
 import json
 import os
 import subprocess
@@ -15,33 +16,33 @@ import pytest
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "compile_check.py"
+SCRIPTS = ROOT / "scripts"
 SMEM_LIMIT_SM90 = 232448
 ROW_KEYS = {"shape": list, "m_bucket": int, "dtype": str, "config": dict, "registers": int, "spill_bytes": int,
             "shared_bytes": int, "tf32_instructions": int, "int64_offsets": bool, "uses_cp_async": bool}
 
 
-FP32 = ("--shapes", "qwen3-4b:gate_up", "--dtypes", "fp32", "--m-buckets", "256", "--sms", "132")
-RUNS = {
-    "check": ("--shapes", "qwen3-4b:gate_up,qwen3-4b:lm_head", "--dtypes", "bf16", "--m-buckets", "4,256",
-              "--lm-head-m", "16384", "--sms", "132"),
-    "fp32": FP32,  # fp32 compiles are slow (FMA products): one bucket, once by default and once with TF32
-    "tf32": ("--tf32", *FP32),
-    "count": ("--count-variants",),
-    "moe": ("--moe", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132"),
+FP32 = ("--quiet", "--shapes", "qwen3-4b:gate_up", "--dtypes", "fp32", "--m-buckets", "256", "--sms", "132")
+RUNS = {  # name: (script, arguments)
+    "check": ("compile_check.py", ("--quiet", "--shapes", "qwen3-4b:gate_up,qwen3-4b:lm_head", "--dtypes", "bf16",
+                                   "--m-buckets", "4,256", "--lm-head-m", "16384", "--sms", "132")),
+    "fp32": ("compile_check.py", FP32),  # fp32 compiles are slow (FMA products): one bucket, by default and TF32
+    "tf32": ("compile_check.py", ("--tf32", *FP32)),
+    "count": ("count_variants.py", ()),
+    "moe": ("compile_check_moe.py", ("--quiet", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132")),
 }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[int, str, object]]:
-    """The runs of the script, side by side (the machine has more than one core):
+    """The runs of the scripts, side by side (the machine has more than one core):
     {name: (exit status, output, parsed JSON report)}."""
     tmp = tmp_path_factory.mktemp("compile_check")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest sets it
     procs = {}
-    for name, args in RUNS.items():
+    for name, (script, args) in RUNS.items():
         log = open(tmp / f"{name}.log", "w+")
-        cmd = [sys.executable, str(SCRIPT), "--json", str(tmp / f"{name}.json"), "--quiet", *args]
+        cmd = [sys.executable, str(SCRIPTS / script), "--json", str(tmp / f"{name}.json"), *args]
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log)
     out = {}
     for name, (proc, log) in procs.items():

@@ -6,6 +6,8 @@ import math
 import re
 from contextlib import contextmanager
 
+from dami_kernels.validation import check_finite, check_lambda_flag, is_finite, positive_int
+
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that states every option's default: an option with a value (not a flag) and a default other
@@ -113,9 +115,9 @@ def load_eval_items(args, split: str = "test"):
         from dami_kernels.testbed import heldout_sample
         from dami_kernels.testbed.training import MAX_NEW_TOKENS
 
-        items = heldout_sample(positive_int("--n", args.n), args.seed, mix=parse_mix(args.mix), split=split)
+        items = heldout_sample(positive_int(args.n, "--n"), args.seed, mix=parse_mix(args.mix), split=split)
         default_tokens = MAX_NEW_TOKENS
-    return items, positive_int("--max-new-tokens", args.max_new_tokens or default_tokens)
+    return items, positive_int(args.max_new_tokens or default_tokens, "--max-new-tokens")
 
 
 def pair_dirs(args) -> tuple[str, str]:
@@ -192,10 +194,9 @@ def parse_grid(text: str, allow_extrapolation: bool = False) -> list[float]:
     if not values:
         raise bad("no λ values (stop lies below start)")
     for shown, v in values:
-        if not math.isfinite(v):
+        if not is_finite(v):
             raise bad(f"{shown} is not a finite λ")
-        if not allow_extrapolation and not 0.0 <= v <= 1.0:
-            raise bad(f"{shown} lies outside [0, 1]; pass --allow-extrapolation to accept it")
+        check_lambda_flag(v, f"--grid {text}: {shown}", allow_extrapolation)
     return sorted(v for _, v in values)
 
 
@@ -223,16 +224,8 @@ def output_dir(args, what: str):
 def check_lams(values: list[float], allow_extrapolation: bool, flag: str = "--lam") -> None:
     """λ values from the command line: finite, in [0, 1] unless --allow-extrapolation (shown as typed)."""
     for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"{flag} must be finite, got {v!r}")
-        if not allow_extrapolation and not 0.0 <= v <= 1.0:
-            raise ValueError(f"{flag} {v!r} lies outside [0, 1]; pass --allow-extrapolation to accept it")
-
-
-def positive_int(name: str, value: int) -> int:
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
+        check_finite(v, flag, got=repr(v))
+        check_lambda_flag(v, f"{flag} {v!r}", allow_extrapolation)
 
 
 # Options whose value may start with "-" without being a plain negative number ("-0.5,0,0.5" or

@@ -8,7 +8,8 @@ targets and signals tables. One torch thread by default (see --threads).
 """
 from __future__ import annotations
 
-from dami_kernels.cli.common import add_out_args, add_threads_arg, doc_summary, output_dir, parse_mix, positive_int
+from dami_kernels.cli.common import add_out_args, add_threads_arg, doc_summary, output_dir, parse_mix
+from dami_kernels.validation import positive_int
 
 
 def register(subparsers) -> None:
@@ -43,7 +44,7 @@ def run(args) -> int:
     from dami_kernels.workflows.demo import run_demo
 
     configure_threads(args.threads, testbed=True, name="--threads")
-    n, batch_size, mix = positive_int("--n", args.n), positive_int("--batch-size", args.batch_size), parse_mix(args.mix)
+    n, batch_size, mix = positive_int(args.n, "--n"), positive_int(args.batch_size, "--batch-size"), parse_mix(args.mix)
     with output_dir(args, "demo results") as tmp:
         report = run_demo(tmp, seed=args.seed, n=n, mix=mix, batch_size=batch_size, progress=not args.quiet)
     print_study(report, report["details"])

@@ -21,8 +21,8 @@ from dami_kernels.cli.common import (
     output_dir,
     pair_dirs,
     parse_grid,
-    positive_int,
 )
+from dami_kernels.validation import positive_int
 
 # Seed that draws the shipped estimators' train problems from the testbed's "dev" split.
 TRAIN_SEED = 1_000_003
@@ -71,7 +71,7 @@ def run_train(args) -> int:
     kept_signals(args.drop_signal)  # both dropped: a one-line error before anything loads
     grid = parse_grid(args.grid, args.allow_extrapolation)
     items, max_new_tokens = load_eval_items(args, split="dev")
-    batch_size, search = positive_int("--batch-size", args.batch_size), pref_search(args.pref_steps)
+    batch_size, search = positive_int(args.batch_size, "--batch-size"), pref_search(args.pref_steps)
     with output_dir(args, "estimator directory") as tmp:
         model, tokenizer = load_from_args(args)
         think_prefix = args.think_prefix
@@ -98,7 +98,7 @@ def pref_search(steps: str | None) -> dict | None:
         values = [int(v) for v in steps.split(",")]
     except ValueError:
         raise ValueError(f"--pref-steps {steps!r}: expected comma-separated integers") from None
-    return {**PREF_SEARCH, "steps": [positive_int("--pref-steps", v) for v in values]}
+    return {**PREF_SEARCH, "steps": [positive_int(v, "--pref-steps") for v in values]}
 
 
 def run_predict(args) -> int:

@@ -21,8 +21,8 @@ from dami_kernels.cli.common import (
     load_from_args,
     output_dir,
     parse_mix,
-    positive_int,
 )
+from dami_kernels.validation import positive_int
 
 
 def register(subparsers) -> None:
@@ -67,7 +67,7 @@ def run(args) -> int:
         est_dir = Path(args.estimator_dir or SHIPPED_DIR)
         dev_prompts(est_dir, Rollouts.from_jsonl(est_dir / "rollouts.jsonl").ids)
     items, max_new_tokens = load_eval_items(args)
-    batch_size = positive_int("--batch-size", args.batch_size)
+    batch_size = positive_int(args.batch_size, "--batch-size")
     meta = {"data": args.data, "seed": None if args.data else args.seed,
             "mix": None if args.data else list(parse_mix(args.mix)), "split": None if args.data else "test",
             "estimator": args.estimator, "estimator_dir": str(args.estimator_dir or SHIPPED_DIR)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 
-from dami_kernels.cli.common import add_pair_args, check_lams, doc_summary, load_from_args, positive_int
+from dami_kernels.cli.common import add_pair_args, check_lams, doc_summary, load_from_args
+from dami_kernels.validation import positive_int
 
 
 def register(subparsers) -> None:
@@ -59,7 +60,7 @@ def run(args) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.batch_size is not None:
-        positive_int("--batch-size", args.batch_size)
+        positive_int(args.batch_size, "--batch-size")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ValueError(f"--temperature must be a positive number, got {args.temperature!r}")
     if args.top_p is not None and not 0 < args.top_p <= 1:

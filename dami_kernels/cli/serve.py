@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from dami_kernels.cli.common import add_pair_args, positive_int
+from dami_kernels.cli.common import add_pair_args
+from dami_kernels.validation import positive_int
 
 SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -34,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--estimator", choices=["conf", "pref"], default=None,
                    help='λ(q) estimator for "lam": "auto" (default: none, "auto" is refused)')
     p.add_argument("--estimator-dir", default=None,
-                   help="trained estimators (dami estimate train); default: the shipped testbed ones (testbed pair only)")
+                   help="trained estimators (dami estimate train); default: the shipped testbed ones "
+                        "(testbed pair only)")
     p.add_argument("--default-lam", default="0", help='λ of requests that give none: a number or "auto" (default 0)')
     for level, value in (("low", 0.0), ("medium", 0.5), ("high", 1.0)):
         p.add_argument(f"--effort-{level}", type=float, default=value,
@@ -56,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def options_from_args(args, testbed: bool, device_type: str):
-    """ServeOptions from the parsed arguments (estimator loaded, λ values checked later by LamPolicy)."""
+    """ServeOptions from the parsed arguments (estimator loaded, λ values checked later by LambdaPolicy)."""
     from dami_kernels.serving import ServeOptions
 
     default = args.default_lam.strip()
@@ -79,7 +81,7 @@ def options_from_args(args, testbed: bool, device_type: str):
     sizes["cb_max_requests"] = args.cb_max_requests
     for key, value in sizes.items():
         if value is not None:
-            positive_int("--" + key.replace("_", "-"), value)
+            positive_int(value, "--" + key.replace("_", "-"))
     if device_type == "cpu":
         sizes = {k: (CPU_CB_DEFAULTS.get(k) if v is None else v) for k, v in sizes.items()}
     api_key = args.api_key if args.api_key is not None else os.environ.get("DAMI_API_KEY") or None
@@ -89,9 +91,9 @@ def options_from_args(args, testbed: bool, device_type: str):
         model_id=args.model_name, default_lam=default,
         efforts={"low": args.effort_low, "medium": args.effort_medium, "high": args.effort_high},
         estimator=estimator,
-        context_len=None if args.context_len is None else positive_int("--context-len", args.context_len),
+        context_len=None if args.context_len is None else positive_int(args.context_len, "--context-len"),
         cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
-        api_key=api_key, max_n=positive_int("--max-n", args.max_n), **sizes)
+        api_key=api_key, max_n=positive_int(args.max_n, "--max-n"), **sizes)
 
 
 def check_serving_stack() -> None:
@@ -126,7 +128,7 @@ def run(args) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     check_serving_stack()
     from dami_kernels.serving import bind_socket, serve
-    from dami_kernels.serving.lam_policy import LamPolicy
+    from dami_kernels.serving.lambda_policy import LambdaPolicy
 
     testbed = is_testbed_pair(*pair_dirs(args))
     device_type = (args.device or "").split(":")[0]
@@ -135,8 +137,8 @@ def run(args) -> int:
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     options = options_from_args(args, testbed, device_type)
-    LamPolicy(options.default_lam, dict(options.efforts), args.allow_extrapolation,
-              has_estimator=options.estimator is not None)  # bad λ values fail before the pair loads
+    LambdaPolicy(options.default_lam, dict(options.efforts), args.allow_extrapolation,
+                 has_estimator=options.estimator is not None)  # bad λ values fail before the pair loads
     if options.estimator is not None:
         from dami_kernels.serving.cb_internals import require_engine_pause
 

@@ -15,8 +15,8 @@ from dami_kernels.cli.common import (
     output_dir,
     parse_grid,
     parse_mix,
-    positive_int,
 )
+from dami_kernels.validation import positive_int
 
 
 def register(subparsers) -> None:
@@ -35,7 +35,7 @@ def run(args) -> int:
 
     grid = parse_grid(args.grid, args.allow_extrapolation)  # every argument checked before anything loads
     items, max_new_tokens = load_eval_items(args)
-    batch_size = positive_int("--batch-size", args.batch_size)
+    batch_size = positive_int(args.batch_size, "--batch-size")
     with output_dir(args, "sweep results") as tmp:
         model, tokenizer = load_from_args(args)
         meta = {"data": args.data, "limit": args.limit} if args.data else {

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_view, token_rows
+from dami_kernels.modules.blending import blend, lam_view, token_rows
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
 
 
 class InterpEmbedding(LambdaBound, nn.Embedding):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, token_rows
+from dami_kernels.modules.blending import token_rows
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
 from dami_kernels.modules.linear import InterpLinear, ResolvedBackend, same_layout
 from dami_kernels.ops.interp_linear import interp_linear_layer
 from dami_kernels.ops.interp_experts.op import interp_experts_rows

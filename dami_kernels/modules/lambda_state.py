@@ -2,16 +2,17 @@
 
 λ lives in an fp32 device buffer that is updated in place (``copy_``) and only reallocated when a λ
 larger than any before is set, so ``torch.compile`` graphs and CUDA graphs that captured its address stay
-valid (also across `lambda_scope` restoring a scalar between calls). It is either one scalar
-that applies to any batch (set from a Python number or a 0-d tensor) or one value per sequence [B]
-(set from a 1-D tensor); a per-sequence λ whose length differs from the batch at forward time is a
-ValueError, never a silent broadcast.
+valid (also across `lambda_scope` restoring a scalar between calls). The state is in one of three modes
+(`LambdaMode`):
 
-A third form, per row (`set_rows`), serves continuous batching: the engine packs the tokens of many
-requests into one [1, T] batch, and λ is given for every token row of the packed [B, T] grid (row-major),
-plus optionally for the rows that the output layer sees when the engine keeps only the logits rows
-(``logits_to_keep``). Layers ask `for_rows(rows)`; rows past the ones set are the engine's padding
-(CUDA graphs pad the packed batch) and read λ = 0.
+- SCALAR: one λ for any batch (set from a Python number or a 0-d tensor), ``buf[:1]``;
+- PER_SEQUENCE: one λ per sequence [B] (set from a 1-D tensor or a list), ``buf[:B]``; a length that differs
+  from the batch at forward time is a ValueError, never a silent broadcast;
+- PER_ROW (`set_rows`, continuous batching): the engine packs the tokens of many requests into one [1, T]
+  batch and gives λ for every token row of the packed [B, T] grid (row-major) in ``buf[:T]``, plus
+  optionally for the rows that the output layer sees when the engine keeps only the logits rows
+  (``logits_to_keep``) in ``out_buf[:L]``. Layers ask `for_rows(rows)`; rows past the ones set are the
+  engine's padding (CUDA graphs pad the packed batch) and read λ = 0.
 
 When λ is set, its values are checked on the host anyway, so the state also records there whether
 every sequence shares one λ (`uniform`, a float or None). Layers use it to pick cheaper paths (one
@@ -20,71 +21,24 @@ CUDA-graph capture they ignore it, so compiled graphs never depend on λ's value
 """
 from __future__ import annotations
 
-from numbers import Real
+from enum import Enum
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-
-def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[torch.Tensor, bool]:
-    """Check λ and return (fp32 values [n] on the CPU, per_sequence).
-
-    lam: a Python number, a 0-d tensor (scalar: applies to any batch), or a 1-D tensor or list of
-    numbers [B] (per sequence). A device tensor is copied to the host once (one sync) for the checks.
-    Raises ValueError for other types or shapes, for NaN/inf, and for values outside [0, 1] unless
-    allow_extrapolation is set.
-    """
-    if isinstance(lam, (list, tuple)):
-        lam = lambda_list(lam, name)
-    if isinstance(lam, torch.Tensor):
-        if not lam.is_floating_point():
-            raise ValueError(f"{name} must be a float or a floating-point tensor, got dtype {lam.dtype}")
-        if lam.dim() > 1:
-            raise ValueError(f"{name} must be a float or a 1-D tensor [batch], got shape {tuple(lam.shape)}")
-        if lam.dim() == 1 and lam.numel() == 0:
-            raise ValueError(f"{name} is an empty tensor; give one value per sequence")
-        if lam.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device (it holds no values)")
-        values = lam.detach().to(device="cpu", dtype=torch.float32).reshape(-1)
-        per_sequence = lam.dim() == 1
-    elif isinstance(lam, Real) and not isinstance(lam, bool):
-        values = torch.tensor([_as_float(lam, name)], dtype=torch.float32)
-        per_sequence = False
-    else:
-        raise ValueError(f"{name} must be a float or a 1-D tensor [batch], got {type(lam).__name__}")
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} must be finite, got {_show(values)}")
-    if not allow_extrapolation and bool(((values < 0) | (values > 1)).any()):
-        raise ValueError(
-            f"{name} must lie in [0, 1], got {_show(values)}; values outside need an explicit opt-in "
-            "(allow_extrapolation=True when loading or converting the pair)"
-        )
-    return values, per_sequence
+from dami_kernels.validation import validate_lambda
 
 
-def _as_float(value, name: str) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # an integer too large for a float
-        raise ValueError(f"{name} must be finite, got an integer of {len(str(value))} digits") from None
+class LambdaMode(Enum):
+    """How `LambdaState` holds λ: the form it was last set in."""
+
+    SCALAR = "scalar"  # one λ for any batch: buf[:1]
+    PER_SEQUENCE = "per_sequence"  # λ [B], one per sequence: buf[:B]
+    PER_ROW = "per_row"  # λ [T] per packed token row: buf[:T], and [L] per output row: out_buf[:L] (or none)
 
 
-def lambda_list(values, name: str = "lam") -> torch.Tensor:
-    """A list or tuple of λ numbers -> fp32 tensor [n]; ValueError for anything but real numbers (booleans,
-    strings, bytes, nested lists) and for an empty list. The one place a list of λ values is read."""
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, Real)][:1]
-    if bad:
-        bad = bad[0]
-        raise ValueError(f"{name} given as a list must hold numbers only, got {type(bad).__name__} {bad!r:.40}")
-    if len(values) == 0:
-        raise ValueError(f"{name} is an empty list; give one value per sequence")
-    return torch.tensor([_as_float(v, name) for v in values], dtype=torch.float32)
-
-
-def _show(values: torch.Tensor) -> str:
-    v = values.cpu().tolist()
-    return f"{v[0]}" if len(v) == 1 else f"{v[:8]}{' ...' if len(v) > 8 else ''}"
+SCALAR, PER_SEQUENCE, PER_ROW = LambdaMode.SCALAR, LambdaMode.PER_SEQUENCE, LambdaMode.PER_ROW
 
 
 class RowLambda(NamedTuple):
@@ -95,14 +49,6 @@ class RowLambda(NamedTuple):
     out: torch.Tensor | None = None
 
 
-def token_rows(shape: torch.Size, ids: bool = False) -> int:
-    """Token rows of a layer input: B·T of features [B, T, ...] (≥ 3 dims) or M of flat rows [M, K];
-    ids: every dim of the token ids counts ([B, T] -> B·T)."""
-    if ids:
-        return shape.numel()
-    return shape[0] * shape[1] if len(shape) >= 3 else shape[0]
-
-
 class LambdaState(nn.Module):
     """Holds λ for one model: ``lam`` (fp32, [1] for a scalar, [B] per sequence or [T] per token row).
 
@@ -111,21 +57,32 @@ class LambdaState(nn.Module):
     after a scalar/other batch size was set in between (e.g. by `lambda_scope` restoring). In per-row
     mode the output rows live in a second buffer ``out_buf`` (a fixed address too). Registered once on
     the root model (so ``.to()`` moves it); layers hold it by plain reference.
+
+    Fields: ``mode`` (`LambdaMode`); ``n``, the λ values set (1, B or T); ``n_out``, the output rows set in
+    per-row mode (None: the output layer reads the rows); ``uniform``, the λ every row shares, when they
+    share one.
     """
 
     def __init__(self, lam=0.0, *, allow_extrapolation: bool = False, device=None):
         super().__init__()
         self.allow_extrapolation = bool(allow_extrapolation)
-        self.per_sequence = False
-        self.per_row = False  # λ per packed token row (`set_rows`)
+        self.mode = SCALAR
         self.n = 1
-        self.n_out: int | None = None  # per-row mode: output rows set (None: the output layer reads the rows)
-        self.uniform: float | None = None  # the λ every sequence shares, when they share one
+        self.n_out: int | None = None
+        self.uniform: float | None = None
         self.register_buffer("buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("out_buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
         self._views: tuple | None = None  # (buf[:n], buf[:1], buf), eager only
         self._row_cache: dict = {}  # per-row mode: (rows, output) -> (view, exact), eager only
         self.set(lam)
+
+    @property
+    def per_sequence(self) -> bool:
+        return self.mode is PER_SEQUENCE
+
+    @property
+    def per_row(self) -> bool:
+        return self.mode is PER_ROW
 
     @property
     def lam(self) -> torch.Tensor:
@@ -139,13 +96,10 @@ class LambdaState(nn.Module):
             self.set_rows(lam.rows, lam.out)
             return
         values, per_sequence = validate_lambda(lam, self.allow_extrapolation)
-        n = self._store("buf", values)
-        self.n = n
-        self.per_sequence = per_sequence
-        self.per_row = False
+        self.n = self._store("buf", values)
+        self.mode = PER_SEQUENCE if per_sequence else SCALAR
         self.n_out = None
-        lo, hi = float(values.min()), float(values.max())
-        self.uniform = lo if lo == hi else None
+        self.uniform = _shared(values)
 
     def set_rows(self, rows, out=None) -> None:
         """Per-row mode (continuous batching): λ for every token row of the packed batch, rows [T] (a 1-D
@@ -158,11 +112,8 @@ class LambdaState(nn.Module):
             out_values, _ = validate_lambda(_as_vector(out, "out"), self.allow_extrapolation, "out")
         self.n = self._store("buf", values, pad=True)
         self.n_out = None if out_values is None else self._store("out_buf", out_values, pad=True)
-        self.per_sequence = False
-        self.per_row = True
-        both = values if out_values is None else torch.cat([values, out_values])
-        lo, hi = float(both.min()), float(both.max())
-        self.uniform = lo if lo == hi else None
+        self.mode = PER_ROW
+        self.uniform = _shared(values if out_values is None else torch.cat([values, out_values]))
 
     def reserve_rows(self, rows: int) -> None:
         """Grow both buffers to hold `rows` λ values now, so that later `set_rows` calls never reallocate
@@ -194,16 +145,16 @@ class LambdaState(nn.Module):
     def get(self):
         """The current λ in the form `set` accepts: a float, a copy of the per-sequence tensor [B], or in
         per-row mode a `RowLambda` of copies."""
-        if self.per_row:
+        if self.mode is PER_ROW:
             out = None if self.n_out is None else self.out_buf[: self.n_out].detach().clone()
             return RowLambda(self.lam.detach().clone(), out)
-        if self.per_sequence:
+        if self.mode is PER_SEQUENCE:
             return self.lam.detach().clone()
         return float(self.buf[0])
 
     def for_batch(self, batch: int) -> torch.Tensor:
         """λ per sequence [batch] (fp32, on the buffer's device) for an input whose first dim is `batch`."""
-        if self.per_sequence:
+        if self.mode is PER_SEQUENCE:
             self._check_batch(batch)
             return self.lam
         return self.buf[:1].expand(batch)
@@ -214,7 +165,8 @@ class LambdaState(nn.Module):
         or [1]. output: the layer sees the output rows (the model's output layer, when the engine keeps
         only the logits rows). uniform as in `for_layer`. This is the form `interp_linear_layer` takes
         (as `lam` with `rows_per_lam`)."""
-        if self.per_row:
+        mode = self.mode
+        if mode is PER_ROW:
             if torch.compiler.is_compiling():
                 return self._row_view(rows, output)[0], 1, None
             hit = self._row_cache.get((rows, output))  # every layer of a step asks the same two keys
@@ -222,7 +174,7 @@ class LambdaState(nn.Module):
                 hit = self._row_cache[(rows, output)] = self._row_view(rows, output)
             view, exact = hit
             return view, 1, (self._uniform_now() if exact and self.uniform is not None else None)
-        if self.per_sequence:
+        if mode is PER_SEQUENCE:
             if rows % self.n:
                 raise ValueError(f"λ holds {self.n} values (one per sequence) but the layer got {rows} "
                                  f"rows, not a multiple of {self.n}; set one λ per sequence")
@@ -252,17 +204,18 @@ class LambdaState(nn.Module):
         """(λ, uniform) for a layer's input whose first dim is `batch`: λ is [batch] per sequence or
         [1] for every row (fp32 contiguous on the buffer's device); uniform is the shared λ as a float,
         or None when sequences differ or when tracing (torch.compile must not specialize on λ)."""
-        if self.per_sequence:
+        per_sequence = self.mode is PER_SEQUENCE
+        if per_sequence:
             self._check_batch(batch)
-        elif self.per_row:
+        elif self.mode is PER_ROW:
             raise ValueError("λ is set per packed token row (set_rows); this layer must read it with for_rows")
         if torch.compiler.is_compiling():
-            return (self.buf[: self.n] if self.per_sequence else self.buf[:1]), None
+            return (self.buf[: self.n] if per_sequence else self.buf[:1]), None
         views = self._views
         buf = self._buffers["buf"]  # (the dict, not nn.Module.__getattr__: this runs once per layer call)
         if views is None or views[2] is not buf:  # views of the current buffer, made once
             views = self._views = (buf[: self.n], buf[:1], buf)
-        return views[0] if self.per_sequence else views[1], self.uniform
+        return views[0] if per_sequence else views[1], self.uniform
 
     def _check_batch(self, batch: int) -> None:
         if self.n != batch:
@@ -283,8 +236,7 @@ class LambdaState(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        kind = "per_row" if self.per_row else "per_sequence" if self.per_sequence else "scalar"
-        return f"{kind}, n={self.n}, allow_extrapolation={self.allow_extrapolation}"
+        return f"{self.mode.value}, n={self.n}, allow_extrapolation={self.allow_extrapolation}"
 
 
 def _as_vector(values, name: str):
@@ -298,32 +250,10 @@ def _as_vector(values, name: str):
     return values
 
 
-def lam_rows_view(lam: torch.Tensor, shape: torch.Size, ndim: int) -> torch.Tensor:
-    """λ per token row (`for_rows(token_rows(shape))`) as [B, T, 1, ..., 1] for an input [B, T, ...] (or
-    [M, 1] for flat rows [M, D]), with `ndim` dims, for broadcasting."""
-    lead = tuple(shape[:2]) if len(shape) >= 3 else tuple(shape[:1])
-    return lam.reshape(lead + (1,) * (ndim - len(lead)))
-
-
-def lam_view(lam_seq: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Reshape λ per sequence [B] to [B, 1, ..., 1] with `ndim` dims, for broadcasting over [B, ...]."""
-    return lam_seq.reshape((lam_seq.shape[0],) + (1,) * (ndim - 1))
-
-
-def blend(a: torch.Tensor, b: torch.Tensor, lam) -> torch.Tensor:
-    """(1-λ)·a + λ·b in fp32, returned in a's dtype; λ broadcasts against a and b.
-
-    Under tensor parallelism a and b may be DTensors (e.g. a vocab-sharded embedding lookup); a plain λ
-    tensor is then wrapped as a replicated DTensor on their mesh, as distributed ops require."""
-    if isinstance(lam, torch.Tensor) and _is_dtensor(a) and not _is_dtensor(lam):
-        from torch.distributed.tensor import DTensor, Replicate
-
-        lam = DTensor.from_local(lam, a.device_mesh, [Replicate()] * a.device_mesh.ndim, run_check=False)
-    return ((1.0 - lam) * a.float() + lam * b.float()).to(a.dtype)
-
-
-def _is_dtensor(t) -> bool:
-    return type(t).__name__ == "DTensor"  # no torch.distributed import on the common path
+def _shared(values: torch.Tensor) -> float | None:
+    """The λ all values share, or None."""
+    lo, hi = float(values.min()), float(values.max())
+    return lo if lo == hi else None
 
 
 class LambdaBound:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dami_kernels.modules.lambda_state import LambdaBound, LambdaState, blend, lam_rows_view, lam_view, token_rows
+from dami_kernels.modules.blending import blend, lam_rows_view, lam_view, token_rows
+from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
 
 # RMSNorm classes whose forward is exactly: weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype),
 # with the epsilon in `variance_epsilon`. Other RMSNorm flavours (e.g. Gemma's 1 + weight) are not

@@ -12,9 +12,7 @@ beside `out_dir`, an atomic publish that never deletes data it did not write.
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from numbers import Real
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from dami_kernels.hf.finite import CHUNK, count_nonfinite
 from dami_kernels.fs.outdir import MARKER, preflight, write_output_dir
 from dami_kernels.hf.tokenizer import check_tokenizers
 from dami_kernels.modules import blend
+from dami_kernels.validation import FP32_MAX, check_finite, check_float32, check_lambda_range, check_real, to_float
 
 
 def merge_lambda(lam, allow_extrapolation: bool) -> float:
@@ -39,17 +38,11 @@ def merge_lambda(lam, allow_extrapolation: bool) -> float:
         if lam.dim() != 0:
             raise ValueError("lam for merge_pair must be one number")
         lam = lam.item()
-    if isinstance(lam, bool) or not isinstance(lam, Real):
-        raise ValueError(f"lam for merge_pair must be one number, got {type(lam).__name__}")
-    lam = float(lam)
-    if not math.isfinite(lam):
-        raise ValueError(f"lam must be finite, got {lam!r}")
-    if not math.isfinite(torch.tensor(lam, dtype=torch.float32).item()):  # the merge computes in float32
-        raise ValueError(f"lam must be finite in float32 (the merge computes in float32, whose largest value "
-                         f"is {torch.finfo(torch.float32).max:.4g}), got {lam!r}")
-    if not allow_extrapolation and not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must lie in [0, 1], got {lam!r}; values outside need an explicit opt-in "
-                         "(allow_extrapolation=True)")
+    lam = to_float(check_real(lam, "lam for merge_pair", "be one number"), "lam")
+    check_finite(lam, "lam")
+    check_float32(lam, "lam", f"the merge computes in float32, whose largest value is {FP32_MAX:.4g}")
+    check_lambda_range(lam, "lam", allow_extrapolation,
+                       hint="; values outside need an explicit opt-in (allow_extrapolation=True)")
     return lam
 
 

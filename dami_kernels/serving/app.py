@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
-from dami_kernels.serving.lam_policy import DEFAULT_EFFORTS, LamPolicy, RequestLambdas
+from dami_kernels.serving.lambda_policy import DEFAULT_EFFORTS, LambdaPolicy, RequestLambdas
 from dami_kernels.serving.protocol import APIError
+from dami_kernels.validation import positive_int
 
 DEFAULT_MODEL_ID = "dami-pair"
 DEFAULT_MAX_N = 16
@@ -59,7 +60,7 @@ class Served:
 
     engine: object  # PairEngine
     lambdas: RequestLambdas
-    policy: LamPolicy
+    policy: LambdaPolicy
     auto: object | None  # AutoLambda
     context_len: int
     metrics: object  # ServerMetrics
@@ -94,10 +95,9 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
         require_engine_pause('"lam": "auto" (--estimator)')
     if not hasattr(model, "init_continuous_batching"):
         raise ValueError(f"{type(model).__name__} has no continuous batching (init_continuous_batching)")
-    if isinstance(options.max_n, bool) or not isinstance(options.max_n, int) or options.max_n < 1:
-        raise ValueError(f"max_n must be a positive integer, got {options.max_n!r}")
-    policy = LamPolicy(options.default_lam, dict(options.efforts), lambda_state(model).allow_extrapolation,
-                       has_estimator=options.estimator is not None)
+    positive_int(options.max_n, "max_n")
+    policy = LambdaPolicy(options.default_lam, dict(options.efforts), lambda_state(model).allow_extrapolation,
+                          has_estimator=options.estimator is not None)
     context = options.context_len or int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     if context < 2:
         raise ValueError("context_len: give the context length (the model config has no max_position_embeddings)")

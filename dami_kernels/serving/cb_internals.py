@@ -27,7 +27,7 @@ from transformers.generation.continuous_batching.requests import RequestState
 
 from dami_kernels.pair import lambda_state
 from dami_kernels.modules import InterpLinear
-from dami_kernels.serving.lam_policy import RequestLambdas
+from dami_kernels.serving.lambda_policy import RequestLambdas
 
 # The transformers releases the server is tested on (CI runs both); setup.py bounds transformers to this range.
 TESTED_TRANSFORMERS = ("5.17.0", "5.25.0")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from dami_kernels.serving import cb_internals as cbi
-from dami_kernels.serving.lam_policy import RequestLambdas, ServedLambda
+from dami_kernels.serving.lambda_policy import RequestLambdas, ServedLambda
 
 log = logging.getLogger("dami.serve")
 

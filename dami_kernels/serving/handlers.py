@@ -19,7 +19,7 @@ from dami_kernels.hf.prompts import encode_prompts, encode_text
 from dami_kernels.serving import responses as R
 from dami_kernels.serving.cb_internals import has_engine_pause
 from dami_kernels.serving.engine import EngineDown, RequestFailed, token_logprobs
-from dami_kernels.serving.lam_policy import ServedLambda
+from dami_kernels.serving.lambda_policy import ServedLambda
 from dami_kernels.serving.protocol import APIError, GenerationParams, invalid, parse_request, read_json, request_id_of
 from dami_kernels.serving.text import THINK_OPEN, ReasoningSplit, TextStream, split_reasoning
 

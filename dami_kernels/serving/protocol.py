@@ -4,7 +4,7 @@ every error is an `APIError` in OpenAI's format (`{"error": {"message", "type", 
 Implemented: `messages` (text parts; roles system, developer, user, assistant) or `prompt` (one string or one
 list of token ids), `n`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `stream`,
 `stream_options.include_usage`, `logprobs` / `top_logprobs`, `seed` (greedy requests only), and λ (`lam`,
-`reasoning_effort`: see `lam_policy`). `user`, `metadata`, `store` and `service_tier` are accepted and have no
+`reasoning_effort`: see `lambda_policy`). `user`, `metadata`, `store` and `service_tier` are accepted and have no
 effect. Anything else that changes the output (tools, response_format, images, audio, best_of, echo, suffix,
 logit_bias, penalties) is refused with 400 naming the field, as is an unknown field.
 """
@@ -14,9 +14,9 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
-from numbers import Real
 
-from dami_kernels.serving.lam_policy import LamChoice, LamPolicy, RequestError, _short
+from dami_kernels.serving.lambda_policy import LambdaChoice, LambdaPolicy, RequestError, _short
+from dami_kernels.validation import is_int, is_real
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP = 4
@@ -75,7 +75,7 @@ class GenerationParams:
     [{"role", "content": str}] (chat). top_logprobs: alternatives per token when logprobs is on."""
 
     route: str
-    lam: LamChoice
+    lam: LambdaChoice
     messages: list[dict] | None = None
     prompt: str | list[int] | None = None
     n: int = 1
@@ -94,7 +94,7 @@ def _number(body: dict, key: str, lo: float, hi: float, lo_open: bool = False) -
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if not is_real(value):
         raise invalid(key, f"must be a number, got {_short(value)}")
     try:
         value = float(value)
@@ -109,7 +109,7 @@ def _int(body: dict, key: str, lo: int, hi: int) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not is_int(value) or not lo <= value <= hi:
         raise invalid(key, f"must be an integer in [{lo}, {hi}], got {_short(value)}")
     return value
 
@@ -176,7 +176,7 @@ def _prompt(value) -> str | list[int]:
         if not value:
             raise invalid("prompt", "must not be empty")
         return check_text("prompt", value)
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+    if isinstance(value, list) and value and all(is_int(t) for t in value):
         return list(value)
     if isinstance(value, list) and value and all(isinstance(t, (str, list)) for t in value):
         raise invalid("prompt", "give one prompt per request (a string or one list of token ids); use n for "
@@ -194,7 +194,7 @@ def _stop(value) -> list[str]:
     return [check_text("stop", s) for s in stops]
 
 
-def parse_request(body, route: str, policy: LamPolicy, max_n: int) -> GenerationParams:
+def parse_request(body, route: str, policy: LambdaPolicy, max_n: int) -> GenerationParams:
     """Validate a chat ("chat") or completions ("completion") body; APIError (400) naming the field when bad."""
     if not isinstance(body, dict):
         raise invalid("body", f"must be a JSON object, got {type(body).__name__}")

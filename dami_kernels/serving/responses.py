@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dami_kernels.serving.lam_policy import ServedLambda
+from dami_kernels.serving.lambda_policy import ServedLambda
 
 
 @dataclass

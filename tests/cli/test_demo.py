@@ -43,7 +43,7 @@ def test_demo_prints_its_tables(demo_run):
 
 
 def test_demo_report_contract(demo_dir):
-    """report.json has exactly the issue's keys and types."""
+    """report.json has exactly the documented keys and types."""
     r = json.loads((demo_dir / "report.json").read_text())
     assert set(r) == {"n", "seed", "mix", "margin", "methods", "sweep", "signals_auroc"}
     assert r["n"] == 16 and r["seed"] == 7 and r["mix"] == [1, 1, 1, 1] and r["margin"] == 0.01

@@ -26,13 +26,13 @@ def test_bad_lambda_lists_are_value_errors_everywhere(pair, bad):
             pass
     with pytest.raises(ValueError, match="lam"):
         dk.set_lambda(model, bad, expand=2)
-    assert torch.equal(dk.hf.lambda_state(model).lam, torch.tensor([0.25, 0.75]))  # unchanged
+    assert torch.equal(dk.pair.lambda_state(model).lam, torch.tensor([0.25, 0.75]))  # unchanged
 
 
 def test_good_lambda_lists_still_work(pair):
     _, model = pair
     dk.set_lambda(model, [0, 1, 0.5])  # ints are numbers
-    assert dk.hf.lambda_state(model).lam.tolist() == [0.0, 1.0, 0.5]
+    assert dk.pair.lambda_state(model).lam.tolist() == [0.0, 1.0, 0.5]
     with dk.lambda_scope(model, (0.1, 0.2), expand=2) as state:
         assert state.lam.tolist() == pytest.approx([0.1, 0.1, 0.2, 0.2])
 

@@ -7,7 +7,7 @@ import pytest
 
 import dami_kernels as dk
 from dami_kernels.pair import lambda_scope, lambda_state, set_lambda
-from dami_kernels.pair.lam import lambda_lock
+from dami_kernels.pair.lambdas import lambda_lock
 from helpers_pair import cached_pair
 from dami_kernels.hf.tokenizer import load_tokenizer
 

@@ -9,7 +9,7 @@ from torch import nn
 from dami_kernels.modules import InterpEmbedding, InterpLayerNorm, InterpLinear, InterpRMSNorm, LambdaState
 from dami_kernels.modules.lambda_state import RowLambda
 from dami_kernels.ops import interp_linear_fp64
-from dami_kernels.serving.lam_policy import LamPolicy, RequestError
+from dami_kernels.serving.lambda_policy import LambdaPolicy, RequestError
 from helpers_pair import rel_err
 
 
@@ -165,7 +165,7 @@ def test_embedding_and_norms_per_row():
 # ---- the server's λ rules ----
 
 def test_policy_parses_lam_effort_auto_and_default():
-    policy = LamPolicy(0.25, {"low": 0.1, "medium": 0.4, "high": 0.9}, has_estimator=True)
+    policy = LambdaPolicy(0.25, {"low": 0.1, "medium": 0.4, "high": 0.9}, has_estimator=True)
     body = {"lam": 0.3, "messages": []}
     choice = policy.parse(body)
     assert (choice.lam, choice.source) == (0.3, "request") and "lam" not in body
@@ -186,7 +186,7 @@ def test_policy_parses_lam_effort_auto_and_default():
     ({"max_completion_tokens": 2.5}, "max_completion_tokens"),
 ])
 def test_policy_bad_requests_name_the_field(body, field):
-    policy = LamPolicy(0.0, has_estimator=True)
+    policy = LambdaPolicy(0.0, has_estimator=True)
     with pytest.raises(RequestError) as err:
         policy.parse(dict(body))
     assert err.value.field == field and str(err.value).startswith(f"{field}: ") and "\n" not in str(err.value)
@@ -194,27 +194,27 @@ def test_policy_bad_requests_name_the_field(body, field):
 
 def test_policy_auto_needs_an_estimator_and_checks_its_own_values():
     with pytest.raises(RequestError, match="estimator"):
-        LamPolicy(0.0).parse({"lam": "auto"})
+        LambdaPolicy(0.0).parse({"lam": "auto"})
     with pytest.raises(ValueError, match="estimator"):
-        LamPolicy("auto")
+        LambdaPolicy("auto")
     with pytest.raises(ValueError, match=r"reasoning_effort level 'high'.*\[0, 1\]"):
-        LamPolicy(0.0, {"high": 1.2})
-    assert LamPolicy(0.0, {"high": 1.2}, allow_extrapolation=True).parse({"lam": 1.3}).lam == 1.3
+        LambdaPolicy(0.0, {"high": 1.2})
+    assert LambdaPolicy(0.0, {"high": 1.2}, allow_extrapolation=True).parse({"lam": 1.3}).lam == 1.3
 
 
 def test_policy_checks_lambda_in_the_engine_s_fp32():
     """1e308 passes a float64 check but is inf in the fp32 λ rows: refused from a request and from every flag,
     with extrapolation allowed too; the largest finite fp32 is accepted."""
-    policy = LamPolicy(0.0, allow_extrapolation=True)
+    policy = LambdaPolicy(0.0, allow_extrapolation=True)
     for lam in (1.7976931348623157e308, -1e39, 10 ** 39):
         with pytest.raises(RequestError, match="float32") as err:
             policy.parse({"lam": lam})
         assert err.value.field == "lam" and len(str(err.value)) < 200
     assert policy.parse({"lam": 3.4e38}).lam == 3.4e38
     with pytest.raises(ValueError, match=r"reasoning_effort level 'high'.*float32"):
-        LamPolicy(0.0, {"high": 1e308}, allow_extrapolation=True)
+        LambdaPolicy(0.0, {"high": 1e308}, allow_extrapolation=True)
     with pytest.raises(ValueError, match="default λ.*float32"):
-        LamPolicy(1e308, allow_extrapolation=True)
+        LambdaPolicy(1e308, allow_extrapolation=True)
 
 
 # ---- the engine extension, without HTTP ----
@@ -228,7 +228,7 @@ def test_engine_steps_run_each_request_at_its_lambda():
     from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.hf.prompts import encode_prompts
     from dami_kernels.serving.cb_internals import attach_lambda_rows, cb_config
-    from dami_kernels.serving.lam_policy import RequestLambdas, ServedLambda
+    from dami_kernels.serving.lambda_policy import RequestLambdas, ServedLambda
     from dami_kernels.testbed import testbed_dirs
 
     model, tok = load_pair_and_tokenizer(*testbed_dirs(), progress=False)
@@ -274,7 +274,7 @@ def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
     from transformers.generation.continuous_batching.requests import RequestState
 
     from dami_kernels.serving.cb_internals import LambdaStampingQueue
-    from dami_kernels.serving.lam_policy import RequestLambdas, ServedLambda
+    from dami_kernels.serving.lambda_policy import RequestLambdas, ServedLambda
 
     book = RequestLambdas(default=0.2)
     book.register("a", ServedLambda(0.7, "request"))

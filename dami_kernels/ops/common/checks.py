@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
+
+from dami_kernels.validation import check_finite, real_number
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # float64 runs on the torch backend only (gradcheck and fp64 references); the kernels refuse it.
@@ -64,13 +65,9 @@ def check_lambda_value(lam, name: str = "lam") -> None:
             raise ValueError(f"{name} is on the meta device (it holds no values); move it to x's device")
         if _is_capturing_or_compiling():
             return  # value checks would force a host sync; λ was validated when it was set
-        if not bool(torch.isfinite(lam).all()):
-            raise ValueError(f"{name} must be finite, got a tensor with NaN or inf values")
+        check_finite(lam, name, got="a tensor with NaN or inf values")
     else:
-        if isinstance(lam, bool) or not isinstance(lam, Real):
-            raise ValueError(f"{name} must be a float or a tensor, got {type(lam).__name__}")
-        if not math.isfinite(float(lam)):
-            raise ValueError(f"{name} must be finite, got {lam}")
+        check_finite(real_number(lam, name, "be a float or a tensor"), name, got=str(lam))
 
 
 def _lam_dtype(x: torch.Tensor) -> torch.dtype:

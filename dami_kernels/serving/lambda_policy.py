@@ -12,15 +12,15 @@ the engine's λ rows): 1e308 passes a float64 check but is inf in the kernels.
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
-from numbers import Real
+
+from dami_kernels.validation import (FP32_MAX, check_finite, check_float32, check_lambda_range, is_positive_int,
+                                     real_number)
 
 AUTO = "auto"
 DEFAULT_EFFORTS = {"low": 0.0, "medium": 0.5, "high": 1.0}
 MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
-FP32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 class RequestError(ValueError):
@@ -32,7 +32,7 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
-class LamChoice:
+class LambdaChoice:
     """What a request asked for: lam (a float, or None when the estimator must choose), where it came from
     ("request", "auto", "reasoning_effort:<level>", "default", "default:auto"), and the max-tokens field
     it set (or None)."""
@@ -47,7 +47,7 @@ class LamChoice:
 
 
 @dataclass
-class LamPolicy:
+class LambdaPolicy:
     """The server's λ rules: default λ (a number or "auto"), the reasoning_effort levels, extrapolation,
     and whether an estimator is loaded (needed for "auto")."""
 
@@ -66,22 +66,14 @@ class LamPolicy:
 
     def check_number(self, value, name: str) -> float:
         """value as a float; ValueError unless it is a finite number in [0, 1] (any finite with extrapolation)."""
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise ValueError(f"{name} must be a number in [0, 1], got {_short(value)}")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer too large for a float
-            raise ValueError(f"{name} must be finite in float32, got an integer of {len(str(value))} digits") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-        if abs(value) > FP32_MAX:
-            raise ValueError(f"{name} must be finite in float32 (|λ| ≤ {FP32_MAX:.4g}), got {value:g}")
-        if not self.allow_extrapolation and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value} (the server was not started with "
-                             "--allow-extrapolation)")
+        value = real_number(value, name, "be a number in [0, 1]", got=_short(value), finite="finite in float32")
+        check_finite(value, name)
+        check_float32(value, name, f"|λ| ≤ {FP32_MAX:.4g}", got=f"{value:g}")
+        check_lambda_range(value, name, self.allow_extrapolation,
+                           hint=" (the server was not started with --allow-extrapolation)")
         return value
 
-    def parse(self, body: dict) -> LamChoice:
+    def parse(self, body: dict) -> LambdaChoice:
         """Read and remove `lam` and `reasoning_effort` from a request body; raise RequestError when bad."""
         lam = body.pop("lam", None)
         effort = body.pop("reasoning_effort", None)
@@ -94,19 +86,19 @@ class LamPolicy:
                     raise RequestError("lam", f'must be a number in [0, 1] or "auto", got the string {_short(lam)}')
                 if not self.has_estimator:
                     raise RequestError("lam", '"auto" needs an estimator; the server was started without --estimator')
-                return LamChoice(None, "auto", max_field)
+                return LambdaChoice(None, "auto", max_field)
             try:
-                return LamChoice(self.check_number(lam, "lam"), "request", max_field)
+                return LambdaChoice(self.check_number(lam, "lam"), "request", max_field)
             except ValueError as err:
                 raise RequestError("lam", str(err).removeprefix("lam ")) from None
         if effort is not None:
             if not isinstance(effort, str) or effort not in self.efforts:
                 levels = ", ".join(self.efforts)
                 raise RequestError("reasoning_effort", f"must be one of {levels}, got {_short(effort)}")
-            return LamChoice(self.efforts[effort], f"reasoning_effort:{effort}", max_field)
+            return LambdaChoice(self.efforts[effort], f"reasoning_effort:{effort}", max_field)
         if self.default == AUTO:
-            return LamChoice(None, "default:auto", max_field)
-        return LamChoice(self.default, "default", max_field)
+            return LambdaChoice(None, "default:auto", max_field)
+        return LambdaChoice(self.default, "default", max_field)
 
 
 def check_max_tokens(body: dict) -> str | None:
@@ -117,7 +109,7 @@ def check_max_tokens(body: dict) -> str | None:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise RequestError(name, f"must be a positive integer, got {_short(value)}")
         found = found or name
     return found
@@ -131,7 +123,7 @@ def _short(value, limit: int = 60) -> str:
 
 @dataclass(frozen=True)
 class ServedLambda:
-    """The λ a request runs at, and where it came from (see `LamChoice.source`)."""
+    """The λ a request runs at, and where it came from (see `LambdaChoice.source`)."""
 
     lam: float
     source: str

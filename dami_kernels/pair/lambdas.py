@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dami_kernels.modules import LambdaState
-from dami_kernels.modules.lambda_state import lambda_list
+from dami_kernels.validation import lambda_list, positive_int
 
 STATE_ATTR = "dami_lambda"
 
@@ -53,8 +53,7 @@ def lambda_lock(model: nn.Module) -> threading.RLock:
 
 def expand_lambda(lam, expand: int):
     """Repeat each per-sequence λ `expand` times (row order of HF generate); a scalar λ is returned as is."""
-    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
-        raise ValueError(f"expand must be a positive integer, got {expand!r}")
+    positive_int(expand, "expand")
     if isinstance(lam, (list, tuple)):
         lam = lambda_list(lam)
     if isinstance(lam, torch.Tensor) and lam.dim() == 1 and expand > 1:

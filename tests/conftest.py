@@ -7,7 +7,7 @@ so whole-model runs through it are kept to the few tests that check the Triton p
 
 The suite runs with ONE torch intra-op thread ($DAMI_THREADS overrides it), as the `dami` commands do on
 the tiny testbed pair: the test tensors are tiny, and on a busy machine torch's threads fight over the
-cores (the suite took 403 s instead of about 90 s on 2 busy cores). No test downloads anything: the
+cores (the measurement: bench/NOTES.md, "Threads on the testbed pair"). No test downloads anything: the
 Hugging Face libraries run offline.
 """
 import os

@@ -4,9 +4,8 @@ import json
 import torch
 
 from dami_kernels.cli import main
-from helpers_pair import cached_pair, load_side, merged_fp64_model, rel_err
-
-
+from numerics import rel_err
+from tiny_pairs import cached_pair, load_side, merged_fp64_model
 def test_cli_merge(tmp_path, capsys):
     paths = cached_pair("qwen3")
     out = tmp_path / "m"

@@ -3,6 +3,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_generation.py"
 

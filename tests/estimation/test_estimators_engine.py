@@ -21,8 +21,7 @@ from dami_kernels.estimators import (
 from dami_kernels.estimators.conf import resolve_think_prefix
 from dami_kernels.pair import lambda_state
 from dami_kernels.hf import load_tokenizer
-from helpers_pair import load_side, make_pair
-
+from tiny_pairs import load_side, make_pair
 QUESTIONS = ["what is 2+3?", "12+7", "a much longer question: 123+456+789=?", "hi"]
 
 

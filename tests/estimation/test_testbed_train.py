@@ -15,6 +15,8 @@ from dami_kernels.testbed import METRICS_FILE
 from dami_kernels.testbed.evaluate import score
 from dami_kernels.testbed.training import heldout_problems
 
+pytestmark = pytest.mark.slow  # trains the testbed models in subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
          "chat_template.jinja"}

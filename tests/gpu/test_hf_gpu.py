@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import dami_kernels as dk
-from helpers_pair import PAD_ID, cached_pair, merged_fp64_model, rel_err
-
+from numerics import rel_err
+from tiny_pairs import PAD_ID, cached_pair, merged_fp64_model
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 

@@ -6,9 +6,7 @@ from torch import nn
 from dami_kernels.modules import (InterpEmbedding, InterpLayerNorm, InterpLinear, InterpRMSNorm, LambdaState,
                                   swap_modules)
 from dami_kernels.ops import interp_linear_fp64
-from helpers_pair import rel_err
-
-
+from numerics import rel_err
 def test_lambda_state_updates_in_place_and_grows_only_when_needed():
     state = LambdaState(torch.rand(4))
     ptr = state.lam.data_ptr()

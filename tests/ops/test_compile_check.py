@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # compiles real sm_90 kernels offline
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64
 from dami_kernels.ops.interp_linear import torch_path
 from dami_kernels.ops.interp_linear.torch_path import BLEND_MIN_ROWS, interp_linear_torch
-from helpers_pair import perturbed, random_base, rel_err
-
+from numerics import rel_err
+from tiny_pairs import perturbed, random_base
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from dami_kernels.modules import InterpLinear, LambdaState
 from dami_kernels.ops.interp_linear.reference import interp_linear_fp64
-from helpers_ops import DEVICE, poison_outputs, rel_err  # noqa: F401  (poison_outputs: autouse fixture)
+from op_inputs import DEVICE
+from numerics import rel_err
 
 pytest.importorskip("triton")
 

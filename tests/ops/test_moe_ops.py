@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from dami_kernels.ops import interp_experts, interp_experts_fp64, triton_available
 from dami_kernels.ops.common.configs import KernelConfig
-from helpers_ops import DEVICE, poison_outputs, rel_err  # noqa: F401  (poison_outputs: autouse fixture)
+from op_inputs import DEVICE
+from numerics import rel_err
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -131,6 +132,7 @@ CONFIGS = {
 @needs_triton
 @pytest.mark.parametrize("cfg,dtype", [("small_tiles", torch.bfloat16), ("split_k", torch.float32),
                                        ("swap_ab", torch.float32)])
+@pytest.mark.slow
 def test_triton_paths_and_configs(cfg, dtype):
     """Every per-tile path is taken where it should be (recorded per program) and gives the right result."""
     from dami_kernels.ops.interp_experts.op import lam_tokens_form

@@ -14,7 +14,8 @@ import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
 from dami_kernels.ops.common.backend import resolve_backend
 from dami_kernels.ops.common.configs import KernelConfig, m_bucket, pick_config
-from helpers_ops import DEVICE, make, poison_outputs, rel_err  # noqa: F401 (poison_outputs: autouse fixture)
+from op_inputs import DEVICE, make
+from numerics import rel_err
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 3e-4, torch.float16: 3e-3, torch.bfloat16: 1e-2}

@@ -10,9 +10,8 @@ import torch
 
 import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
-from helpers_ops import DEVICE, make, poison_outputs  # noqa: F401 (poison_outputs: autouse fixture)
-from helpers_ops import rel_err as rel
-
+from op_inputs import DEVICE, make
+from numerics import rel_err as rel
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 

@@ -19,9 +19,8 @@ import dami_kernels as dk
 from dami_kernels.cli import main
 from dami_kernels.generation import compile_config_for, resolve_compile
 from dami_kernels.pair import lambda_state
-from helpers_pair import cached_pair
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from tiny_pairs import cached_pair
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # slow: torch.compile
 
 # dynamic=False: every new shape is a recompilation (stricter than the default automatic dynamic shapes)
 FAST = CompileConfig(backend="eager", mode=None, fullgraph=True, dynamic=False)

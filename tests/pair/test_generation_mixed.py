@@ -5,8 +5,7 @@ import torch
 import dami_kernels as dk
 from dami_kernels.generation import count_generated
 from dami_kernels.pair import generation_expand_size, lambda_state
-from helpers_pair import EOS_ID, PAD_ID, cached_pair, merged_fp64_model
-
+from tiny_pairs import EOS_ID, PAD_ID, cached_pair, merged_fp64_model
 LAMS = [0.0, 0.4, 1.0]
 
 

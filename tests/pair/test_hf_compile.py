@@ -2,9 +2,8 @@
 import torch
 
 import dami_kernels as dk
-from helpers_pair import cached_pair, rel_err
-
-
+from numerics import rel_err
+from tiny_pairs import cached_pair
 def test_compiled_forward_sees_in_place_lambda_updates():
     paths = cached_pair("qwen3")
     model = dk.load_pair(paths.instruct, paths.thinking, backend="torch", progress=False)

@@ -7,8 +7,8 @@ import torch
 
 import dami_kernels as dk
 from dami_kernels.modules import INTERP_MODULES
-from helpers_pair import cached_pair, merged_fp64_model, rel_err
-
+from numerics import rel_err
+from tiny_pairs import cached_pair, merged_fp64_model
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
 
 

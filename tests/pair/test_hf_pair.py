@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 import dami_kernels as dk
 from dami_kernels.pair import lambda_state
 from dami_kernels.modules import InterpEmbedding, InterpLinear, InterpRMSNorm
-from helpers_pair import build_tokenizer, cached_pair, load_side, make_pair, merged_fp64_model, rel_err
-
+from numerics import rel_err
+from tiny_pairs import build_tokenizer, cached_pair, load_side, make_pair, merged_fp64_model
 ARCHS = ["qwen3", "llama", "qwen2"]
 
 

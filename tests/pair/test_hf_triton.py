@@ -5,8 +5,8 @@ import torch
 import dami_kernels as dk
 from dami_kernels.modules import InterpLinear
 from dami_kernels.ops import triton_available
-from helpers_pair import PAD_ID, cached_pair, load_side, merged_fp64_model, rel_err
-
+from numerics import rel_err
+from tiny_pairs import PAD_ID, cached_pair, load_side, merged_fp64_model
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 

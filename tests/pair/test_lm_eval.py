@@ -20,6 +20,8 @@ from dami_kernels.integrations.lm_eval import DamiAnswerFilter, DamiLM, lambda_s
 from dami_kernels import testbed
 from dami_kernels.testbed import heldout_sample
 
+pytestmark = pytest.mark.slow  # lm-evaluation-harness end to end
+
 N_ITEMS = 24
 TASK = "dami_testbed"
 TASK_YAML = """task: dami_testbed

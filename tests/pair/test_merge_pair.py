@@ -6,9 +6,8 @@ import torch
 from safetensors import safe_open
 
 import dami_kernels as dk
-from helpers_pair import cached_pair, load_side, make_pair, merged_fp64_model, rel_err
-
-
+from numerics import rel_err
+from tiny_pairs import cached_pair, load_side, make_pair, merged_fp64_model
 def _logits(model, ids):
     with torch.no_grad():
         return model(ids).logits

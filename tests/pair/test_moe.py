@@ -13,8 +13,8 @@ import dami_kernels as dk
 from dami_kernels.pair import convert_pair
 from dami_kernels.modules import InterpExperts, InterpTopKRouter, covered_names, pair_slots
 from dami_kernels.ops import triton_available
-from helpers_pair import perturbed, rel_err
-
+from numerics import rel_err
+from tiny_pairs import perturbed
 COMMON = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=256, initializer_range=0.2, bos_token_id=1, eos_token_id=3, pad_token_id=0)
 

@@ -1,4 +1,4 @@
-"""PEFT LoRA on a pair model (issue 11, item 6): trains on both backends, merges into both sides.
+"""PEFT LoRA on a pair model: trains on both backends, merges into both sides.
 
 The oracle for merging is the unmerged adapter model itself at the same λ: merged must equal it at
 λ ∈ {0, 0.5, 1} and on a mixed-λ batch (fp32 tolerance). `test_plain_peft_merges_one_side` shows that
@@ -15,8 +15,8 @@ import torch
 
 import dami_kernels as dk
 from dami_kernels.hf import peft as dk_peft
-from helpers_pair import cached_pair, rel_err
-
+from numerics import rel_err
+from tiny_pairs import cached_pair
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
@@ -189,6 +189,7 @@ def lora_grads(model, ids, lam):
     return float(loss.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.slow
 def test_training_same_gradients_on_both_backends():
     """LoRA gradients through the pair layers agree between the torch backend and the Triton op's autograd
     (interpreter on the CPU); a few Adam steps lower the loss on both; the pair's weights stay frozen."""
@@ -243,6 +244,7 @@ def test_adapter_save_and_load(tmp_path):
     assert_merge_exact(loaded)
 
 
+@pytest.mark.slow
 def test_load_pair_enables_peft_in_a_fresh_process():
     """The hook needs no user call: load_pair installs it (checked where nothing else could have)."""
     pair = cached_pair("qwen3")

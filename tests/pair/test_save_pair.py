@@ -8,9 +8,8 @@ import torch
 import dami_kernels as dk
 from dami_kernels.hf import load_tokenizer
 from dami_kernels.pair.save import side_state_dicts
-from helpers_pair import cached_pair, load_side, rel_err
-
-
+from numerics import rel_err
+from tiny_pairs import cached_pair, load_side
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "gemma3", "qwen3_moe"])
 def test_save_pair_round_trip(arch, tmp_path):
     paths = cached_pair(arch)

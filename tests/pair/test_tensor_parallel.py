@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers_pair import cached_pair
+from tiny_pairs import cached_pair
+pytestmark = pytest.mark.slow  # two processes under torchrun
 
 WORKER = Path(__file__).with_name("tp_worker.py")
 

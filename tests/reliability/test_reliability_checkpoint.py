@@ -14,8 +14,7 @@ from safetensors.torch import load_file, save_file
 import dami_kernels as dk
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.hf.tokenizer import load_tokenizer
-from helpers_pair import cached_pair, hub_snapshot
-
+from tiny_pairs import cached_pair, hub_snapshot
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -9,9 +9,7 @@ import torch
 
 from dami_kernels.cli import main
 from dami_kernels.hf.device import resolve_device
-from helpers_pair import cached_pair
-
-
+from tiny_pairs import cached_pair
 def _err_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("dami ")]) == 1, err
@@ -195,6 +193,7 @@ def lm_eval_task(tmp_path):
      "dami lm-eval: error: model_args lam=1.5 lies outside [0, 1]; add allow_extrapolation=true to --model_args "
      "to accept it"),
 ])
+@pytest.mark.slow
 def test_lm_eval_model_args_mistakes_are_one_line(model_args, message, lm_eval_task, no_loading, monkeypatch,
                                                   capsys):
     """lm-eval's own command line: the model's mistakes are one line naming the model_arg (never a dami

@@ -8,11 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dami_kernels as dk
-from helpers_pair import both_refuse, copy_pair
-
-
-
-
+from tiny_pairs import both_refuse, copy_pair
 def _edit_weights(dirs, edit):
     for d in dirs:
         sd = load_file(str(d / "model.safetensors"))

@@ -4,9 +4,7 @@ import pytest
 import torch
 
 import dami_kernels as dk
-from helpers_pair import cached_pair
-
-
+from tiny_pairs import cached_pair
 @pytest.fixture(scope="module")
 def pair():
     paths = cached_pair("qwen3")

@@ -1,7 +1,7 @@
 """Issue 12, items 1, 4: a merge killed (SIGKILL) at any point never loses or half-writes out_dir.
 
 Real processes: a `python` subprocess running merge_pair that the test SIGKILLs while it waits at a named
-stage (helpers_kill), and a hypothesis property test over random sequences of merges, kills (forked
+stage (kill_points), and a hypothesis property test over random sequences of merges, kills (forked
 children that SIGKILL themselves at a stage), overwrites and user-created directories.
 """
 import os
@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dami_kernels as dk
-from helpers_kill import STAGES, install_kill_hooks, leftovers, self_kill, tree
-from helpers_pair import make_pair
+from kill_points import STAGES, install_kill_hooks, leftovers, self_kill, tree
+from tiny_pairs import make_pair
+pytestmark = pytest.mark.slow  # SIGKILLed subprocesses
 
-TESTS = Path(__file__).resolve().parents[1]  # tests/, where helpers_kill.py lives
+HERE = Path(__file__).resolve().parent  # tests/reliability/, where kill_points.py lives
 LAMS = (0.25, 0.75)
 
 
@@ -40,7 +41,7 @@ def sharded(tmp_path_factory):
 CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from helpers_kill import install_kill_hooks
+    from kill_points import install_kill_hooks
     def wait_for_kill():
         print("AT-STAGE", flush=True)
         time.sleep(120)
@@ -82,9 +83,9 @@ def _kill_at(stage, paths, lam, out, overwrite, spawn):
         os.kill(pid, signal.SIGKILL)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
         return
-    code = CHILD.format(tests=str(TESTS), stage=stage, i=str(paths.instruct), t=str(paths.thinking), lam=lam,
+    code = CHILD.format(tests=str(HERE), stage=stage, i=str(paths.instruct), t=str(paths.thinking), lam=lam,
                         out=str(out), overwrite=overwrite)
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}  # the repo root
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:

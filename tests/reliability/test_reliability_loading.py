@@ -21,8 +21,7 @@ from dami_kernels.cli import main
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.hf.compat import check_pair
 from dami_kernels.hf.tokenizer import load_tokenizer
-from helpers_pair import CHARS, CHAT_TEMPLATE, SPECIALS, build_tokenizer, cached_pair, hub_snapshot
-
+from tiny_pairs import CHARS, CHAT_TEMPLATE, SPECIALS, build_tokenizer, cached_pair, hub_snapshot
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 

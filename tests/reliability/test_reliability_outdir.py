@@ -10,9 +10,8 @@ import pytest
 import dami_kernels as dk
 import dami_kernels.fs.outdir as outdir
 from dami_kernels.fs.outdir import MARKER, write_output_dir
-from helpers_kill import leftovers, tree
-from helpers_pair import cached_pair
-
+from kill_points import leftovers, tree
+from tiny_pairs import cached_pair
 FILES = {"a.txt": b"alpha", "sub/b.bin": b"\x00\x01beta"}
 
 

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 import dami_kernels as dk
 from dami_kernels.pair import load_pair_and_tokenizer
-from helpers_pair import cached_pair, merged_fp64_model, rel_err
+from numerics import rel_err
+from tiny_pairs import cached_pair, merged_fp64_model
+pytestmark = pytest.mark.slow  # 200 damaged pairs, each loaded
 
 CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size", "head_dim", "max_position_embeddings", "rms_norm_eps",

@@ -8,7 +8,7 @@ import pytest
 import dami_kernels as dk
 from dami_kernels.pair import lambda_scope, lambda_state, set_lambda
 from dami_kernels.pair.lambdas import lambda_lock
-from helpers_pair import cached_pair
+from tiny_pairs import cached_pair
 from dami_kernels.hf.tokenizer import load_tokenizer
 
 PROMPTS = ["ab", "hello there", "x+y=", "zz top"]

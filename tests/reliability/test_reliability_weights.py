@@ -15,11 +15,7 @@ from safetensors.torch import load_file, save_file
 import dami_kernels as dk
 from dami_kernels.cli import main
 from dami_kernels.pair import load as hf_load
-from helpers_pair import both_refuse, cached_pair, copy_pair, make_pair
-
-
-
-
+from tiny_pairs import both_refuse, cached_pair, copy_pair, make_pair
 def _set_value(d, name, index, value):
     sd = load_file(str(d / "model.safetensors"))
     sd[name].view(-1)[index] = value
@@ -250,6 +246,7 @@ open(os.path.join(out, "rank%s.txt" % os.environ["RANK"]), "w").write(msg)
 '''
 
 
+@pytest.mark.slow
 def test_tensor_parallel_ranks_agree_on_the_non_finite_tensor(tmp_path):
     """Only rank 0's shard of down_proj holds the NaN: both ranks raise the same error (no rank hangs)."""
     import os

@@ -22,6 +22,8 @@ from dami_kernels.serving import ServerThread, build_app
 from dami_kernels.serving.cb_internals import PAUSE_API, has_engine_pause
 from dami_kernels.testbed import make_problems, testbed_dirs as pair_dirs
 
+pytestmark = pytest.mark.slow  # a live server and its engine; 128 concurrent requests
+
 
 EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
 MAX_TOKENS = 72   # a whole scratchpad fits (Thinking: 3 two-column lines; the base form some λ write: 5 one-column lines)

@@ -10,9 +10,7 @@ from dami_kernels.modules import InterpEmbedding, InterpLayerNorm, InterpLinear,
 from dami_kernels.modules.lambda_state import RowLambda
 from dami_kernels.ops import interp_linear_fp64
 from dami_kernels.serving.lambda_policy import LambdaPolicy, RequestError
-from helpers_pair import rel_err
-
-
+from numerics import rel_err
 def _linear(state, bias=True, k=24, n=40, backend="torch"):
     lin = nn.Linear(k, n, bias=bias)
     return InterpLinear.from_linear(lin, state, nn.Parameter(torch.randn(n, k)),

@@ -144,12 +144,6 @@ def cached_pair(arch: str = "qwen3", **kwargs) -> PairPaths:
     return _CACHE[key]
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative Frobenius error ||out - ref|| / ||ref||, computed in fp64."""
-    out, ref = out.detach().double(), ref.detach().double()
-    return float((out - ref).norm() / ref.norm())
-
-
 def copy_pair(tmp_path, arch: str = "qwen3", names=("instruct", "thinking")) -> list[Path]:
     """A fresh copy of the cached pair of `arch` under tmp_path/<names> (to damage in a test)."""
     import shutil

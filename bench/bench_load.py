@@ -4,7 +4,7 @@ A random-init Qwen3 pair of about 1B parameters per side is saved in bf16 shards
 then each mode runs in a fresh process that reports its peak RSS (ru_maxrss) before and after loading:
   pair   dk.load_pair(instruct, thinking)                     (one interpolating model)
   plain  AutoModelForCausalLM.from_pretrained x 2             (two plain models, the natural baseline)
-Target (issue 11): peak RSS while loading <= 1.15 x (both sides' weights) + 300 MB. Peak RSS is the
+Target: peak RSS while loading <= 1.15 x (both sides' weights) + 300 MB. Peak RSS is the
 process's VmHWM (whole process, torch included), read after loading and again after every weight was
 touched (safetensors maps files lazily, so untouched weights are not resident yet).
 

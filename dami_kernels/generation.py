@@ -15,14 +15,14 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from numbers import Real
 
 import torch
 from tqdm.auto import tqdm
 
-from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id
-from dami_kernels.pair.lam import generation_expand_size, lambda_lock, lambda_scope, lambda_state
-from dami_kernels.modules import validate_lambda
+from dami_kernels.hf.prompts import left_pad  # noqa: F401 (importable from here too)
+from dami_kernels.hf.prompts import encode_prompts, pad_prompts, pad_token_id
+from dami_kernels.pair.lambdas import generation_expand_size, lambda_lock, lambda_scope, lambda_state
+from dami_kernels.validation import is_real, positive_int, validate_lambda
 
 
 @dataclass
@@ -66,7 +66,7 @@ def per_prompt_lambdas(lam, n_prompts: int, allow_extrapolation: bool) -> list[f
     """λ for each prompt: one number for all, or a list/1-D tensor with one value per prompt."""
     if isinstance(lam, torch.Tensor):
         lam = lam.reshape(-1).tolist() if lam.dim() <= 1 else lam
-    if isinstance(lam, Real) and not isinstance(lam, bool):
+    if is_real(lam):
         lam = [float(lam)] * n_prompts
     if isinstance(lam, list) and len(lam) == 1 and n_prompts > 1:
         lam = lam * n_prompts
@@ -207,8 +207,8 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     with one λ per prompt. batch_size: prompts per `model.generate` call (default: all at once).
     chat_template: None applies the tokenizer's chat template when it has one, False never, True
     always (error without one). generation_kwargs go to `model.generate` (e.g. max_new_tokens,
-    do_sample, num_beams, num_return_sequences). The prompts are left-padded; `num_tokens` counts
-    generated tokens up to and including EOS, never padding.
+    do_sample, num_beams, num_return_sequences). The prompts are left-padded by the tokenizer
+    (`hf.prompts.pad_prompts`); `num_tokens` counts generated tokens up to and including EOS, never padding.
 
     compile: False (eager decoding), True, a torch.compile backend name, or a transformers CompileConfig.
     When set, the decode step runs compiled with a static KV cache: on CUDA, True means inductor with
@@ -218,7 +218,24 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     longer prompts + max_new_tokens reuse the compiled graph; a new batch size compiles once more.
 
     Thread-safe per model: concurrent calls on one model run one after the other, each at its own λ, and
-    the model's λ from before the call is restored when it returns (pair/lam.py, `lambda_lock`).
+    the model's λ from before the call is restored when it returns (pair/lambdas.py, `lambda_lock`).
+
+    Examples::
+
+        >>> import dami_kernels as dk
+        >>> from dami_kernels.testbed import testbed_dirs
+        >>> model, tok = dk.load_pair_and_tokenizer(*testbed_dirs(), progress=False)
+        >>> results = dk.generate(model, tok, ["87305+83759", "87305+83759"], [0.0, 1.0],  # one λ per prompt
+        ...                       max_new_tokens=48, do_sample=False, progress=False)
+        >>> [(r.lam, r.num_tokens) for r in results]
+        [(0.0, 7), (1.0, 42)]
+        >>> print(results[0].text)                  # λ = 0: the Instruct side answers at once
+        171064
+        >>> print(results[1].text)                  # λ = 1: the Thinking side writes its scratchpad first
+        <think>05+59+0=064
+        73+37+0=110
+        8+8+1=17
+        </think>171064
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -229,8 +246,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     lams = per_prompt_lambdas(lam, len(prompts), state.allow_extrapolation)
     if batch_size is None:
         batch_size = len(prompts)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     for key in ("input_ids", "attention_mask", "inputs_embeds"):
         if key in generation_kwargs:
             raise ValueError(f"{key} is built from the prompts; do not pass it")
@@ -255,11 +271,11 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
                                                       max(len(e) for e in encoded))
     results: list[GenerationResult] = []
     starts = range(0, len(prompts), batch_size)
-    # One call at a time per model (see pair/lam.py): other threads' generate/lambda_scope/set_lambda wait.
+    # One call at a time per model (see pair/lambdas.py): other threads' generate/lambda_scope/set_lambda wait.
     with lambda_lock(model), tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
         for start in starts:
             idx = list(range(start, min(start + batch_size, len(prompts))))
-            ids, mask = left_pad([encoded[i] for i in idx], pad_id, device)
+            ids, mask = pad_prompts(tokenizer, [encoded[i] for i in idx], device)
             lam_b = torch.tensor([lams[i] for i in idx], dtype=torch.float32)
             with torch.no_grad(), lambda_scope(model, lam_b, expand=expand):
                 out = model.generate(input_ids=ids, attention_mask=mask, **generation_kwargs)

@@ -1,6 +1,6 @@
 """Kernel microbenchmark: fused interp_linear against merged / unfused / catgemm, in one run.
 
-Providers (DESIGN.md section 7), all timed in the same process on the same inputs:
+Providers, all timed in the same process on the same inputs:
   merged   one F.linear on a pre-merged weight (cuBLAS on GPU): the single-model floor
   unfused  two F.linear + per-row lerp (what a plain PyTorch layer does)
   catgemm  one F.linear on the stacked [W_I; W_T] + per-row lerp

@@ -1,7 +1,8 @@
 """λ(q) estimators: pick a reasoning intensity per query for the interpolated Instruct/Thinking model.
 
 - "fixed": the same λ for every query;
-- "conf": DAMI-Conf, zero-shot, from System 1's confidence and the endpoints' discrepancy (`conf.py`);
+- "conf": DAMI-Conf, zero-shot, from System 1's confidence and the endpoints' discrepancy (signals:
+  `conf.py`; the estimator: `conf_estimator.py`);
 - "pref": DAMI-Pref, a small head trained with a Bradley–Terry loss on λ-grid rollouts (`pref.py`);
 - the oracle (the cheapest correct grid λ per query) is a reference read from rollouts (`rollouts.py`).
 """
@@ -12,7 +13,8 @@ import math
 import torch
 
 from dami_kernels.estimators.batching import check_prompts
-from dami_kernels.estimators.conf import ConfSignals, ConfTrace, DamiConf, conf_lambda, conf_signals, conf_trace
+from dami_kernels.estimators.conf import ConfSignals, ConfTrace, conf_signals, conf_trace
+from dami_kernels.estimators.conf_estimator import DamiConf, conf_lambda
 from dami_kernels.estimators.fit import fit_conf, fit_pref, prompts_for
 from dami_kernels.estimators.pref import (
     PrefHead,
@@ -24,6 +26,7 @@ from dami_kernels.estimators.pref import (
 )
 from dami_kernels.estimators.rollouts import Rollouts, snap_to_grid
 from dami_kernels.estimators.signals import confidence, js_divergence, masked_mean
+from dami_kernels.validation import is_number
 
 METHODS = ("conf", "pref", "fixed")
 
@@ -42,7 +45,7 @@ def estimate(model, tokenizer, prompts, method: str = "conf", *, estimator=None,
     if method == "fixed":
         if estimator is not None:
             raise ValueError("method 'fixed' takes lam=, not estimator=")
-        if lam is None or isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        if not is_number(lam) or not math.isfinite(lam):
             raise ValueError(f"method 'fixed' needs lam= a finite number, got {lam!r}")
         return torch.full((len(prompts),), float(lam), dtype=torch.float32)
     if lam is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from dami_kernels.validation import positive_int
+
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
@@ -30,6 +32,5 @@ def endpoint_lambdas(batch: int, device=None) -> torch.Tensor:
 
 
 def chunks(items: list, size: int) -> list[list]:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {size!r}")
+    positive_int(size, "batch_size")
     return [items[i:i + size] for i in range(0, len(items), size)]

@@ -9,7 +9,8 @@ import itertools
 
 import torch
 
-from dami_kernels.estimators.conf import AUTO, DamiConf, conf_signals
+from dami_kernels.estimators.conf import AUTO, conf_signals
+from dami_kernels.estimators.conf_estimator import DamiConf
 from dami_kernels.estimators.pref import (
     FEATURE_KIND,
     PrefHead,

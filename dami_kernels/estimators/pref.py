@@ -41,8 +41,9 @@ from dami_kernels.estimators.batching import (
     model_device,
 )
 from dami_kernels.estimators.conf import AUTO
-from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
+from dami_kernels.hf.prompts import encode_prompts, pad_prompts, position_ids
 from dami_kernels.estimators.rollouts import Rollouts, check_grid
+from dami_kernels.validation import is_number, positive_int
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
@@ -79,8 +80,7 @@ def preference_pairs(rollouts: Rollouts) -> torch.Tensor:
 def pair_weights(rollouts: Rollouts, pairs: torch.Tensor, accuracy_weight: float = 1.0) -> torch.Tensor:
     """Loss weight per pair [P] (float32): accuracy_weight where the winner is correct and the loser wrong,
     1 where both are correct (the shorter won). pairs [P, 3] from `preference_pairs(rollouts)`."""
-    if isinstance(accuracy_weight, bool) or not isinstance(accuracy_weight, (int, float)) \
-            or not math.isfinite(accuracy_weight) or accuracy_weight <= 0:
+    if not is_number(accuracy_weight) or not math.isfinite(accuracy_weight) or accuracy_weight <= 0:
         raise ValueError(f"accuracy_weight must be a positive number, got {accuracy_weight!r}")
     loser_wrong = ~rollouts.correct[pairs[:, 0], pairs[:, 2]]
     ones = torch.ones(pairs.shape[0], dtype=torch.float32)
@@ -117,12 +117,11 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     device = model_device(model)
-    pad = pad_token_id(tokenizer)
     out = []
     for batch in tqdm(chunks(prompts, batch_size), desc="dami-pref features", disable=not progress):
         b = len(batch)
         seqs = encode_prompts(tokenizer, batch, chat_template)
-        ids, attn = left_pad(seqs + seqs, pad, device)
+        ids, attn = pad_prompts(tokenizer, seqs + seqs, device)
         with torch.no_grad(), lambda_scope(model, endpoint_lambdas(b, device)):
             hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn),
                                       use_cache=False).last_hidden_state
@@ -166,8 +165,7 @@ class PrefHead(nn.Module):
     def __init__(self, feature_dim: int, grid, hidden: int = 64, feature_spec: dict | None = None):
         super().__init__()
         for name, v in (("feature_dim", feature_dim), ("hidden", hidden)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(v, name)
         self.grid = check_grid(grid)
         self.feature_dim, self.hidden = feature_dim, hidden
         self.feature_spec = _check_spec(feature_spec or {"kind": FEATURE_KIND, "pooling": "mean"})
@@ -300,8 +298,7 @@ def train_pref_head(features: torch.Tensor, pairs: torch.Tensor, grid, steps: in
         raise ValueError(f"pairs name queries outside features' {features.shape[0]} rows")
     if int(pairs[:, 1:].max()) >= len(grid) or int(pairs[:, 1:].min()) < 0:
         raise ValueError(f"pairs name grid indices outside the grid of {len(grid)} values")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    positive_int(steps, "steps")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if weights is not None:

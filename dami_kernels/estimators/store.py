@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dami_kernels.estimators.conf import DamiConf
+from dami_kernels.estimators.conf_estimator import DamiConf
 from dami_kernels.estimators.pref import PrefHead
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "testbed"

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dami_kernels.evaluation.answers import last_boxed, to_number
+from dami_kernels.validation import is_positive_int
 
 FORMATS = ("gsm8k", "math", "testbed")
 GRADERS = ("exact", "math")
@@ -115,7 +116,7 @@ def load_items(path, fmt: str = "auto", limit: int | None = None) -> list[EvalIt
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and not is_positive_int(limit):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     path = Path(path)
     if not path.is_file():

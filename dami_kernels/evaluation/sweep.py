@@ -11,8 +11,8 @@ import torch
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.runner import ItemRecord, run_items, summarize, write_records
 from dami_kernels.evaluation.tables import markdown_table
-from dami_kernels.pair.lam import lambda_scope
-from dami_kernels.hf.prompts import encode_prompts, left_pad, pad_token_id, position_ids
+from dami_kernels.pair.lambdas import lambda_scope
+from dami_kernels.hf.prompts import encode_prompts, pad_prompts, position_ids
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -67,7 +67,7 @@ def pooled_hidden_states(model, tokenizer, prompts: list[str], grid, batch_size:
     out = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
-        ids, mask = left_pad([e for _, e in chunk], pad_token_id(tokenizer), device)
+        ids, mask = pad_prompts(tokenizer, [e for _, e in chunk], device)
         lam = torch.tensor([g for g, _ in chunk], dtype=torch.float32)
         with lambda_scope(model, lam):
             hs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),

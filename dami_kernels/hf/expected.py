@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from dami_kernels.hf.checkpoint import Checkpoint
 from dami_kernels.modules import stored_tensors
+from dami_kernels.validation import is_positive_int
 
 
 @dataclass
@@ -51,7 +52,7 @@ _EMBEDDING_SUFFIXES = ("embed_tokens.weight", ".wte.weight", "word_embeddings.we
 
 def _positive_sizes(value) -> bool:
     items = value if isinstance(value, (list, tuple)) and value else [value]
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items)
+    return all(is_positive_int(v) for v in items)
 
 
 def check_config_sizes(ckpt: Checkpoint) -> None:

@@ -26,7 +26,12 @@ _HOOK = None  # the RemovableHandle of the installed hook
 
 
 def enable_peft() -> None:
-    """Make PEFT handle pair layers correctly from now on (idempotent, cheap, does not import peft)."""
+    """Make PEFT handle pair layers correctly from now on (idempotent, cheap, does not import peft).
+
+    A process-wide effect: installs torch's global module-registration hook `_on_register` for the rest of
+    the process (every module registration in any model runs one isinstance check). `load_pair` and
+    `convert_pair` call it and say so in their docstrings.
+    """
     global _HOOK
     if _HOOK is None:
         _HOOK = register_module_module_registration_hook(_on_register)

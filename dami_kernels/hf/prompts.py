@@ -1,4 +1,5 @@
-"""Prompt encoding and left padding shared by generation, the estimators and the evaluation harness."""
+"""Prompt encoding and left padding (the tokenizer's own, `pad_prompts`), shared by generation, the
+estimators and the evaluation harness."""
 from __future__ import annotations
 
 import torch
@@ -39,10 +40,31 @@ def pad_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
 
 
-def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists -> input_ids [N, L] (long) and attention_mask [N, L] (1 = real token)."""
+def _check_nonempty(seqs: list[list[int]]) -> None:
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ValueError("prompts: every prompt must encode to at least one token")
+
+
+def pad_prompts(tokenizer, seqs: list[list[int]], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists with the tokenizer's own padding -> input_ids [N, L] and attention_mask [N, L]
+    (int64, 1 = real token) on `device`.
+
+    `tokenizer.pad(..., padding_side="left")` pads with the tokenizer's pad token. A tokenizer without one
+    (tokenizer.pad refuses to pad then) is padded with its EOS id by `left_pad` (`pad_token_id`; padded
+    positions are masked out anyway).
+    """
+    if tokenizer.pad_token_id is None:
+        return left_pad(seqs, pad_token_id(tokenizer), device)
+    _check_nonempty(seqs)
+    batch = tokenizer.pad({"input_ids": seqs}, padding=True, padding_side="left", return_attention_mask=True,
+                          return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists with `pad_id`, no tokenizer needed -> input_ids [N, L] (long) and
+    attention_mask [N, L] (1 = real token). With the tokenizer at hand, use `pad_prompts`."""
+    _check_nonempty(seqs)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

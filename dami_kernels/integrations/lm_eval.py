@@ -26,7 +26,6 @@ package also declares them as lm-eval plugin entry points, which lm-eval release
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from dami_kernels.evaluation.answers import extract_answer, normalize_answer
 from dami_kernels.pair import generation_expand_size, lambda_scope, load_pair, set_lambda
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
+from dami_kernels.validation import is_finite, is_number, outside_unit_interval, positive_int
 
 ESTIMATED = ("conf", "pref")
 
@@ -55,7 +55,7 @@ def lambda_spec(lam) -> float | str:
             lam = float(text)
         except ValueError:
             raise ValueError(f"lam must be a number, 'conf' or 'pref', got {lam!r}") from None
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+    if not is_number(lam) or not is_finite(lam):
         raise ValueError(f"lam must be a finite number, 'conf' or 'pref', got {lam!r}")
     return float(lam)
 
@@ -70,7 +70,12 @@ def _unpadded(row: list[int]) -> tuple[int, ...]:
 
 @register_model("dami")
 class DamiLM(HFLM):
-    """lm-eval's HFLM on a λ-interpolated Instruct/Thinking pair (see the module doc for model_args)."""
+    """lm-eval's HFLM on a λ-interpolated Instruct/Thinking pair (see the module doc for model_args).
+
+    Constructing it sets torch's intra-op threads for the whole process (`testbed.threads.configure_threads`:
+    the ``threads`` model_arg, else $DAMI_THREADS, else one thread on the testbed pair) and loads the pair,
+    which installs the PEFT registration hook (see `load_pair`).
+    """
 
     def __init__(self, instruct=None, thinking=None, lam=0.0, estimator_dir=None, *, allow_extrapolation=False,
                  allow_pickle=False, check_finite=True, kernel_backend=None, threads=None, estimator_batch_size=32,
@@ -80,7 +85,7 @@ class DamiLM(HFLM):
         if "pretrained" in kwargs:
             raise ValueError("the dami model takes instruct=DIR,thinking=DIR, not pretrained=")
         self.lam_spec = lambda_spec(lam)
-        if self.lam_spec not in ESTIMATED and not allow_extrapolation and not 0.0 <= self.lam_spec <= 1.0:
+        if self.lam_spec not in ESTIMATED and not allow_extrapolation and outside_unit_interval(self.lam_spec):
             raise ValueError(f"model_args lam={lam} lies outside [0, 1]; add allow_extrapolation=true to "
                              "--model_args to accept it")
         # Both checkpoints opened before HFLM (which would take a missing directory for a Hub name).
@@ -90,9 +95,7 @@ class DamiLM(HFLM):
             open_checkpoint(directory, allow_pickle=bool(allow_pickle))
         if estimator_dir is not None and self.lam_spec not in ESTIMATED:
             raise ValueError("estimator_dir= goes with lam=conf or lam=pref")
-        if isinstance(estimator_batch_size, bool) or not isinstance(estimator_batch_size, int) \
-                or estimator_batch_size < 1:
-            raise ValueError(f"estimator_batch_size must be a positive integer, got {estimator_batch_size!r}")
+        positive_int(estimator_batch_size, "estimator_batch_size")
         self.instruct_dir, self.thinking_dir = str(instruct), str(thinking)
         self._pair_options = {"allow_extrapolation": bool(allow_extrapolation), "allow_pickle": bool(allow_pickle),
                               "check_finite": bool(check_finite), "backend": kernel_backend}

@@ -1,8 +1,17 @@
 """Turn one in-memory model into a λ-interpolating pair model.
 
 `convert_pair(model_i, model_t)` swaps model_i's layers (walking `named_modules()`) for interpolating
-ones whose Thinking side is taken from model_t. `attach_pair_state` and `check_uncovered` are shared
-with `load_pair`.
+ones whose Thinking side is taken from model_t (`load_pair` loads both sides, then converts).
+
+Two effects reach beyond the layers swapped (named in `convert_pair`'s and `load_pair`'s docstrings):
+- the model INSTANCE's `save_pretrained` is replaced by one that raises ValueError (`attach_pair_state`).
+  transformers offers no public way for a model to refuse a plain save: its only refusal is for quantized
+  models (`hf_quantizer.is_serializable()`), and a `state_dict` hook would also break `save_pair`, PEFT and
+  torch.save. The class and every other instance keep transformers' `save_pretrained` (`save_pair` calls it
+  through the class);
+- the process-wide torch module-registration hook of `hf.peft.enable_peft` is installed, once per process,
+  so that PEFT's LoRA merges into both sides (see hf/peft.py: it acts only when a PEFT module takes a pair
+  layer as a submodule, never imports peft, and stays installed).
 """
 from __future__ import annotations
 
@@ -12,14 +21,18 @@ import torch
 from torch import nn
 
 from dami_kernels.hf.compat import check_configs
-from dami_kernels.pair.lam import STATE_ATTR
+from dami_kernels.pair.lambdas import STATE_ATTR
 from dami_kernels.hf.peft import enable_peft
 from dami_kernels.hf.tensor_parallel import reinstall_tp_forwards
 from dami_kernels.modules import LambdaState, covered_names, stored_tensors, swap_modules
 
 
 def attach_pair_state(model: nn.Module, *, allow_extrapolation: bool, backend, make_t=None, device=None) -> LambdaState:
-    """Create the model's one LambdaState (λ=0), swap its layers, and register the state on the root."""
+    """Create the model's one LambdaState (λ=0), swap its layers, and register the state on the root.
+
+    Also replaces this instance's `save_pretrained` by `_refuse_save_pretrained` and calls `enable_peft`
+    (the module docstring says why).
+    """
     state = LambdaState(0.0, allow_extrapolation=allow_extrapolation, device=device)
     kwargs = {} if make_t is None else {"make_t": make_t}
     swapped = swap_modules(model, state, backend=backend, **kwargs)
@@ -56,6 +69,12 @@ def convert_pair(model_i: nn.Module, model_t: nn.Module, *, allow_extrapolation:
     model_t's Parameters are reused as the Thinking slots when dtype and device match (no copy), so
     drop your own reference to model_t afterwards. λ starts at 0. Raises ValueError (before changing
     anything) when the configs, tensor names or shapes differ.
+
+    Effects beyond model_i's layers: `model_i.save_pretrained` (this instance's only) is replaced by one
+    that raises ValueError naming `save_pair` and `merge_pair` (a plain checkpoint would load back as the
+    Instruct model); and the first pair made in a process installs a process-wide torch
+    module-registration hook (`dami_kernels.hf.peft.enable_peft`, kept for the life of the process) that
+    makes PEFT's LoRA wrap pair layers with classes merging into both sides; it ignores every other module.
     """
     if hasattr(model_i, "config") and hasattr(model_t, "config"):
         check_configs(model_i.config, model_t.config)

@@ -24,6 +24,7 @@ from dami_kernels.pair.convert import convert_pair
 from dami_kernels.hf.device import resolve_device
 from dami_kernels.hf.finite import check_model_finite
 from dami_kernels.hf.tokenizer import load_tokenizer
+from dami_kernels.validation import is_int
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -87,7 +88,7 @@ def _map_place(value) -> str:
     the machine's accelerator, as transformers reads it; a device without an index is the current one)."""
     if isinstance(value, str) and value == "disk":
         return "disk"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         acc = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
         return f"{acc.type if acc is not None else 'cuda'}:{value}"
     try:
@@ -157,6 +158,34 @@ def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map
     a strategy such as "auto" is checked once resolved), the pair does not match or a tensor does not fit
     the config; after loading a side, when a weight holds NaN or ±inf (naming the tensor and the side; one
     read of the loaded weights, hf/finite.py), unless check_finite=False.
+
+    Effects beyond the returned model (those of `convert_pair`): its `save_pretrained` (this instance's
+    only) raises ValueError naming `save_pair` and `merge_pair`; and the first pair loaded in a process
+    installs a process-wide torch module-registration hook (`dami_kernels.hf.peft.enable_peft`, kept for the
+    life of the process) so that PEFT's LoRA on pair layers merges into both sides; other modules are ignored.
+
+    Examples::
+
+        >>> import torch
+        >>> import dami_kernels as dk
+        >>> from dami_kernels.testbed import testbed_dirs
+        >>> from transformers import AutoModelForCausalLM
+        >>> instruct_dir, thinking_dir = testbed_dirs()                  # the shipped tiny pair
+        >>> model = dk.load_pair(instruct_dir, thinking_dir, progress=False)
+        >>> instruct = AutoModelForCausalLM.from_pretrained(instruct_dir)
+        >>> ids = torch.tensor([[1, 5, 6, 7]])
+        >>> with torch.no_grad():
+        ...     at_0 = model(ids).logits                                   # λ starts at 0
+        ...     with dk.lambda_scope(model, torch.tensor([0.3])):          # one λ per sequence
+        ...         at_03 = model(ids).logits
+        >>> torch.equal(at_0, instruct(ids).logits.detach())             # λ = 0 is the Instruct model
+        True
+        >>> at_03.shape == at_0.shape and not torch.equal(at_03, at_0)
+        True
+        >>> model.save_pretrained("pair-dir")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: save_pretrained cannot save a pair model ... Use dami_kernels.save_pair(model, out_dir) ...
     """
     placement = placement_kwargs(device, device_map, tp_plan)
     ckpt_i = open_checkpoint(instruct_dir, allow_pickle=allow_pickle)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dami_kernels.pair.lam import lambda_state
+from dami_kernels.pair.lambdas import lambda_state
 from dami_kernels.pair.load import hf_progress
 from dami_kernels.fs.outdir import write_output_dir
 from dami_kernels.modules import pair_slots

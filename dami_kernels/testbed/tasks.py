@@ -1,4 +1,5 @@
-"""Testbed task (v3, kept by v4 and v5): synthetic additions of ONE surface form, difficulty from digit patterns.
+"""Testbed task: synthetic additions of ONE surface form, difficulty from digit patterns (the versions that
+led to it: docs/testbed.md).
 
 Every problem is ``a+b`` with two operands of ``DIGITS`` digits, e.g. ``12345+67890``: the same operand
 count, digit counts and prompt length at every difficulty, so a router that sees only the surface
@@ -25,7 +26,7 @@ block of columns (``block+block+carry=`` block sum), then the answer: one column
 both, the Thinking model sharpens the 2-column lines in its own fine-tune. Each line is a small addition
 written at once, so a chain can slip. The direct form (System 1, and the shipped Thinking model's
 non-thinking mode) is the answer alone; the no-think form ``<think></think>6912`` (Qwen3's non-thinking
-mode) is kept for pairs trained that way (v4's).
+mode) is kept for pairs trained that way (the shipped pair is not).
 
 The problem space ((9 * 10**(DIGITS-1))**2 ordered operand pairs) is split for good by a hash of the
 problem's canonical form (operands sorted, so ``a+b`` and ``b+a`` share a split): ``train`` (80%: what

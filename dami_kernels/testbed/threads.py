@@ -1,10 +1,14 @@
 """torch intra-op threads for runs on the tiny testbed pair: one by default.
 
-The testbed model (hidden 128) is too small for intra-op parallelism to pay: each op is a few
-microseconds, and on a busy machine torch's threads spin and wait for cores that other processes hold.
-On 2 busy cores the demo took 583 s with torch's default threads and 40 s with one. So commands that run
+The testbed model (hidden 128) is too small for intra-op parallelism to pay: each op is tiny, and on a
+busy machine torch's threads spin and wait for cores that other processes hold (the demo's timings with
+torch's default threads and with one: bench/NOTES.md, "Threads on the testbed pair"). So commands that run
 the testbed pair use ONE thread unless told otherwise: ``--threads N`` or ``DAMI_THREADS=N`` (both also
 apply to any other pair, where torch's default is kept otherwise).
+
+`configure_threads` sets torch's intra-op thread count for the whole process (`torch.set_num_threads`)
+and does not restore it: the CLI commands (`cli/common.load_from_args`, `dami demo`) and lm-eval's
+``dami`` model (`integrations/lm_eval.DamiLM`) call it before loading the pair.
 """
 from __future__ import annotations
 
@@ -45,7 +49,12 @@ def is_testbed_pair(instruct_dir, thinking_dir) -> bool:
 
 def configure_threads(threads: int | None = None, *, testbed: bool, name: str = "threads") -> int:
     """Set torch's intra-op threads: `threads`, else $DAMI_THREADS, else 1 when `testbed` (the tiny pair
-    runs), else leave torch's default. Returns the number of threads torch now uses."""
+    runs), else leave torch's default. Returns the number of threads torch now uses.
+
+    A process-wide effect: `torch.set_num_threads` applies to every later torch op in the process and is
+    not restored. Called by the CLI (`cli/common.load_from_args`, `dami demo`) and by lm-eval's ``dami``
+    model; library functions such as `load_pair` and `generate` never change the thread count.
+    """
     import torch
 
     n = requested_threads(threads, name)

@@ -1,4 +1,4 @@
-"""Ablations of the λ(q) estimators (issue 16, item 6), fitted on the dev split, scored on a study's test
+"""Ablations of the λ(q) estimators, fitted on the dev split, scored on a study's test
 sweep (the rollouts of `dami demo`'s sweep_items.jsonl, nearest grid λ):
 
 - DAMI-Conf with both signals (the shipped tuning rule), confidence only (w = 0), discrepancy only (w = 1);
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from dami_kernels.estimators.conf import DEFAULT_TUNE_GRID, ConfSignals, DamiConf, conf_signals
+from dami_kernels.estimators.conf import ConfSignals, conf_signals
+from dami_kernels.estimators.conf_estimator import DEFAULT_TUNE_GRID, DamiConf
 from dami_kernels.estimators.fit import fit_pref
 from dami_kernels.estimators.rollouts import Rollouts
 from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
@@ -75,6 +76,7 @@ def ablations_markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The script's entry (see the module doc). Sets torch to one intra-op thread for the whole process."""
     from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.testbed import testbed_dirs
 

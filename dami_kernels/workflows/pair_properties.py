@@ -1,4 +1,4 @@
-"""The testbed pair's targeted properties (issue 16, item 1), measured and recorded in testbed_metrics.json:
+"""The testbed pair's targeted properties, measured and recorded in testbed_metrics.json:
 
 - instruct_gap: Instruct accuracy <= Thinking − 0.15; instruct_token_ratio: Instruct tokens <= 0.35 ×
   Thinking's; thinking_not_at_ceiling: 0.85 <= Thinking <= 0.95 (balanced mix, the metrics' test draw);

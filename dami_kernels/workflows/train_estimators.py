@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dami_kernels.estimators import DamiConf, Rollouts, conf_signals
-from dami_kernels.estimators.conf import AUTO, DEFAULT_TUNE_GRID
+from dami_kernels.estimators.conf import AUTO
+from dami_kernels.estimators.conf_estimator import DEFAULT_TUNE_GRID
 from dami_kernels.estimators.fit import fit_pref, prompts_for
 from dami_kernels.estimators.pref import CONF_SIGNALS
 from dami_kernels.evaluation.data import EvalItem

@@ -1,5 +1,5 @@
 """Launch plumbing that both op families share: the two seams (output allocation, kernel launch) that tests,
-benchmarks and scripts/compile_check.py replace, and the fp32 precision switch.
+benchmarks and scripts/offline_compile/ replace, and the fp32 precision switch.
 
 Callers use the seams through the module (`launch.alloc_output(...)`), so that replacing them here reaches
 every launcher.
@@ -19,7 +19,7 @@ def alloc_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
 
 def launch_kernel(kernel, grid, args, kwargs) -> None:
     """The kernel launch itself (bench/host_overhead.py replaces it to time the host side alone;
-    scripts/compile_check.py records the launches through it)."""
+    scripts/offline_compile/harness.py records the launches through it)."""
     kernel[grid](*args, **kwargs)
 
 
@@ -32,7 +32,7 @@ def tf32_enabled() -> bool:
     `torch.backends.cuda.matmul.fp32_precision = "tf32"`, `torch.set_float32_matmul_precision("high")`
     or the legacy `torch.backends.cuda.matmul.allow_tf32 = True`. Default: False (exact fp32)."""
     # The C getters behind torch.backends.cuda.matmul.fp32_precision / torch.backends.fp32_precision /
-    # allow_tf32 (the Python properties cost several µs per call; this runs on every fp32 call).
+    # allow_tf32 (read directly: the Python properties are far slower, and this runs on every fp32 call).
     precision = _precision_getter("cuda", "matmul")
     if precision == "none":
         precision = _precision_getter("generic", "all")

@@ -37,6 +37,20 @@ def interp_linear(
     check_finite: check a tensor λ for NaN/inf (a host sync on CUDA; skipped automatically under
     torch.compile and CUDA-graph capture). Layers whose λ was validated when set pass False.
     Raises ValueError naming the argument on bad shapes, dtypes, devices or non-finite λ.
+
+    Examples::
+
+        >>> import torch
+        >>> from dami_kernels.ops import interp_linear
+        >>> x = torch.ones(2, 3)                                   # M = 2 rows, K = 3
+        >>> w_i, w_t = torch.zeros(4, 3), torch.full((4, 3), 2.0)  # N = 4
+        >>> interp_linear(x, w_i, w_t, torch.tensor([0.0, 0.5]))   # row 0 at λ = 0, row 1 at λ = 0.5
+        tensor([[0., 0., 0., 0.],
+                [3., 3., 3., 3.]])
+        >>> lam = torch.tensor([0.25, 1.0])
+        >>> y = interp_linear(x, w_i, w_t, lam)
+        >>> torch.allclose(y, (1 - lam[:, None]) * (x @ w_i.T) + lam[:, None] * (x @ w_t.T))
+        True
     """
     name = resolve_backend(backend, x.device) if isinstance(x, torch.Tensor) else "torch"
     args = normalize_args(x, w_i, w_t, lam, bias_i, bias_t, check_finite=check_finite,

@@ -9,9 +9,8 @@ Paths, chosen on the host from `lam_value` (a λ that every row shares, known wi
   - mixed λ: y = b_I + ((1-λ)∘x) W_Iᵀ + (λ∘x) W_Tᵀ + λ(b_T - b_I), two accumulating `addmm` calls into
     one output buffer (both weights read once, no other [M, N] intermediate; the per-row λ scaling is
     applied to x, which is [M, K]).
-BLEND_MIN_ROWS was measured on the 2-core CPU machine (fp32, one thread, 512×1536, 1536×512 and
-2048×512 layers): blending costs about two single-row GEMMs, so from 4 rows on one blended GEMM beats two
-(M=4: 425 µs against 497 µs; M=1: 263 µs against 199 µs). See docs/fused-op.md, "The CPU path".
+BLEND_MIN_ROWS: blending costs about two single-row GEMMs, so from 4 rows on one blended GEMM beats two
+(the measurement: docs/fused-op.md, "The CPU path").
 """
 from __future__ import annotations
 

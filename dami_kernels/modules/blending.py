@@ -1,7 +1,12 @@
 """λ shaped for a layer's input, and the fp32 blend (1-λ)·a + λ·b that the layers compute with it."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeGuard
+
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def token_rows(shape: torch.Size, ids: bool = False) -> int:
@@ -36,5 +41,5 @@ def blend(a: torch.Tensor, b: torch.Tensor, lam) -> torch.Tensor:
     return ((1.0 - lam) * a.float() + lam * b.float()).to(a.dtype)
 
 
-def _is_dtensor(t) -> bool:
+def _is_dtensor(t) -> TypeGuard[DTensor]:
     return type(t).__name__ == "DTensor"  # no torch.distributed import on the common path

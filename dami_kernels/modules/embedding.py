@@ -16,6 +16,8 @@ class InterpEmbedding(LambdaBound, nn.Embedding):
     token row (`LambdaState.set_rows`) every id reads its own row's λ.
     """
 
+    weight_t: nn.Parameter
+
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, lam_state: LambdaState,
                  device=None, dtype=None):
         super().__init__(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)

@@ -12,6 +12,9 @@ Mixtral. Any other router or experts class is refused with a ValueError that nam
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -70,7 +73,7 @@ def token_row_linears(model: nn.Module) -> set[str]:
     """Names of the nn.Linear modules inside a sparse MoE block (a module with a supported router as a
     direct child): the block flattens its input to token rows [T, H] before calling them (Qwen2-MoE's
     shared expert and shared-expert gate), so they are swapped for `InterpTokenLinear`."""
-    names = set()
+    names: set[str] = set()
     for bname, block in model.named_modules():
         if any(is_supported_router(c) for c in block.children()):
             names.update(f"{bname}.{n}" if bname else n for n, m in block.named_modules()
@@ -84,12 +87,12 @@ class InterpTokenLinear(InterpLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam, _, uniform = self.lam_state.for_rows(token_rows(x.shape))
-        p = self._parameters
+        p: dict[str, Any] = self._parameters  # weight and weight_t are never None, bias and bias_t may be
         return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
                                    self._backend_name(x))
 
 
-_ROUTER_SUBCLASSES: dict[type, type] = {}
+_ROUTER_SUBCLASSES: dict[type, type[InterpTopKRouter]] = {}
 
 
 class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
@@ -102,30 +105,40 @@ class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
     transformers' `output_router_logits` recording (an isinstance hook) keeps working.
     """
 
+    top_k: int
+    num_experts: int
+    hidden_dim: int
+    norm_topk_prob: bool
+    cast_scores: bool
+    weight: nn.Parameter
+    weight_t: nn.Parameter
+
     @classmethod
     def from_router(cls, router: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter,
                     backend=None) -> "InterpTopKRouter":
         kind = type(router)
         sub = _ROUTER_SUBCLASSES.get(kind)
         if sub is None:
-            sub = _ROUTER_SUBCLASSES[kind] = type(f"Interp{kind.__name__}", (cls, kind), {"__module__": cls.__module__})
+            sub = _ROUTER_SUBCLASSES[kind] = cast(
+                "type[InterpTopKRouter]", type(f"Interp{kind.__name__}", (cls, kind), {"__module__": cls.__module__}))
+        src: Any = router  # a transformers <Family>TopKRouter: its attributes are not typed here
         new = sub.__new__(sub)
         nn.Module.__init__(new)
         new.bind_lambda(lam_state)
         new.backend = backend
-        new.top_k = router.top_k
-        new.num_experts = router.num_experts
-        new.hidden_dim = router.hidden_dim
-        new.norm_topk_prob = bool(getattr(router, "norm_topk_prob", True))
+        new.top_k = src.top_k
+        new.num_experts = src.num_experts
+        new.hidden_dim = src.hidden_dim
+        new.norm_topk_prob = bool(getattr(src, "norm_topk_prob", True))
         new.cast_scores = ROUTER_CLASSES[kind.__name__]
-        new.weight = router.weight
-        new.weight_t = same_layout(router.weight, weight_t)
+        new.weight = src.weight
+        new.weight_t = same_layout(src.weight, weight_t)
         return new
 
     def forward(self, hidden_states: torch.Tensor):
         x = hidden_states.reshape(-1, self.hidden_dim)
         lam, _, uniform = self.lam_state.for_rows(x.shape[0])
-        p = self._parameters
+        p: dict[str, Any] = self._parameters  # weight and weight_t are never None
         logits = interp_linear_layer(x, p["weight"], p["weight_t"], lam, None, None, uniform,
                                      self._backend_name(x))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
@@ -150,22 +163,33 @@ class InterpExperts(ResolvedBackend, LambdaBound, nn.Module):
     top_k_index [T, k], top_k_weights [T, k]) -> [T, H], the original experts' signature.
     """
 
+    source_class: str
+    num_experts: int
+    hidden_dim: int
+    intermediate_dim: int
+    act_fn: Callable[[torch.Tensor], torch.Tensor]
+    gate_up_proj: nn.Parameter
+    gate_up_proj_t: nn.Parameter
+    down_proj: nn.Parameter
+    down_proj_t: nn.Parameter
+
     @classmethod
     def from_experts(cls, experts: nn.Module, lam_state: LambdaState, gate_up_t: nn.Parameter,
                      down_t: nn.Parameter, backend=None) -> "InterpExperts":
         check_moe_supported(experts)
+        src: Any = experts  # a transformers <Family>Experts: its attributes are not typed here
         new = cls()
         new.bind_lambda(lam_state)
         new.backend = backend
         new.source_class = type(experts).__name__
-        new.num_experts = experts.num_experts
-        new.hidden_dim = experts.hidden_dim
-        new.intermediate_dim = experts.intermediate_dim
-        new.act_fn = experts.act_fn
-        new.gate_up_proj = experts.gate_up_proj
-        new.gate_up_proj_t = same_layout(experts.gate_up_proj, gate_up_t)
-        new.down_proj = experts.down_proj
-        new.down_proj_t = same_layout(experts.down_proj, down_t)
+        new.num_experts = src.num_experts
+        new.hidden_dim = src.hidden_dim
+        new.intermediate_dim = src.intermediate_dim
+        new.act_fn = src.act_fn
+        new.gate_up_proj = src.gate_up_proj
+        new.gate_up_proj_t = same_layout(src.gate_up_proj, gate_up_t)
+        new.down_proj = src.down_proj
+        new.down_proj_t = same_layout(src.down_proj, down_t)
         return new
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,

@@ -37,6 +37,8 @@ class InterpOffsetRMSNorm(InterpRMSNorm):
 class InterpScaledEmbedding(InterpEmbedding):
     """Gemma 3 text embedding: the blended lookup times the fixed ``embed_scale`` (sqrt(hidden)). Ids [B, ...]."""
 
+    embed_scale: torch.Tensor  # a non-persistent buffer, registered by from_embedding
+
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, lam_state: LambdaState, weight_t: nn.Parameter):
         new = super().from_embedding(emb, lam_state, weight_t)

@@ -63,6 +63,12 @@ class LambdaState(nn.Module):
     share one.
     """
 
+    buf: torch.Tensor
+    out_buf: torch.Tensor
+    # Only the two buffers above, registered in __init__ and only ever replaced by tensors, never None:
+    # typed as such so that the hot paths can read the dict (no nn.Module.__getattr__) without a check.
+    _buffers: dict[str, torch.Tensor]  # type: ignore[assignment]  # torch types it dict[str, Tensor | None]
+
     def __init__(self, lam=0.0, *, allow_extrapolation: bool = False, device=None):
         super().__init__()
         self.allow_extrapolation = bool(allow_extrapolation)
@@ -72,8 +78,10 @@ class LambdaState(nn.Module):
         self.uniform: float | None = None
         self.register_buffer("buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("out_buf", torch.zeros(1, dtype=torch.float32, device=device), persistent=False)
-        self._views: tuple | None = None  # (buf[:n], buf[:1], buf), eager only
-        self._row_cache: dict = {}  # per-row mode: (rows, output) -> (view, exact), eager only
+        # (buf[:n], buf[:1], buf), eager only
+        self._views: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # per-row mode: (rows, output) -> (view, exact), eager only
+        self._row_cache: dict[tuple[int, bool], tuple[torch.Tensor, bool]] = {}
         self.set(lam)
 
     @property
@@ -258,6 +266,8 @@ def _shared(values: torch.Tensor) -> float | None:
 
 class LambdaBound:
     """Mixin for layers that read λ from a shared LambdaState held by reference (not a submodule)."""
+
+    lam_state: LambdaState  # set by bind_lambda
 
     def bind_lambda(self, state: LambdaState) -> None:
         if not isinstance(state, LambdaState):

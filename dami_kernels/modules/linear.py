@@ -1,6 +1,8 @@
 """InterpLinear: an nn.Linear whose output is blended per sequence between two weight sets."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,8 +18,8 @@ class ResolvedBackend:
     """Mixin for layers with a ``backend`` setting: `_backend_name(x)` resolves it for x's device and
     remembers the answer per (setting, CUDA or not)."""
 
-    backend = None
-    _resolved: tuple | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
+    backend: str | None = None
+    _resolved: tuple[str | None, bool, str] | None = None  # (backend, x.is_cuda, "triton" | "torch") of the last call
 
     def _backend_name(self, x: torch.Tensor) -> str:
         """The resolved backend, remembered per (backend setting, CUDA or not): $DAMI_BACKEND is read
@@ -31,7 +33,7 @@ class ResolvedBackend:
         return cached[2]
 
 
-def same_layout(p: nn.Parameter, p_t: nn.Parameter) -> nn.Parameter:
+def same_layout(p: torch.Tensor, p_t: nn.Parameter) -> nn.Parameter:
     """The Thinking Parameter with the Instruct one's strides (the kernels need both alike; fixed once
     here, never per call). The Instruct side is made contiguous in place when they differ."""
     if p_t.device.type == "meta" or p_t.stride() == p.stride():
@@ -53,6 +55,8 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
     """
 
     output_rows = False
+    weight_t: nn.Parameter
+    bias_t: nn.Parameter | None
 
     def __init__(self, in_features, out_features, bias=True, *, lam_state: LambdaState, backend=None,
                  device=None, dtype=None):
@@ -61,7 +65,7 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
         self.backend = backend
         # [ops.interp_linear.launch.LaunchMemo | None, backend setting, misses in a row]: the last eager Triton launch,
         # a list so that a hit updates it without nn.Module.__setattr__ (µs per call)
-        self._memo = [None, None, 0]
+        self._memo: list[Any] = [None, None, 0]
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
         if bias:
             self.bias_t = nn.Parameter(torch.empty_like(self.bias), requires_grad=False)
@@ -84,7 +88,9 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
         if x.dim() < 2:
             raise ValueError(f"InterpLinear needs x [B, ..., K] with the batch first, got shape {tuple(x.shape)}")
         state = self.lam_state
-        p = self._parameters  # one dict instead of four nn.Module.__getattr__ calls (decode host time)
+        # one dict instead of four nn.Module.__getattr__ calls (decode host time); weight and weight_t are
+        # never None, bias and bias_t may be
+        p: dict[str, Any] = self._parameters
         if state.per_row:
             lam, _, uniform = state.for_rows(token_rows(x.shape), self.output_rows)
         else:

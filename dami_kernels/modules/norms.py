@@ -6,6 +6,8 @@ With λ per packed token row (`LambdaState.set_rows`) the gain is blended per to
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,21 +40,25 @@ class _BlendedGain(LambdaBound):
             if shape is None:
                 raise ValueError(f"{type(self).__name__}: λ is set per packed token row; gain() needs shape=x.shape")
             lam, _, uniform = state.for_rows(token_rows(shape))
+            if uniform is None:
+                return blend(p_i, p_t, lam_rows_view(lam, shape, ndim))
         else:
             lam, uniform = state.for_layer(batch)
-        if uniform is not None:
-            if uniform == 0.0:
-                return p_i
-            if uniform == 1.0:
-                return p_t
-            return blend(p_i, p_t, uniform)
-        if state.per_row:
-            return blend(p_i, p_t, lam_rows_view(lam, shape, ndim))
-        return blend(p_i, p_t, lam_view(lam.expand(batch), ndim))
+            if uniform is None:
+                return blend(p_i, p_t, lam_view(lam.expand(batch), ndim))
+        if uniform == 0.0:
+            return p_i
+        if uniform == 1.0:
+            return p_t
+        return blend(p_i, p_t, uniform)
 
 
 class InterpRMSNorm(_BlendedGain, nn.Module):
     """RMSNorm with a per-sequence blended gain; ``weight`` = Instruct side, ``weight_t`` = Thinking side."""
+
+    weight: nn.Parameter
+    weight_t: nn.Parameter
+    variance_epsilon: float
 
     def __init__(self, weight: nn.Parameter, weight_t: nn.Parameter, eps: float, *, lam_state: LambdaState):
         super().__init__()
@@ -64,8 +70,9 @@ class InterpRMSNorm(_BlendedGain, nn.Module):
     @classmethod
     def from_rmsnorm(cls, norm: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter):
         """Wrap `norm` (epsilon in `variance_epsilon`, or `eps` as Gemma's norms keep it)."""
-        eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
-        return cls(norm.weight, weight_t, eps, lam_state=lam_state)
+        src: Any = norm  # a transformers RMSNorm: its attributes are not typed here
+        eps = src.variance_epsilon if hasattr(src, "variance_epsilon") else src.eps
+        return cls(src.weight, weight_t, eps, lam_state=lam_state)
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x·rsqrt(mean(x²) + eps) in fp32, [B, ..., D]."""
@@ -81,6 +88,13 @@ class InterpRMSNorm(_BlendedGain, nn.Module):
 
 class InterpLayerNorm(_BlendedGain, nn.Module):
     """LayerNorm (elementwise affine) with per-sequence blended weight and bias."""
+
+    normalized_shape: tuple[int, ...]
+    eps: float
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_t: nn.Parameter
+    bias_t: nn.Parameter | None
 
     def __init__(self, norm: nn.LayerNorm, weight_t: nn.Parameter, bias_t: nn.Parameter | None, *,
                  lam_state: LambdaState):

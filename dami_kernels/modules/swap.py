@@ -10,7 +10,7 @@ tied weight is created once and shared the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -37,9 +37,8 @@ def empty_like_param(name: str, p: nn.Parameter) -> nn.Parameter:
 
 def is_swappable(module: nn.Module) -> bool:
     """True for the layer types `swap_modules` replaces (an unsupported MoE module raises ValueError)."""
-    kind = type(module)
     check_moe_supported(module)
-    return (kind in (nn.Linear, nn.Embedding) or (kind is nn.LayerNorm and module.elementwise_affine)
+    return (type(module) in (nn.Linear, nn.Embedding) or (type(module) is nn.LayerNorm and module.elementwise_affine)
             or is_supported_rmsnorm(module) or is_offset_rmsnorm(module) or is_scaled_embedding(module)
             or is_supported_router(module) or is_supported_experts(module))
 
@@ -47,7 +46,7 @@ def is_swappable(module: nn.Module) -> bool:
 def covered_names(model: nn.Module) -> set[str]:
     """State-dict names of the parameters that `swap_modules` would make interpolating (MoE experts:
     the fused names, e.g. `...mlp.experts.gate_up_proj`). Raises ValueError on an unsupported MoE module."""
-    names = set()
+    names: set[str] = set()
     for mname, module in model.named_modules(remove_duplicate=False):
         check_moe_supported(module, mname)
         if is_swappable(module) or isinstance(module, INTERP_MODULES):
@@ -57,21 +56,22 @@ def covered_names(model: nn.Module) -> set[str]:
 
 
 def _swap_one(module: nn.Module, prefix: str, state: LambdaState, backend, t_param) -> nn.Module | None:
-    kind = type(module)
-    if kind is nn.Linear:
+    # type(module) rather than a local alias: mypy narrows `module` on `type(module) is C`
+    if type(module) is nn.Linear:
         bias_t = t_param(prefix + "bias", module.bias) if module.bias is not None else None
         return InterpLinear.from_linear(module, state, t_param(prefix + "weight", module.weight), bias_t, backend)
-    if kind is nn.Embedding:
+    if type(module) is nn.Embedding:
         return InterpEmbedding.from_embedding(module, state, t_param(prefix + "weight", module.weight))
-    if kind is nn.LayerNorm and module.elementwise_affine:
+    if type(module) is nn.LayerNorm and module.elementwise_affine:
         bias_t = t_param(prefix + "bias", module.bias) if module.bias is not None else None
         return InterpLayerNorm(module, t_param(prefix + "weight", module.weight), bias_t, lam_state=state)
     if is_supported_rmsnorm(module):
         return InterpRMSNorm.from_rmsnorm(module, state, t_param(prefix + "weight", module.weight))
     if is_offset_rmsnorm(module):
         return InterpOffsetRMSNorm.from_rmsnorm(module, state, t_param(prefix + "weight", module.weight))
-    if is_scaled_embedding(module):
-        return InterpScaledEmbedding.from_embedding(module, state, t_param(prefix + "weight", module.weight))
+    if is_scaled_embedding(module):  # an nn.Embedding subclass (gemma.SCALED_EMBEDDING_CLASS_NAMES)
+        return InterpScaledEmbedding.from_embedding(cast(nn.Embedding, module), state,
+                                                    t_param(prefix + "weight", module.weight))
     if is_supported_router(module):
         return InterpTopKRouter.from_router(module, state, t_param(prefix + "weight", module.weight), backend)
     if is_supported_experts(module):
@@ -105,6 +105,7 @@ def swap_modules(model: nn.Module, lam_state: LambdaState, *, backend=None,
             full = f"{name}.{child_name}" if name else child_name
             todo.append((module, child_name, full, child))
     swapped = []
+    new: nn.Module | None
     for parent, child_name, full, child in todo:
         if full in token_linears:  # inside an MoE block: the input is flattened to token rows
             bias_t = t_param(full + ".bias", child.bias) if child.bias is not None else None
@@ -153,7 +154,7 @@ def pair_slots(model: nn.Module) -> dict[str, Slot]:
 def stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """name -> tensor for every parameter (tied names included) and persistent buffer: the state-dict
     names, without `state_dict()`'s detaching and hooks (0.45 s per call on a 1B model)."""
-    out = dict(model.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     for mname, module in model.named_modules(remove_duplicate=False):
         for bname, b in module._buffers.items():
             if b is not None and bname not in module._non_persistent_buffers_set:

@@ -7,6 +7,8 @@ GEMMs for mixed λ) on its tokens, the activation in between, and adds its routi
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from dami_kernels.ops.interp_linear.torch_path import interp_linear_torch
@@ -45,7 +47,7 @@ def interp_experts_torch(x: torch.Tensor, gate_up_i: torch.Tensor, gate_up_t: to
         tok = tokens[start:start + count]
         w = weights[start:start + count]
         start += count
-        lam = None if lam_value is not None else lam_tokens[tok]
+        lam = None if lam_value is not None else cast(torch.Tensor, lam_tokens)[tok]  # given when lam_value is None
         gate, up = interp_linear_torch(x[tok], gate_up_i[e], gate_up_t[e], lam, None, None, lam_value).chunk(2, -1)
         y = interp_linear_torch(act_fn(gate) * up, down_i[e], down_t[e], lam, None, None, lam_value)
         out.index_add_(0, tok, (y * w.unsqueeze(-1)).to(out.dtype))

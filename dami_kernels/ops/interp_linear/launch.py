@@ -54,7 +54,7 @@ _PLANS: dict[tuple, LaunchPlan] = {}
 
 
 def plan_launch(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, seg_len: int,
-                x_strides: tuple[int, int], w_strides: tuple[int, int],
+                x_strides: tuple[int, ...], w_strides: tuple[int, ...],
                 config: KernelConfig | None = None, rows_per_lam: int = 1) -> LaunchPlan:
     """The cached launch plan for an [M, K] x [N, K]^T problem; seg_len and rows_per_lam as in
     `launch_interp_linear`."""

@@ -14,6 +14,8 @@ BLEND_MIN_ROWS: blending costs about two single-row GEMMs, so from 4 rows on one
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,8 @@ def interp_linear_torch(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
 
     x [..., K] (M = all leading dims; the mixed path needs x [M, K]); w [N, K]; biases [N] | None;
     lam_rows [M] (or [1], broadcast) fp32, may be None when lam_value is given; lam_value: the λ
-    shared by every row when the caller knows it on the host.
+    shared by every row when the caller knows it on the host. The callers pass both biases or neither
+    (the casts below rest on that, and on lam_rows being given whenever lam_value is None).
     """
     if lam_value is not None:
         if lam_value == 0.0:
@@ -36,7 +39,7 @@ def interp_linear_torch(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
             return F.linear(x, w_t, bias_t)
         if x.numel() >= BLEND_MIN_ROWS * x.shape[-1]:
             w = torch.lerp(w_i, w_t, lam_value)
-            b = torch.lerp(bias_i, bias_t, lam_value) if bias_i is not None else None
+            b = torch.lerp(bias_i, cast(torch.Tensor, bias_t), lam_value) if bias_i is not None else None
             return F.linear(x, w, b)
         lead = x.shape[:-1]
         x2d = x.reshape(-1, x.shape[-1])
@@ -45,18 +48,19 @@ def interp_linear_torch(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
             out = torch.mm(x2d, w_i.t()).mul_(1.0 - lam_value)
         else:
             out = torch.addmm(bias_i, x2d, w_i.t(), beta=1.0 - lam_value, alpha=1.0 - lam_value)
-            out.add_(bias_t, alpha=lam_value)
+            out.add_(cast(torch.Tensor, bias_t), alpha=lam_value)
         return out.addmm_(x2d, w_t.t(), alpha=lam_value).reshape(lead + (w_i.shape[0],))
     x2d = x
-    lam = lam_rows.reshape(-1, 1).to(x2d.dtype)
+    lam = cast(torch.Tensor, lam_rows).reshape(-1, 1).to(x2d.dtype)
     if bias_i is None:
         out = torch.mm(x2d * (1.0 - lam), w_i.t())
     else:
         out = torch.addmm(bias_i, x2d * (1.0 - lam), w_i.t())
     out.addmm_(x2d * lam, w_t.t())
     if bias_i is not None:
+        bias_delta = cast(torch.Tensor, bias_t) - bias_i
         if lam.shape[0] == 1:
-            out.add_((bias_t - bias_i) * lam.reshape(()))
+            out.add_(bias_delta * lam.reshape(()))
         else:
-            out.addr_(lam.reshape(-1), bias_t - bias_i)
+            out.addr_(lam.reshape(-1), bias_delta)
     return out

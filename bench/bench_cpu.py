@@ -16,6 +16,7 @@ uniform prefill >= 0.85×, decode at uniform or mixed λ >= 0.48× (the two-weig
 Runs with any checkout of the package on PYTHONPATH (it uses only the public pair API), so the same
 script measures a commit before and after a change. Progress: one line on stderr per run as it finishes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,20 @@ TARGETS = {"lam0": 0.95, "lam1": 0.95, "prefill_uniform": 0.85, "uniform": 0.48,
 
 
 def config() -> Qwen3Config:
-    return Qwen3Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                       num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True,
-                       max_position_embeddings=1024, eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    return Qwen3Config(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=0,
+    )
 
 
 def random_model(seed: int):
@@ -83,8 +95,13 @@ def main(argv=None) -> int:
     ids = torch.randint(1, 4096, (args.batch, args.prompt))
     long_ids = torch.randint(1, 4096, (1, args.prefill))
     mixed = torch.tensor([(0.2, 0.4, 0.6, 0.8)[r % 4] for r in range(args.batch)])
-    gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-               attention_mask=torch.ones_like(ids), pad_token_id=0)
+    gen = dict(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+        attention_mask=torch.ones_like(ids),
+        pad_token_id=0,
+    )
 
     def decode(model, lam=None):
         def run():
@@ -93,6 +110,7 @@ def main(argv=None) -> int:
             else:
                 with dk.lambda_scope(model, lam):
                     model.generate(ids, **gen)
+
         return run
 
     def prefill(model, lam=None):
@@ -102,23 +120,33 @@ def main(argv=None) -> int:
             else:
                 with dk.lambda_scope(model, lam):
                     model(long_ids)
+
         return run
 
     decode_tokens = args.batch * args.new_tokens
     cases = {
-        "plain": decode(plain), "lam0": decode(pair, 0.0), "lam1": decode(pair, 1.0),
-        "uniform": decode(pair, 0.5), "mixed": decode(pair, mixed),
+        "plain": decode(plain),
+        "lam0": decode(pair, 0.0),
+        "lam1": decode(pair, 1.0),
+        "uniform": decode(pair, 0.5),
+        "mixed": decode(pair, mixed),
     }
-    prefill_cases = {"prefill_plain": prefill(plain), "prefill_lam0": prefill(pair, 0.0),
-                     "prefill_uniform": prefill(pair, 0.5)}
+    prefill_cases = {
+        "prefill_plain": prefill(plain),
+        "prefill_lam0": prefill(pair, 0.0),
+        "prefill_uniform": prefill(pair, 0.5),
+    }
     # One stderr line per run as it finishes (a full run takes minutes on one thread).
     total, done, t_start = (len(cases) + len(prefill_cases)) * (args.repeats + 1), [0], time.perf_counter()
 
     def progress(name, rnd, secs):
         done[0] += 1
         run = "warm-up" if rnd == 0 else f"run {rnd}/{args.repeats}"
-        print(f"[{done[0]}/{total}] {name} {run}: {secs:.2f} s (elapsed {time.perf_counter() - t_start:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{done[0]}/{total}] {name} {run}: {secs:.2f} s (elapsed {time.perf_counter() - t_start:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     tps = {}
     with torch.no_grad():
@@ -130,10 +158,18 @@ def main(argv=None) -> int:
     ratios["prefill_lam0"] = tps["prefill_lam0"] / tps["prefill_plain"]
     ratios["prefill_uniform"] = tps["prefill_uniform"] / tps["prefill_plain"]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "params_per_side": params, "dtype": "float32", "batch": args.batch, "prompt": args.prompt,
-        "new_tokens": args.new_tokens, "prefill_tokens": args.prefill, "repeats": args.repeats,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "params_per_side": params,
+        "dtype": "float32",
+        "batch": args.batch,
+        "prompt": args.prompt,
+        "new_tokens": args.new_tokens,
+        "prefill_tokens": args.prefill,
+        "repeats": args.repeats,
         "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
         "ratio_vs_plain": {k: round(v, 3) for k, v in ratios.items()},
         "targets": TARGETS,

@@ -9,6 +9,7 @@ resident weights. Prints one JSON object. The pair costs twice the per-side numb
 
     python bench/bench_finite.py --dir /tmp/dami_finite_4b [--repeats 3] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,17 @@ import shutil
 import time
 from pathlib import Path
 
-CONFIG = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-              num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-              max_position_embeddings=40960)
+CONFIG = dict(
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+)
 SHARD_BYTES = 2 * 1024**3
 
 
@@ -65,7 +74,8 @@ def make_side(path: Path, seed: int = 0) -> None:
         os.replace(path / f"part-{k + 1}.tmp", path / final)
         weight_map.update({name: final for name in shard})
     (path / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
 
 
 def main() -> None:
@@ -99,17 +109,33 @@ def main() -> None:
         check_model_finite(model, "instruct", args.dir)
         resident_s = time.perf_counter() - t0
         nbytes = sum(t.numel() * t.element_size() for _, t in _model_tensors(model))
-        runs.append({"load_s": round(load_s, 2), "check_after_load_s": round(first_s, 2),
-                     "check_resident_s": round(resident_s, 2), "bytes": nbytes})
+        runs.append(
+            {
+                "load_s": round(load_s, 2),
+                "check_after_load_s": round(first_s, 2),
+                "check_resident_s": round(resident_s, 2),
+                "bytes": nbytes,
+            }
+        )
         del model
     best = {k: min(r[k] for r in runs) for k in ("load_s", "check_after_load_s", "check_resident_s")}
     gb = runs[0]["bytes"] / 1e9
-    out = {"config": CONFIG, "dtype": "bfloat16", "GB_per_side": round(gb, 2), "build_s": round(build_s, 1),
-           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-           "loadavg_before": loadavg, "loadavg_after": os.getloadavg(), "runs": runs, "best": best,
-           "GBps_after_load": round(gb / best["check_after_load_s"], 2),
-           "GBps_resident": round(gb / best["check_resident_s"], 2),
-           "check_over_load": round(best["check_after_load_s"] / best["load_s"], 3)}
+    out = {
+        "config": CONFIG,
+        "dtype": "bfloat16",
+        "GB_per_side": round(gb, 2),
+        "build_s": round(build_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "loadavg_before": loadavg,
+        "loadavg_after": os.getloadavg(),
+        "runs": runs,
+        "best": best,
+        "GBps_after_load": round(gb / best["check_after_load_s"], 2),
+        "GBps_resident": round(gb / best["check_resident_s"], 2),
+        "check_over_load": round(best["check_after_load_s"] / best["load_s"], 3),
+    }
     print(json.dumps(out, indent=1))
     if not args.keep:
         shutil.rmtree(args.dir)

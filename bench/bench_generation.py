@@ -18,6 +18,7 @@ Modes: eager (dynamic cache) and compiled (cache_implementation="static", which 
 compile the decode step). GB/s = weight bytes streamed per decode step × decode steps / wall time
 (plain: one weight set; grouped: one per group; pair: both sets), prefill and KV cache excluded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import (torch._dynamo imports it)
 
 import torch._dynamo  # noqa: E402
-
 from transformers import AutoModelForCausalLM, CompileConfig, Qwen3Config  # noqa: E402
 
-from dami_kernels.pair import convert_pair, lambda_scope  # noqa: E402
 from dami_kernels.modules import InterpLinear  # noqa: E402
 from dami_kernels.ops import interpreting  # noqa: E402
+from dami_kernels.pair import convert_pair, lambda_scope  # noqa: E402
 
 LAMBDAS = (0.2, 0.4, 0.6, 0.8)
 
@@ -45,15 +45,36 @@ LAMBDAS = (0.2, 0.4, 0.6, 0.8)
 def qwen3_4b_config(num_layers: int = 36) -> Qwen3Config:
     """The Qwen3-4B shape (hidden 2560, intermediate 9728, 32 heads / 8 KV heads of 128, vocab 151936, 36 layers,
     tied embeddings)."""
-    return Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=num_layers,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                       max_position_embeddings=4096, rope_theta=1_000_000.0, eos_token_id=None, bos_token_id=None)
+    return Qwen3Config(
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=num_layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
 
 
 def tiny_config() -> Qwen3Config:
-    return Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                       max_position_embeddings=256, eos_token_id=None, bos_token_id=None)
+    return Qwen3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
 
 
 def random_model(config, dtype, device):
@@ -79,8 +100,13 @@ def sync(device):
 
 
 def run_generate(model, ids, new_tokens, mode, lam=None):
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                  attention_mask=torch.ones_like(ids))
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        attention_mask=torch.ones_like(ids),
+    )
     if mode == "compiled":
         kwargs["cache_implementation"] = "static"
         if ids.device.type != "cuda":
@@ -130,9 +156,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", type=int, default=None, help="default 128 (8 with --tiny)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 64 (4 with --tiny)")
     ap.add_argument("--num-layers", type=int, default=36, help="decoder layers of the 4B shape (fewer: faster run)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="stop starting new measurements after this many seconds (default 200 on a GPU, "
-                         "none with --tiny); measurements run most informative first")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting new measurements after this many seconds (default 200 on a GPU, "
+        "none with --tiny); measurements run most informative first",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up; default 2 (1 with --tiny)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,8 +178,10 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.tiny else 2)
     if args.budget_s is None and not args.tiny:
         args.budget_s = 200.0
-    for name, values, allowed in (("--modes", modes, {"eager", "compiled"}),
-                                  ("--providers", providers, {"plain", "grouped", "unfused", "fused"})):
+    for name, values, allowed in (
+        ("--modes", modes, {"eager", "compiled"}),
+        ("--providers", providers, {"plain", "grouped", "unfused", "fused"}),
+    ):
         if not set(values) <= allowed:
             raise SystemExit(f"{name} must be a subset of {sorted(allowed)}")
     if args.tiny:
@@ -161,9 +193,15 @@ def main(argv=None) -> int:
 
     meta = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny, "prompt_len": prompt_len,
-        "new_tokens": new_tokens, "repeats": repeats, "num_layers": config.num_hidden_layers,
-        "lambdas": LAMBDAS, "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "tiny": args.tiny,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "num_layers": config.num_hidden_layers,
+        "lambdas": LAMBDAS,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
         "interpreter": device.type != "cuda" and interpreting(),
     }
     # On the CPU the fused provider is the Triton kernel run through the interpreter: say so wherever it is
@@ -186,9 +224,12 @@ def main(argv=None) -> int:
         inputs[batch] = (ids, lam_rows)
     # Most informative first (compiled, largest batch, ours next to the ceiling), so that a time budget
     # or an outside timeout cuts the least useful measurements.
-    order = [(mode, batch, provider) for mode in sorted(modes, key=["compiled", "eager"].index)
-             for batch in sorted(batches, reverse=True)
-             for provider in sorted(providers, key=["plain", "fused", "unfused", "grouped"].index)]
+    order = [
+        (mode, batch, provider)
+        for mode in sorted(modes, key=["compiled", "eager"].index)
+        for batch in sorted(batches, reverse=True)
+        for provider in sorted(providers, key=["plain", "fused", "unfused", "grouped"].index)
+    ]
     rows, skipped, t_start = [], [], time.perf_counter()
     for mode, batch, provider in order:
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
@@ -199,34 +240,51 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         secs = time_provider(provider, (plain, pair), ids, lam_rows, new_tokens, mode, repeats, device)
         sets = {"plain": 1, "grouped": groups, "unfused": 2, "fused": 2}[provider]
-        rows.append({
-            "batch": batch, "mode": mode, "provider": provider, "seconds": secs,
-            "tokens_per_s": batch * new_tokens / secs,
-            "weight_gb_per_s": sets * bytes_plain * new_tokens / secs / 1e9,
-            "wall_incl_warmup_s": time.perf_counter() - t0,
-        })
+        rows.append(
+            {
+                "batch": batch,
+                "mode": mode,
+                "provider": provider,
+                "seconds": secs,
+                "tokens_per_s": batch * new_tokens / secs,
+                "weight_gb_per_s": sets * bytes_plain * new_tokens / secs / 1e9,
+                "wall_incl_warmup_s": time.perf_counter() - t0,
+            }
+        )
         meta["skipped_over_budget"] = skipped
         write(rows)
-        print(f"batch {batch:3d} {mode:8s} {label.get(provider, provider):8s} "
-              f"{rows[-1]['tokens_per_s']:10.1f} tok/s "
-              f"{rows[-1]['weight_gb_per_s']:10.4g} GB/s  ({rows[-1]['wall_incl_warmup_s']:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"batch {batch:3d} {mode:8s} {label.get(provider, provider):8s} "
+            f"{rows[-1]['tokens_per_s']:10.1f} tok/s "
+            f"{rows[-1]['weight_gb_per_s']:10.4g} GB/s  ({rows[-1]['wall_incl_warmup_s']:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     meta["skipped_over_budget"] = skipped
     base = {(r["batch"], r["mode"]): r["tokens_per_s"] for r in rows if r["provider"] == "plain"}
     rows.sort(key=lambda r: (r["batch"], r["mode"], ["plain", "grouped", "unfused", "fused"].index(r["provider"])))
     if device.type != "cuda":
-        print("\nCPU smoke run, not a performance number: fused = " + (
-            "the Triton kernel through the interpreter (TRITON_INTERPRET=1)" if meta["interpreter"]
-            else "the Triton backend without the interpreter (TRITON_INTERPRET=0)"))
+        print(
+            "\nCPU smoke run, not a performance number: fused = "
+            + (
+                "the Triton kernel through the interpreter (TRITON_INTERPRET=1)"
+                if meta["interpreter"]
+                else "the Triton backend without the interpreter (TRITON_INTERPRET=0)"
+            )
+        )
     print("\n| batch | mode | provider | tokens/s | GB/s | × plain |\n|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["tokens_per_s"] / base[(r["batch"], r["mode"])] if (r["batch"], r["mode"]) in base else float("nan")
         r["vs_plain"] = ratio
-        print(f"| {r['batch']} | {r['mode']} | {label.get(r['provider'], r['provider'])} | "
-              f"{r['tokens_per_s']:.1f} | {r['weight_gb_per_s']:.4g} | {ratio:.2f} |")
+        print(
+            f"| {r['batch']} | {r['mode']} | {label.get(r['provider'], r['provider'])} | "
+            f"{r['tokens_per_s']:.1f} | {r['weight_gb_per_s']:.4g} | {ratio:.2f} |"
+        )
     if skipped:
-        print(f"skipped over the {args.budget_s:.0f} s budget: "
-              + ", ".join(f"{s['mode']}/{s['batch']}/{s['provider']}" for s in skipped))
+        print(
+            f"skipped over the {args.budget_s:.0f} s budget: "
+            + ", ".join(f"{s['mode']}/{s['batch']}/{s['provider']}" for s in skipped)
+        )
     write(rows)
     print(f"\nwrote {args.out}")
     return 0

@@ -10,6 +10,7 @@ touched (safetensors maps files lazily, so untouched weights are not resident ye
 
     python bench/bench_load.py --dir /tmp/dami_load_pair --json bench/results/cpu/bench_load.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=6144, num_hidden_layers=18,
-              num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-              max_position_embeddings=4096)
+CONFIG = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=18,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+    max_position_embeddings=4096,
+)
 
 
 def make_side(path: Path, seed: int) -> int:
@@ -68,8 +77,10 @@ def child(mode: str, root: Path) -> None:
     if mode == "pair":
         models = [dk.load_pair(root / "instruct", root / "thinking", progress=False)]
     else:
-        models = [AutoModelForCausalLM.from_pretrained(str(root / side), dtype=torch.bfloat16)
-                  for side in ("instruct", "thinking")]
+        models = [
+            AutoModelForCausalLM.from_pretrained(str(root / side), dtype=torch.bfloat16)
+            for side in ("instruct", "thinking")
+        ]
     seconds = time.perf_counter() - t0
     peak_load = peak_rss_mb()
     # Weights may still be lazily mapped from the files; touch every one so they are all resident.
@@ -77,10 +88,20 @@ def child(mode: str, root: Path) -> None:
     for m in models:
         for p in m.parameters():
             weights += p.numel() * p.element_size()
-            int(p.detach().reshape(-1).view(torch.uint8)[:: 4096].sum())  # one byte per 4 KiB page, no copy
-    print(json.dumps({"mode": mode, "seconds": seconds, "rss_before_mb": before, "peak_rss_load_mb": peak_load,
-                      "peak_rss_touched_mb": peak_rss_mb(), "rss_touched_mb": _status_mb("VmRSS"),
-                      "weights_mb": weights / 2**20}))
+            int(p.detach().reshape(-1).view(torch.uint8)[::4096].sum())  # one byte per 4 KiB page, no copy
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "seconds": seconds,
+                "rss_before_mb": before,
+                "peak_rss_load_mb": peak_load,
+                "peak_rss_touched_mb": peak_rss_mb(),
+                "rss_touched_mb": _status_mb("VmRSS"),
+                "weights_mb": weights / 2**20,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -95,28 +116,46 @@ def main() -> None:
         return
     for k, side in enumerate(("instruct", "thinking")):
         if not (args.dir / side / "config.json").is_file():  # in a child, so this process stays small
-            subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                            f"import bench_load; bench_load.make_side(__import__('pathlib').Path({str(args.dir / side)!r}), {k})"],
-                           check=True)
-    weights_mb = sum(f.stat().st_size for side in ("instruct", "thinking")
-                     for f in (args.dir / side).glob("*.safetensors")) / 2**20
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import sys, pathlib; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_load; "
+                    f"bench_load.make_side(pathlib.Path({str(args.dir / side)!r}), {k})",
+                ],
+                check=True,
+            )
+    weights_mb = (
+        sum(f.stat().st_size for side in ("instruct", "thinking") for f in (args.dir / side).glob("*.safetensors"))
+        / 2**20
+    )
     runs = {"pair": [], "plain": []}
     for _ in range(args.repeats):
         for mode in runs:
-            out = subprocess.run([sys.executable, __file__, "--dir", str(args.dir), "--child", mode],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--dir", str(args.dir), "--child", mode],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     target = 1.15 * weights_mb + 300
     result = {
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), CPU only",
-        "config": CONFIG, "checkpoint_mb_both_sides": round(weights_mb, 1),
-        "rss_target_mb": round(target, 1), "runs": runs,
+        "config": CONFIG,
+        "checkpoint_mb_both_sides": round(weights_mb, 1),
+        "rss_target_mb": round(target, 1),
+        "runs": runs,
     }
     for mode, rs in runs.items():
         best = min(rs, key=lambda r: r["seconds"])
-        result[mode] = {"best_seconds": round(best["seconds"], 2),
-                        **{k: round(max(r[k] for r in rs), 1) for k in
-                           ("rss_before_mb", "peak_rss_load_mb", "peak_rss_touched_mb", "weights_mb")}}
+        result[mode] = {
+            "best_seconds": round(best["seconds"], 2),
+            **{
+                k: round(max(r[k] for r in rs), 1)
+                for k in ("rss_before_mb", "peak_rss_load_mb", "peak_rss_touched_mb", "weights_mb")
+            },
+        }
     peak = max(result["pair"]["peak_rss_load_mb"], result["pair"]["peak_rss_touched_mb"])
     result["pair_peak_rss_mb"] = peak
     result["pair_meets_rss_target"] = peak <= target

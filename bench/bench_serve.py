@@ -16,6 +16,7 @@ Every streamed server answer must equal the sequential reference text at the sam
 report the request's λ; the run fails (exit 1) otherwise. tokens/s counts generated tokens (EOS included) over
 wall time. After the run the server's own Prometheus histograms (`GET /metrics`, timed requests only) are added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = (50, 95, 99)
-SERVER_HISTOGRAMS = ("dami_time_to_first_token_seconds", "dami_request_latency_seconds",
-                     "dami_time_per_output_token_seconds")
+SERVER_HISTOGRAMS = (
+    "dami_time_to_first_token_seconds",
+    "dami_request_latency_seconds",
+    "dami_time_per_output_token_seconds",
+)
 
 
 def prompts_for(n: int, seed: int) -> list[str]:
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
     gen = dict(max_new_tokens=args.max_tokens, progress=False)
 
     t0 = time.perf_counter()
-    sequential = [dk.generate(ref_model, tok, [p], lam, **gen)[0] for p, lam in zip(prompts, lams)]
+    sequential = [dk.generate(ref_model, tok, [p], lam, **gen)[0] for p, lam in zip(prompts, lams, strict=True)]
     seq_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     batched = dk.generate(ref_model, tok, prompts, lams, **gen)
@@ -132,17 +136,24 @@ def main(argv=None) -> int:
     app, served = build_app(model, tok, options)
     with ServerThread(app, served) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in prompts]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
 
         def one(k):
             """Stream request k: {text, tokens, lams (λ of every chunk), t_first, latency, chunks, error}."""
             pieces, chunk_lams, tokens, t_first, chunks, error = [], set(), None, None, 0, None
             t_start = time.perf_counter()
             try:
-                stream = client.completions.create(model="dami-pair", prompt=texts[k], max_tokens=args.max_tokens,
-                                                   stream=True, stream_options={"include_usage": True},
-                                                   extra_body={"lam": lams[k]})
+                stream = client.completions.create(
+                    model="dami-pair",
+                    prompt=texts[k],
+                    max_tokens=args.max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"lam": lams[k]},
+                )
                 for chunk in stream:
                     chunks += 1
                     chunk_lams.add(getattr(chunk, "lam", None))
@@ -156,10 +167,17 @@ def main(argv=None) -> int:
             except Exception as err:  # noqa: BLE001 - a failed request is reported and fails the run
                 error = f"{type(err).__name__}: {err}"
             latency = time.perf_counter() - t_start
-            return {"text": "".join(pieces), "tokens": tokens, "lams": chunk_lams, "t_first": t_first,
-                    "latency": latency, "chunks": chunks, "error": error}
+            return {
+                "text": "".join(pieces),
+                "tokens": tokens,
+                "lams": chunk_lams,
+                "t_first": t_first,
+                "latency": latency,
+                "chunks": chunks,
+                "error": error,
+            }
 
-        for chunk in client.completions.create(model="dami-pair", prompt=texts[0], max_tokens=2, stream=True):
+        for _chunk in client.completions.create(model="dami-pair", prompt=texts[0], max_tokens=2, stream=True):
             pass  # first request: warm path
         rows = served.engine.rows
         steps0, mixed0 = rows.steps, rows.mixed_steps
@@ -173,7 +191,7 @@ def main(argv=None) -> int:
     load_after = load_avg()
 
     mismatches, details = [], []
-    for k, (a, ref) in enumerate(zip(answers, sequential)):
+    for k, (a, ref) in enumerate(zip(answers, sequential, strict=True)):
         problems = []
         if a["error"]:
             problems.append(f"error: {a['error']}")
@@ -185,42 +203,80 @@ def main(argv=None) -> int:
             problems.append(f"completion_tokens {a['tokens']} != reference {ref.num_tokens}")
         if problems:
             mismatches.append(k)
-            details.append({"request": k, "prompt": prompts[k], "lam": lams[k], "problems": problems,
-                            "server_text": a["text"], "reference_text": ref.text})
-    batched_mismatches = [k for k, (a, b) in enumerate(zip(batched, sequential)) if a.text != b.text]
+            details.append(
+                {
+                    "request": k,
+                    "prompt": prompts[k],
+                    "lam": lams[k],
+                    "problems": problems,
+                    "server_text": a["text"],
+                    "reference_text": ref.text,
+                }
+            )
+    batched_mismatches = [k for k, (a, b) in enumerate(zip(batched, sequential, strict=True)) if a.text != b.text]
     served_tokens = sum(a["tokens"] or 0 for a in answers)
     ttfts = [a["t_first"] for a in answers if a["t_first"] is not None]
     latencies = [a["latency"] for a in answers if not a["error"]]
     serve_tps = served_tokens / serve_s
     batch_tps = batched_tokens / batch_s
-    server_metrics = {name.removeprefix("dami_"): histogram_delta(metrics0, metrics1, name)
-                      for name in SERVER_HISTOGRAMS}
-    server_metrics["generation_tokens"] = int(metrics1.get("dami_generation_tokens_total", 0)
-                                              - metrics0.get("dami_generation_tokens_total", 0))
+    server_metrics = {
+        name.removeprefix("dami_"): histogram_delta(metrics0, metrics1, name) for name in SERVER_HISTOGRAMS
+    }
+    server_metrics["generation_tokens"] = int(
+        metrics1.get("dami_generation_tokens_total", 0) - metrics0.get("dami_generation_tokens_total", 0)
+    )
     result = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch_interop_threads": torch.get_num_interop_threads(), "client_threads": args.clients,
-                    "device": str(model.device), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "openai": openai.__version__},
-        "load_avg_before": load_before, "load_avg_after": load_after,
-        "pair": "testbed", "requests": args.requests, "clients": args.clients, "max_tokens": args.max_tokens,
-        "streamed": True, "distinct_lambdas": len(set(lams)),
-        "server": {"wall_s": round(serve_s, 3), "requests_per_s": round(args.requests / serve_s, 2),
-                   "tokens_per_s": round(serve_tps, 1), "generated_tokens": served_tokens,
-                   "engine_steps": steps, "mixed_lambda_steps": mixed,
-                   "latency_s": percentiles(latencies), "ttft_s": percentiles(ttfts),
-                   "requests_without_text": sum(a["t_first"] is None for a in answers),
-                   "chunks": sum(a["chunks"] for a in answers)},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "client_threads": args.clients,
+            "device": str(model.device),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "openai": openai.__version__,
+        },
+        "load_avg_before": load_before,
+        "load_avg_after": load_after,
+        "pair": "testbed",
+        "requests": args.requests,
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "streamed": True,
+        "distinct_lambdas": len(set(lams)),
+        "server": {
+            "wall_s": round(serve_s, 3),
+            "requests_per_s": round(args.requests / serve_s, 2),
+            "tokens_per_s": round(serve_tps, 1),
+            "generated_tokens": served_tokens,
+            "engine_steps": steps,
+            "mixed_lambda_steps": mixed,
+            "latency_s": percentiles(latencies),
+            "ttft_s": percentiles(ttfts),
+            "requests_without_text": sum(a["t_first"] is None for a in answers),
+            "chunks": sum(a["chunks"] for a in answers),
+        },
         "server_metrics": server_metrics,
-        "sequential_generate": {"wall_s": round(seq_s, 3), "requests_per_s": round(args.requests / seq_s, 2),
-                                "tokens_per_s": round(ref_tokens / seq_s, 1), "generated_tokens": ref_tokens},
-        "batched_generate": {"wall_s": round(batch_s, 3), "requests_per_s": round(args.requests / batch_s, 2),
-                             "tokens_per_s": round(batch_tps, 1), "generated_tokens": batched_tokens,
-                             "texts_differing_from_sequential": batched_mismatches},
+        "sequential_generate": {
+            "wall_s": round(seq_s, 3),
+            "requests_per_s": round(args.requests / seq_s, 2),
+            "tokens_per_s": round(ref_tokens / seq_s, 1),
+            "generated_tokens": ref_tokens,
+        },
+        "batched_generate": {
+            "wall_s": round(batch_s, 3),
+            "requests_per_s": round(args.requests / batch_s, 2),
+            "tokens_per_s": round(batch_tps, 1),
+            "generated_tokens": batched_tokens,
+            "texts_differing_from_sequential": batched_mismatches,
+        },
         "server_vs_sequential": {"requests_per_s_ratio": round(seq_s / serve_s, 2)},
         "server_vs_batched": {"tokens_per_s_ratio": round(serve_tps / batch_tps, 3)},
-        "all_answers_equal_reference": not mismatches, "mismatches": mismatches, "mismatch_details": details,
+        "all_answers_equal_reference": not mismatches,
+        "mismatches": mismatches,
+        "mismatch_details": details,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
@@ -228,15 +284,22 @@ def main(argv=None) -> int:
 
     lat, ttft = result["server"]["latency_s"], result["server"]["ttft_s"]
     fmt = lambda d, p: f"{d[p]:.3f}" if p in d else "-"  # noqa: E731
-    print(f"\n{args.requests} requests, {args.clients} clients, max_tokens {args.max_tokens}, "
-          f"load avg {load_before[0]} -> {load_after[0]}")
+    print(
+        f"\n{args.requests} requests, {args.clients} clients, max_tokens {args.max_tokens}, "
+        f"load avg {load_before[0]} -> {load_after[0]}"
+    )
     print(f"{'':22}{'wall s':>8}{'req/s':>8}{'tok/s':>8}")
-    for name, key in (("server (streamed)", "server"), ("sequential generate", "sequential_generate"),
-                      ("batched generate", "batched_generate")):
+    for name, key in (
+        ("server (streamed)", "server"),
+        ("sequential generate", "sequential_generate"),
+        ("batched generate", "batched_generate"),
+    ):
         r = result[key]
         print(f"{name:22}{r['wall_s']:8.2f}{r['requests_per_s']:8.2f}{r['tokens_per_s']:8.1f}")
-    print(f"server/batched tok/s {result['server_vs_batched']['tokens_per_s_ratio']:.3f}   "
-          f"server/sequential req/s {result['server_vs_sequential']['requests_per_s_ratio']:.2f}")
+    print(
+        f"server/batched tok/s {result['server_vs_batched']['tokens_per_s_ratio']:.3f}   "
+        f"server/sequential req/s {result['server_vs_sequential']['requests_per_s_ratio']:.2f}"
+    )
     print(f"{'':22}{'p50':>8}{'p95':>8}{'p99':>8}")
     print(f"{'latency s':22}{fmt(lat, 'p50'):>8}{fmt(lat, 'p95'):>8}{fmt(lat, 'p99'):>8}")
     print(f"{'ttft s':22}{fmt(ttft, 'p50'):>8}{fmt(ttft, 'p95'):>8}{fmt(ttft, 'p99'):>8}")

@@ -8,6 +8,7 @@ on the same input, one thread, M = 1, N = K = 64 (tiny, so the arithmetic is neg
     python bench/host_overhead.py [--json OUT.json] [--calls 20000]
 Writes {"us_per_call": {"triton_stubbed": float, "torch": float, "f_linear": float}, "calls": int}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,12 +58,22 @@ def main(argv=None) -> int:
     layers = {}
     for backend in ("triton", "torch"):
         layers[backend] = InterpLinear.from_linear(
-            lin, state, nn.Parameter(torch.randn(n, k), requires_grad=False),
-            nn.Parameter(torch.randn(n), requires_grad=False), backend=backend)
+            lin,
+            state,
+            nn.Parameter(torch.randn(n, k), requires_grad=False),
+            nn.Parameter(torch.randn(n), requires_grad=False),
+            backend=backend,
+        )
     x = torch.randn(1, 1, k)
     with torch.no_grad():
-        results = median_us({"triton_stubbed": lambda: layers["triton"](x), "torch": lambda: layers["torch"](x),
-                             "f_linear": lambda: F.linear(x, lin.weight, lin.bias)}, args.calls)
+        results = median_us(
+            {
+                "triton_stubbed": lambda: layers["triton"](x),
+                "torch": lambda: layers["torch"](x),
+                "f_linear": lambda: F.linear(x, lin.weight, lin.bias),
+            },
+            args.calls,
+        )
     out = {"us_per_call": {key: round(v, 2) for key, v in results.items()}, "calls": args.calls}
     print(f"host µs per InterpLinear.forward (M=1, N=K=64, one thread, {args.calls} calls):")
     for key, v in results.items():

@@ -1,7 +1,8 @@
 """Kernel microbenchmark entry point; the implementation is dami_kernels/benchmarks/kernel.py.
 
-    python bench/interp_linear_bench.py --out results.json [--tiny] [--dtype bf16]
+python bench/interp_linear_bench.py --out results.json [--tiny] [--dtype bf16]
 """
+
 import sys
 from pathlib import Path
 

@@ -6,6 +6,7 @@ On a GPU each case also stores the triton.testing.do_bench median (ms) in extra_
 pytest-benchmark's own host timer synchronizes the device after every call. Without a GPU it runs the
 tiny shapes through the interpreter (a smoke run, not a performance number).
 """
+
 import pytest
 import torch
 

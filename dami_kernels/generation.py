@@ -10,6 +10,7 @@ prefill stays eager. λ is read from the model's λ buffer, which is updated in 
 changing λ (uniform or mixed) between calls reuses the compiled graph (and the CUDA graphs of
 ``mode="reduce-overhead"``) without recompiling.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dami_kernels.hf.prompts import left_pad  # noqa: F401 (importable from here too)
-from dami_kernels.hf.prompts import encode_prompts, pad_prompts, pad_token_id
+from dami_kernels.hf.prompts import (
+    encode_prompts,
+    left_pad,  # noqa: F401 (importable from here too)
+    pad_prompts,
+    pad_token_id,
+)
 from dami_kernels.pair.lambdas import generation_expand_size, lambda_lock, lambda_scope, lambda_state
 from dami_kernels.validation import is_real, positive_int, validate_lambda
 
@@ -47,10 +52,14 @@ def unknown_characters(tokenizer, prompts: list[str], encoded: list[list[int]]) 
     if unk is None:
         return []
     # Special and added tokens (<|bos|>, <think>, ...) typed into a prompt are known as a whole, not per character.
-    specials = sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []}
-                      | set(getattr(tokenizer, "get_added_vocab", dict)() or {}), key=len, reverse=True)
+    specials = sorted(
+        {str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []}
+        | set(getattr(tokenizer, "get_added_vocab", dict)() or {}),
+        key=len,
+        reverse=True,
+    )
     found: dict[str, None] = {}
-    for prompt, ids in zip(prompts, encoded):
+    for prompt, ids in zip(prompts, encoded, strict=True):
         if unk not in ids:
             continue
         for tok in specials:
@@ -144,16 +153,20 @@ def resolve_compile(compile, device):
         config = copy.deepcopy(compile)
         config._compile_all_devices = True
         return config
-    raise ValueError(f"compile must be a bool, a torch.compile backend name or a transformers CompileConfig, "
-                     f"got {type(compile).__name__}")
+    raise ValueError(
+        f"compile must be a bool, a torch.compile backend name or a transformers CompileConfig, "
+        f"got {type(compile).__name__}"
+    )
 
 
 # The options that select a generation mode other than greedy/sampling, named in the error. Beam search
 # never runs the compiled forward in transformers 5.x (`_beam_search` calls the model directly); assisted
 # decoding takes one sequence per call.
 _MODE_OPTIONS = {
-    "beam_search": "num_beams > 1", "beam_sample": "num_beams > 1",
-    "group_beam_search": "num_beam_groups > 1", "constrained_beam_search": "constraints / force_words_ids",
+    "beam_search": "num_beams > 1",
+    "beam_sample": "num_beams > 1",
+    "group_beam_search": "num_beam_groups > 1",
+    "constrained_beam_search": "constraints / force_words_ids",
     "contrastive_search": "penalty_alpha with top_k > 1",
     "assisted_generation": "assistant_model / prompt_lookup_num_tokens / assistant_early_exit / use_mtp",
 }
@@ -167,29 +180,38 @@ def compile_generation_kwargs(model, generation_kwargs: dict, config, max_prompt
     kwargs = dict(generation_kwargs)
     for key in ("compile_config", "disable_compile"):
         if key in kwargs:
-            raise ValueError(f"{key} cannot be combined with compile=...; pass a transformers CompileConfig "
-                             "as compile= instead")
+            raise ValueError(
+                f"{key} cannot be combined with compile=...; pass a transformers CompileConfig as compile= instead"
+            )
     for key in ("past_key_values", "cache"):
         if kwargs.get(key) is not None:
-            raise ValueError(f"{key} is not supported with compile=True (the compiled decode step builds its "
-                             "own static cache)")
+            raise ValueError(
+                f"{key} is not supported with compile=True (the compiled decode step builds its own static cache)"
+            )
     if kwargs.get("custom_generate") is not None:
-        raise ValueError("custom_generate is not supported with compile=True (only transformers' own greedy "
-                         "and sampling loop runs the compiled forward)")
+        raise ValueError(
+            "custom_generate is not supported with compile=True (only transformers' own greedy "
+            "and sampling loop runs the compiled forward)"
+        )
     cache_impl = kwargs.get("cache_implementation")
     if cache_impl is not None and cache_impl not in COMPILE_CACHE_IMPLEMENTATIONS:
-        raise ValueError(f"cache_implementation={cache_impl!r} cannot be compiled; compile=True needs one of "
-                         f"{COMPILE_CACHE_IMPLEMENTATIONS} (the default is 'static')")
+        raise ValueError(
+            f"cache_implementation={cache_impl!r} cannot be compiled; compile=True needs one of "
+            f"{COMPILE_CACHE_IMPLEMENTATIONS} (the default is 'static')"
+        )
     gen_config = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
     gen_config.update(**{k: v for k, v in kwargs.items() if k != "generation_config"})
     if gen_config.use_cache is False:
-        raise ValueError("use_cache=False is not supported with compile=True (the decode step needs the static "
-                         "KV cache)")
+        raise ValueError(
+            "use_cache=False is not supported with compile=True (the decode step needs the static KV cache)"
+        )
     mode = gen_config.get_generation_mode(kwargs.get("assistant_model"))
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
         option = _MODE_OPTIONS.get(str(getattr(mode, "value", mode)), "the generation options")
-        raise ValueError(f"compile=True supports greedy decoding and sampling only: {option} selects "
-                         f"{getattr(mode, 'value', mode)}; use compile=False")
+        raise ValueError(
+            f"compile=True supports greedy decoding and sampling only: {option} selects "
+            f"{getattr(mode, 'value', mode)}; use compile=False"
+        )
     kwargs["cache_implementation"] = cache_impl or "static"
     kwargs["compile_config"] = config
     # One static cache length for every batch of this call (and never shorter than an earlier call's:
@@ -199,8 +221,18 @@ def compile_generation_kwargs(model, generation_kwargs: dict, config, max_prompt
     return kwargs
 
 
-def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, chat_template: bool | None = None,
-             progress: bool = True, compile=False, **generation_kwargs) -> list[GenerationResult]:
+def generate(
+    model,
+    tokenizer,
+    prompts,
+    lam,
+    *,
+    batch_size: int | None = None,
+    chat_template: bool | None = None,
+    progress: bool = True,
+    compile=False,
+    **generation_kwargs,
+) -> list[GenerationResult]:
     """Generate for every prompt at its own λ; returns results ordered by prompt, then returned sequence.
 
     prompts: a string or a list of strings. lam: one number for all prompts, or a list / 1-D tensor
@@ -254,21 +286,27 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
     generation_kwargs.setdefault("pad_token_id", pad_id)
     eos = eos_ids(model, tokenizer, generation_kwargs)
     expand = generation_expand_size(model, generation_kwargs)
-    n_return = int(generation_kwargs.get("num_return_sequences") or
-                   getattr(generation_kwargs.get("generation_config") or model.generation_config,
-                           "num_return_sequences", None) or 1)
+    n_return = int(
+        generation_kwargs.get("num_return_sequences")
+        or getattr(generation_kwargs.get("generation_config") or model.generation_config, "num_return_sequences", None)
+        or 1
+    )
     device = state.lam.device
     compile_config = resolve_compile(compile, device)
     encoded = encode_prompts(tokenizer, prompts, chat_template)
     unknown = unknown_characters(tokenizer, prompts, encoded)
     if unknown:
-        warnings.warn(f"the prompts contain characters the tokenizer does not know: "
-                      f"{', '.join(repr(c) for c in unknown)}; they are encoded as its unknown token "
-                      f"{tokenizer.unk_token!r}, so the model reads them as nothing it was trained on",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"the prompts contain characters the tokenizer does not know: "
+            f"{', '.join(repr(c) for c in unknown)}; they are encoded as its unknown token "
+            f"{tokenizer.unk_token!r}, so the model reads them as nothing it was trained on",
+            UserWarning,
+            stacklevel=2,
+        )
     if compile_config is not None:
-        generation_kwargs = compile_generation_kwargs(model, generation_kwargs, compile_config,
-                                                      max(len(e) for e in encoded))
+        generation_kwargs = compile_generation_kwargs(
+            model, generation_kwargs, compile_config, max(len(e) for e in encoded)
+        )
     results: list[GenerationResult] = []
     starts = range(0, len(prompts), batch_size)
     # One call at a time per model (see pair/lambdas.py): other threads' generate/lambda_scope/set_lambda wait.
@@ -279,7 +317,7 @@ def generate(model, tokenizer, prompts, lam, *, batch_size: int | None = None, c
             lam_b = torch.tensor([lams[i] for i in idx], dtype=torch.float32)
             with torch.no_grad(), lambda_scope(model, lam_b, expand=expand):
                 out = model.generate(input_ids=ids, attention_mask=mask, **generation_kwargs)
-            new = out[:, ids.shape[1]:].tolist()
+            new = out[:, ids.shape[1] :].tolist()
             if len(new) != len(idx) * n_return:
                 raise RuntimeError(f"generate returned {len(new)} rows for {len(idx)} prompts × {n_return} sequences")
             for row, tokens in enumerate(new):

@@ -7,6 +7,7 @@ is accepted, what is refused) lives only here. Every refusal is a ValueError.
 Importing it loads no torch (`dami --help` stays light): the rules that take tensors import it when called, and
 a value can only be a tensor once torch is loaded.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,9 @@ def check_real(value, name: str, expected: str = "be a number", got: str | None 
     return value
 
 
-def real_number(value, name: str, expected: str = "be a number", got: str | None = None,
-                finite: str = "finite") -> float:
+def real_number(
+    value, name: str, expected: str = "be a number", got: str | None = None, finite: str = "finite"
+) -> float:
     """`check_real`, then `to_float`: value as a float."""
     return to_float(check_real(value, name, expected, got), name, finite)
 
@@ -117,8 +119,7 @@ def outside_unit_interval(values) -> bool:
     return not 0.0 <= values <= 1.0
 
 
-def check_lambda_range(values, name: str, allow_extrapolation: bool, got: str | None = None,
-                       hint: str = "") -> None:
+def check_lambda_range(values, name: str, allow_extrapolation: bool, got: str | None = None, hint: str = "") -> None:
     """λ (a float or a tensor) in [0, 1] unless allow_extrapolation; else ValueError "{name} must lie in [0, 1],
     got {got}{hint}" (got: `show(values)` unless given)."""
     if not allow_extrapolation and outside_unit_interval(values):
@@ -132,8 +133,9 @@ def check_lambda_flag(value: float, name: str, allow_extrapolation: bool) -> Non
         raise ValueError(f"{name} lies outside [0, 1]{EXTRAPOLATION_HINT}")
 
 
-PAIR_EXTRAPOLATION_HINT = ("; values outside need an explicit opt-in (allow_extrapolation=True when loading or "
-                           "converting the pair)")
+PAIR_EXTRAPOLATION_HINT = (
+    "; values outside need an explicit opt-in (allow_extrapolation=True when loading or converting the pair)"
+)
 
 
 def validate_lambda(lam, allow_extrapolation: bool, name: str = "lam") -> tuple[torch.Tensor, bool]:

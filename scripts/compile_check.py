@@ -36,6 +36,7 @@ M=16384 (--lm-head-m), where the output offsets need 64 bits.
 The MoE grouped kernel: scripts/compile_check_moe.py; the number of distinct compiled variants of a decode
 and a prefill loop: scripts/count_variants.py.
 """
+
 from __future__ import annotations
 
 import sys
@@ -71,34 +72,54 @@ def run_check(args, device: str) -> int:
     for (n, k), names in shapes.items():
         is_lm_head = any(name.endswith(":lm_head") for name in names)
         for m in m_values(buckets, is_lm_head, args.lm_head_m):
-            cases = [(d, s, b, f, "forward") for d in dtypes for s in range(len(sources))
-                     for b in (False, True) for f in lam_forms]
+            cases = [
+                (d, s, b, f, "forward")
+                for d in dtypes
+                for s in range(len(sources))
+                for b in (False, True)
+                for f in lam_forms
+            ]
             if args.backward:
-                cases += [(d, s, False, f, "backward_dx") for d in dtypes for s in range(len(sources))
-                          for f in lam_forms]
+                cases += [
+                    (d, s, False, f, "backward_dx") for d in dtypes for s in range(len(sources)) for f in lam_forms
+                ]
             for dt, si, bias, form, direction in cases:
                 launches, plan = harness.run(si, n, k, m, DTYPES[dt], bias, form, direction)
                 for launch in launches:
-                    row = {"direction": direction, "shape": [n, k], "linears": names, "m": m,
-                           "m_bucket": configs.m_bucket(m), "dtype": dt, "has_bias": bias,
-                           "config": asdict(plan.config), "split_k": plan.split_k,
-                           "int64_offsets": bool(plan.int64)}
+                    row = {
+                        "direction": direction,
+                        "shape": [n, k],
+                        "linears": names,
+                        "m": m,
+                        "m_bucket": configs.m_bucket(m),
+                        "dtype": dt,
+                        "has_bias": bias,
+                        "config": asdict(plan.config),
+                        "split_k": plan.split_k,
+                        "int64_offsets": bool(plan.int64),
+                    }
                     collector.add(launch, row, form, sources[si].name)
     return collector.finish(args.json)
 
 
 def main() -> int:
     parser = base_parser(__doc__, dtypes_default="all")
-    parser.add_argument("--shapes", default=None,
-                        help="comma list of models or model:linear, e.g. qwen3-4b,qwen3-8b:lm_head "
-                             f"(default: all of {', '.join(MODELS)}, plus the tuned tables' shapes)")
-    parser.add_argument("--m-buckets", default=",".join(str(b) for b in configs.M_BUCKETS),
-                        help="comma list of M values (default: every M bucket)")
-    parser.add_argument("--lm-head-m", type=int, default=LM_HEAD_LONG_M,
-                        help="an extra M for lm_head shapes (0: none)")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help="comma list of models or model:linear, e.g. qwen3-4b,qwen3-8b:lm_head "
+        f"(default: all of {', '.join(MODELS)}, plus the tuned tables' shapes)",
+    )
+    parser.add_argument(
+        "--m-buckets",
+        default=",".join(str(b) for b in configs.M_BUCKETS),
+        help="comma list of M values (default: every M bucket)",
+    )
+    parser.add_argument("--lm-head-m", type=int, default=LM_HEAD_LONG_M, help="an extra M for lm_head shapes (0: none)")
     parser.add_argument("--lam-forms", default=None, help=f"comma list of λ forms (default: {','.join(LAM_FORMS)})")
-    parser.add_argument("--backward", action="store_true",
-                        help="also check the autograd backward's dx launches (transposed weights)")
+    parser.add_argument(
+        "--backward", action="store_true", help="also check the autograd backward's dx launches (transposed weights)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
     args = parser.parse_args()
     return run_check(args, start(args))

@@ -14,6 +14,7 @@ picks the config ("split_k" is the launch's effective split).
 
     python scripts/compile_check_moe.py [--json OUT.json] [--dtypes bf16] [--moe-tokens 1,4096]
 """
+
 from __future__ import annotations
 
 import sys
@@ -65,8 +66,9 @@ class MoEHarness:
 
         experts_launch.pick_config = pick_config
 
-    def run(self, source: int, experts: int, top_k: int, hidden: int, inter: int, tokens: int, dtype,
-            lam_form: str) -> list[Launch]:
+    def run(
+        self, source: int, experts: int, top_k: int, hidden: int, inter: int, tokens: int, dtype, lam_form: str
+    ) -> list[Launch]:
         """The launches of one experts-MLP call on `tokens` tokens, each routed to top_k distinct experts
         at random (a fixed seed); λ per row (lam [T]) or per sequence (decode: one token per sequence,
         prefill: PREFILL_SEQUENCES sequences)."""
@@ -85,8 +87,9 @@ class MoEHarness:
             raise ValueError(lam_form)
         lam = torch.rand(-(-tokens // rows_per_lam), generator=gen)
         self.dense.launches, self.configs = [], []
-        experts_launch.interp_experts_triton(x, gate_up, gate_up, down, down, index, weights, lam, rows_per_lam,
-                                             torch.nn.functional.silu)
+        experts_launch.interp_experts_triton(
+            x, gate_up, gate_up, down, down, index, weights, lam, rows_per_lam, torch.nn.functional.silu
+        )
         return self.dense.launches
 
 
@@ -123,10 +126,21 @@ def run_moe(args, device: str) -> int:
                         # gate_up's, as the tile table is shared).
                         cfg = asdict(replace(harness.configs[i], block_m=launch.kwargs["BLOCK_M"]))
                         split_k, int64 = launch.grid[1], bool(launch.kwargs["INT64"])
-                    row = {"direction": "forward", "shape": [n, k], "linears": [f"{model}:{linear}"],
-                           "experts": experts, "top_k": top_k, "m": tokens, "rows": rows,
-                           "m_bucket": configs.m_bucket(-(-rows // experts)), "dtype": dt, "has_bias": False,
-                           "config": cfg, "split_k": split_k, "int64_offsets": int64}
+                    row = {
+                        "direction": "forward",
+                        "shape": [n, k],
+                        "linears": [f"{model}:{linear}"],
+                        "experts": experts,
+                        "top_k": top_k,
+                        "m": tokens,
+                        "rows": rows,
+                        "m_bucket": configs.m_bucket(-(-rows // experts)),
+                        "dtype": dt,
+                        "has_bias": False,
+                        "config": cfg,
+                        "split_k": split_k,
+                        "int64_offsets": int64,
+                    }
                     collector.add(launch, row, form, sources[si].name)
     return collector.finish(args.json)
 
@@ -134,10 +148,8 @@ def run_moe(args, device: str) -> int:
 def main() -> int:
     parser = base_parser(__doc__, dtypes_default="all")
     parser.add_argument("--moe-models", default=",".join(MOE_MODELS), help="comma list of MoE models")
-    parser.add_argument("--moe-tokens", default=",".join(str(t) for t in MOE_TOKENS),
-                        help="comma list of token counts")
-    parser.add_argument("--lam-forms", default=None,
-                        help=f"comma list of λ forms (default: {','.join(MOE_LAM_FORMS)})")
+    parser.add_argument("--moe-tokens", default=",".join(str(t) for t in MOE_TOKENS), help="comma list of token counts")
+    parser.add_argument("--lam-forms", default=None, help=f"comma list of λ forms (default: {','.join(MOE_LAM_FORMS)})")
     parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
     args = parser.parse_args()
     return run_moe(args, start(args))

@@ -15,6 +15,7 @@ a cache hit that returns it (scripts/offline_compile/triton_shim.py).
 
     python scripts/count_variants.py [--count-shape qwen3-4b:gate_up] [--json OUT.json]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,21 +61,31 @@ def count_variants(args, device: str) -> int:
                     for launch in launches:
                         key = key_of(launch.kernel, launch.grid, launch.args, launch.kwargs)
                         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-                        entry = keys.setdefault(digest, {"kernel": KERNEL_NAMES[launch.kernel], "bias": set(),
-                                                         "m": set()})
+                        entry = keys.setdefault(
+                            digest, {"kernel": KERNEL_NAMES[launch.kernel], "bias": set(), "m": set()}
+                        )
                         entry["bias"].add(bias)
                         entry["m"].add(m)
-            variants = [{"key": d, "kernel": e["kernel"], "has_bias": sorted(e["bias"]),
-                         "m": _ranges(sorted(e["m"]))} for d, e in keys.items()]
+            variants = [
+                {"key": d, "kernel": e["kernel"], "has_bias": sorted(e["bias"]), "m": _ranges(sorted(e["m"]))}
+                for d, e in keys.items()
+            ]
             by_bias = {str(b).lower(): sum(1 for e in keys.values() if b in e["bias"]) for b in (False, True)}
-            result[loop] = {"m": [1, max_m], "lam_form": form, "distinct_keys": len(keys),
-                            "distinct_keys_per_bias": by_bias,
-                            "per_kernel": {name: sum(1 for e in keys.values() if e["kernel"] == name)
-                                           for name in KERNEL_NAMES.values()},
-                            "variants": variants}
-            print(f"{loop} M=1..{max_m} ({form} λ, {names[0]} {n}x{k} {dt}): {len(keys)} distinct compiled "
-                  f"variants with and without bias ({by_bias['false']} without bias, {by_bias['true']} with)",
-                  flush=True)
+            result[loop] = {
+                "m": [1, max_m],
+                "lam_form": form,
+                "distinct_keys": len(keys),
+                "distinct_keys_per_bias": by_bias,
+                "per_kernel": {
+                    name: sum(1 for e in keys.values() if e["kernel"] == name) for name in KERNEL_NAMES.values()
+                },
+                "variants": variants,
+            }
+            print(
+                f"{loop} M=1..{max_m} ({form} λ, {names[0]} {n}x{k} {dt}): {len(keys)} distinct compiled "
+                f"variants with and without bias ({by_bias['false']} without bias, {by_bias['true']} with)",
+                flush=True,
+            )
             for v in variants:
                 print(f"    {v['kernel']} bias={'/'.join(map(str, v['has_bias']))}: M in {v['m']}")
     result["elapsed_s"] = round(time.time() - t0, 1)

@@ -10,6 +10,7 @@ so a timeout or a kill keeps every bucket finished so far.
 
     PYTHONPATH=. python scripts/tune_kernels.py --out dami_kernels/ops/tuned/NVIDIA_H100_80GB_HBM3.json
 """
+
 import argparse
 import itertools
 import json
@@ -21,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dami_kernels.benchmarks.kernel import QWEN3_4B_SHAPES, TINY_SHAPES, scenarios, timer  # noqa: E402
-
 from dami_kernels.ops import interp_linear_fp64  # noqa: E402
 from dami_kernels.ops.common.checks import normalize_args  # noqa: E402
 from dami_kernels.ops.common.configs import M_BUCKETS, KernelConfig, config_to_json, table_key  # noqa: E402
@@ -34,12 +34,23 @@ def candidates(m: int, k: int) -> list[KernelConfig]:
         bm = max(16, 1 << (m - 1).bit_length())
         for bn, bk, swap, split in itertools.product((32, 64, 128), (64, 128), (False, True), (1, 2, 4, 8)):
             if k // split >= 4 * bk:
-                out.append(KernelConfig(bm, bn, bk, split_k=split, group_m=1, num_warps=4 if bm == 16 else 8,
-                                        num_stages=4, swap_ab=swap))
+                out.append(
+                    KernelConfig(
+                        bm, bn, bk, split_k=split, group_m=1, num_warps=4 if bm == 16 else 8, num_stages=4, swap_ab=swap
+                    )
+                )
     else:
         for (bm, bn, bk, w, s), swap in itertools.product(
-            [(64, 128, 32, 8, 4), (128, 64, 64, 8, 3), (128, 128, 32, 8, 3), (64, 64, 64, 8, 3),
-             (128, 128, 64, 8, 3), (64, 256, 32, 8, 3)], (False, True)):
+            [
+                (64, 128, 32, 8, 4),
+                (128, 64, 64, 8, 3),
+                (128, 128, 32, 8, 3),
+                (64, 64, 64, 8, 3),
+                (128, 128, 64, 8, 3),
+                (64, 256, 32, 8, 3),
+            ],
+            (False, True),
+        ):
             out.append(KernelConfig(bm, bn, bk, group_m=8, num_warps=w, num_stages=s, swap_ab=swap))
     return out
 
@@ -49,8 +60,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--shapes", default=None, help="comma list of shape names (default: all)")
     parser.add_argument("--buckets", default=",".join(str(b) for b in M_BUCKETS))
-    parser.add_argument("--tiny", action="store_true",
-                        help="CPU smoke run through the interpreter on tiny shapes (no meaningful timing)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CPU smoke run through the interpreter on tiny shapes (no meaningful timing)",
+    )
     parser.add_argument("--budget-s", type=float, default=240, help="stop tuning after this many seconds")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,12 +80,11 @@ def main() -> int:
 
     def write() -> None:
         tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"device": card, "torch": torch.__version__, "configs": table, "log": log},
-                                  indent=1))
+        tmp.write_text(json.dumps({"device": card, "torch": torch.__version__, "configs": table, "log": log}, indent=1))
         tmp.replace(args.out)  # atomic: a kill never leaves half a table
 
     over = False
-    for name in (args.shapes.split(",") if args.shapes else shapes):
+    for name in args.shapes.split(",") if args.shapes else shapes:
         if over:
             break
         n, k = shapes[name]
@@ -89,17 +102,20 @@ def main() -> int:
                 ref = interp_linear_fp64(x.view(*view, k), w_i, w_t, lam_arg).reshape(m, n)
                 cases.append((scen, a, ref))
             best = None
-            for cfg in candidates(m, k)[:3 if args.tiny else None]:
+            for cfg in candidates(m, k)[: 3 if args.tiny else None]:
                 if time.time() - start > args.budget_s:
                     print(f"budget of {args.budget_s} s spent inside {name} M={m}: best so far kept")
                     over = True
                     break
                 total = 0.0
                 try:
-                    for scen, a, ref in cases:
-                        def fn(a=a, cfg=cfg):
-                            return launch_interp_linear(a.x2d, w_i, w_t, a.lam, None, None, a.seg_len, config=cfg,
-                                                        rows_per_lam=a.rows_per_lam)
+                    for _scen, a, ref in cases:
+
+                        def fn(a=a, cfg=cfg, w_i=w_i, w_t=w_t):
+                            return launch_interp_linear(
+                                a.x2d, w_i, w_t, a.lam, None, None, a.seg_len, config=cfg, rows_per_lam=a.rows_per_lam
+                            )
+
                         err = ((fn().double() - ref).norm() / ref.norm()).item()
                         if not err <= 1e-2:
                             raise ValueError(f"relative error {err:.2e}")

@@ -10,6 +10,7 @@ the tiny testbed pair: the test tensors are tiny, and on a busy machine torch's 
 cores (the measurement: bench/NOTES.md, "Threads on the testbed pair"). No test downloads anything: the
 Hugging Face libraries run offline.
 """
+
 import os
 
 import torch

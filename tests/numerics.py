@@ -1,4 +1,5 @@
 """The error measure every numerical test uses."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ perturbs EVERY tensor (norm gains included) differently per side, then saves bot
 qkv and gate_up projections), "gemma3" (text model: 1 + w norms, scaled embeddings, tied) and
 "qwen3_moe" (4 experts, top-2).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,18 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GenerationConfig, LlamaConfig, MistralConfig,
-                          Phi3Config, PreTrainedTokenizerFast, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GenerationConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
 
 SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,?!:+-=\n") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -33,30 +44,62 @@ def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedToke
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|im_end|>",
-                                  unk_token="<unk>", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+    )
     tok.chat_template = chat_template
     return tok
 
 
 def tiny_config(arch: str = "qwen3", **overrides):
     """Tiny config: hidden 32, 2 layers, 4 heads of 8 (2 KV heads), vocab 100, fp32."""
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  initializer_range=0.2, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    classes = {"qwen3": (Qwen3Config, dict(head_dim=8, tie_word_embeddings=True)),
-               "llama": (LlamaConfig, dict(head_dim=8, tie_word_embeddings=False)),
-               "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
-               "mistral": (MistralConfig, dict(head_dim=8, tie_word_embeddings=False, sliding_window=16)),
-               "phi3": (Phi3Config, dict(tie_word_embeddings=False)),  # fused qkv_proj and gate_up_proj
-               # (1 + w) RMSNorm, scaled embeddings, tied lm_head, sliding + full attention layers
-               "gemma3": (Gemma3TextConfig, dict(head_dim=8, tie_word_embeddings=True, sliding_window=4,
-                                                 query_pre_attn_scalar=8, layer_types=["sliding_attention",
-                                                                                       "full_attention"])),
-               # fused experts [E, 2I, H] / [E, H, I] (stored per expert, fused by transformers at load)
-               "qwen3_moe": (Qwen3MoeConfig, dict(head_dim=8, moe_intermediate_size=24, num_experts=4,
-                                                  num_experts_per_tok=2, norm_topk_prob=True,
-                                                  tie_word_embeddings=True))}
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    classes = {
+        "qwen3": (Qwen3Config, dict(head_dim=8, tie_word_embeddings=True)),
+        "llama": (LlamaConfig, dict(head_dim=8, tie_word_embeddings=False)),
+        "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
+        "mistral": (MistralConfig, dict(head_dim=8, tie_word_embeddings=False, sliding_window=16)),
+        "phi3": (Phi3Config, dict(tie_word_embeddings=False)),  # fused qkv_proj and gate_up_proj
+        # (1 + w) RMSNorm, scaled embeddings, tied lm_head, sliding + full attention layers
+        "gemma3": (
+            Gemma3TextConfig,
+            dict(
+                head_dim=8,
+                tie_word_embeddings=True,
+                sliding_window=4,
+                query_pre_attn_scalar=8,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
+        ),
+        # fused experts [E, 2I, H] / [E, H, I] (stored per expert, fused by transformers at load)
+        "qwen3_moe": (
+            Qwen3MoeConfig,
+            dict(
+                head_dim=8,
+                moe_intermediate_size=24,
+                num_experts=4,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
+                tie_word_embeddings=True,
+            ),
+        ),
+    }
     if arch not in classes:
         raise ValueError(f"unknown arch {arch!r}")
     cls, extra = classes[arch]
@@ -95,16 +138,26 @@ class PairPaths:
     thinking: Path
 
 
-def make_pair(instruct_dir, thinking_dir, arch: str = "qwen3", *, seed: int = 0, dtype=torch.float32,
-              max_shard_size=None, chat_template: str | None = CHAT_TEMPLATE, **overrides) -> PairPaths:
+def make_pair(
+    instruct_dir,
+    thinking_dir,
+    arch: str = "qwen3",
+    *,
+    seed: int = 0,
+    dtype=torch.float32,
+    max_shard_size=None,
+    chat_template: str | None = CHAT_TEMPLATE,
+    **overrides,
+) -> PairPaths:
     """Build a random base, perturb it per side, and save both sides (+ tokenizer, generation config)."""
     base = random_base(arch, seed, **overrides)
     tok = build_tokenizer(chat_template)
     out = PairPaths(Path(instruct_dir), Path(thinking_dir))
     for k, path in enumerate((out.instruct, out.thinking)):
         model = perturbed(base, seed * 1000 + 17 + k).to(dtype)
-        model.generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id,
-                                                   pad_token_id=PAD_ID, bos_token_id=BOS_ID)
+        model.generation_config = GenerationConfig(
+            eos_token_id=model.config.eos_token_id, pad_token_id=PAD_ID, bos_token_id=BOS_ID
+        )
         kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         model.save_pretrained(str(path), **kwargs)
         tok.save_pretrained(str(path))

@@ -15,6 +15,7 @@ wall-clock times; CPU numbers say nothing about GPU speed.
     dami bench --out results.json [--tiny] [--dtype bf16]
     python bench/interp_linear_bench.py --out results.json     (the same)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,14 +149,26 @@ def cpu_fused_backend() -> str:
         return "torch"
     if not interpreting():
         if "triton" in sys.modules:
-            raise ValueError("triton was imported without TRITON_INTERPRET=1: set it before starting, "
-                             "or run the benchmark in a new process")
+            raise ValueError(
+                "triton was imported without TRITON_INTERPRET=1: set it before starting, "
+                "or run the benchmark in a new process"
+            )
         os.environ["TRITON_INTERPRET"] = "1"
     return "triton"
 
 
-def run(shapes: dict, ms, dtype: torch.dtype, device: str, bandwidth: float, log=print, backend: str = "triton",
-        budget_s: float | None = None, on_record=None, skipped: list | None = None):
+def run(
+    shapes: dict,
+    ms,
+    dtype: torch.dtype,
+    device: str,
+    bandwidth: float,
+    log=print,
+    backend: str = "triton",
+    budget_s: float | None = None,
+    on_record=None,
+    skipped: list | None = None,
+):
     """Time every provider per (shape, M, scenario). budget_s: start no new (shape, M) after this many
     seconds (those are appended to `skipped`); on_record(records) runs after every record, so a run cut
     short keeps what it measured."""
@@ -189,14 +202,18 @@ def run(shapes: dict, ms, dtype: torch.dtype, device: str, bandwidth: float, log
     return records
 
 
-HEADER = (f"{'shape':8} {'M':>5} {'scenario':16} {'merged':>8} {'unfused':>8} {'catgemm':>8} "
-          f"{'fused':>8} {'/merged':>8} {'/unfus':>7} {'/cat':>6} {'/floor':>7}")
+HEADER = (
+    f"{'shape':8} {'M':>5} {'scenario':16} {'merged':>8} {'unfused':>8} {'catgemm':>8} "
+    f"{'fused':>8} {'/merged':>8} {'/unfus':>7} {'/cat':>6} {'/floor':>7}"
+)
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['shape']:8} {r['M']:>5} {r['scenario']:16} {r['merged']:8.4f} {r['unfused']:8.4f} "
-            f"{r['catgemm']:8.4f} {r['fused']:8.4f} {r['fused_over_merged']:8.2f} "
-            f"{r['fused_over_unfused']:7.2f} {r['fused_over_catgemm']:6.2f} {r['fused_over_floor']:7.2f}")
+    return (
+        f"{r['shape']:8} {r['M']:>5} {r['scenario']:16} {r['merged']:8.4f} {r['unfused']:8.4f} "
+        f"{r['catgemm']:8.4f} {r['fused']:8.4f} {r['fused_over_merged']:8.2f} "
+        f"{r['fused_over_unfused']:7.2f} {r['fused_over_catgemm']:6.2f} {r['fused_over_floor']:7.2f}"
+    )
 
 
 TINY_M = (1, 16, 256)
@@ -213,8 +230,10 @@ def bench_plan(args, device: str) -> tuple[dict, tuple[int, ...]]:
         names = [s.strip() for s in args.shapes.split(",")]
         unknown = [s for s in names if s not in shapes]
         if unknown:
-            raise ValueError(f"--shapes {args.shapes}: unknown {', '.join(unknown)}; the "
-                             f"{'--tiny ' if args.tiny else ''}shapes are {', '.join(shapes)}")
+            raise ValueError(
+                f"--shapes {args.shapes}: unknown {', '.join(unknown)}; the "
+                f"{'--tiny ' if args.tiny else ''}shapes are {', '.join(shapes)}"
+            )
         shapes = {s: shapes[s] for s in names}
     if args.m:
         try:
@@ -237,8 +256,12 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="weight dtype on a GPU (default: bf16)")
     parser.add_argument("--shapes", default=None, help="comma list of shape names (default: all)")
     parser.add_argument("--m", default=None, help=f"comma list of M values (default: {M_DEFAULTS_TEXT})")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="start no new (shape, M) after this many seconds (default: no limit)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new (shape, M) after this many seconds (default: no limit)",
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -251,12 +274,23 @@ def main(argv=None, prog: str | None = None) -> int:
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"device: {card}; copy bandwidth {bandwidth / 1e12:.3f} TB/s (read+write); dtype {dtype}")
     if device == "cpu":
-        print("CPU smoke run, not a performance number: fused = " + (
-            "the Triton kernel through the interpreter (TRITON_INTERPRET=1)" if backend == "triton"
-            else "the torch reference (triton is not installed)"))
-    meta = {"device": card, "torch": torch.__version__, "dtype": str(dtype), "fused_backend": backend,
-            "interpreter": device == "cpu" and backend == "triton",
-            "copy_bandwidth_Bps": bandwidth, "timer": "do_bench median" if device == "cuda" else "cpu median"}
+        print(
+            "CPU smoke run, not a performance number: fused = "
+            + (
+                "the Triton kernel through the interpreter (TRITON_INTERPRET=1)"
+                if backend == "triton"
+                else "the torch reference (triton is not installed)"
+            )
+        )
+    meta = {
+        "device": card,
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "fused_backend": backend,
+        "interpreter": device == "cpu" and backend == "triton",
+        "copy_bandwidth_Bps": bandwidth,
+        "timer": "do_bench median" if device == "cuda" else "cpu median",
+    }
     try:
         import triton
 
@@ -274,12 +308,14 @@ def main(argv=None, prog: str | None = None) -> int:
 
     print("times in ms (medians)")
     print(HEADER)
-    records = run(shapes, ms, dtype, device, bandwidth, backend=backend, budget_s=args.budget_s,
-                  on_record=write, skipped=skipped)
+    records = run(
+        shapes, ms, dtype, device, bandwidth, backend=backend, budget_s=args.budget_s, on_record=write, skipped=skipped
+    )
     write(records)
     if skipped:
-        print(f"skipped over the {args.budget_s:.0f} s budget: "
-              + ", ".join(f"{s['shape']}/M={s['M']}" for s in skipped))
+        print(
+            f"skipped over the {args.budget_s:.0f} s budget: " + ", ".join(f"{s['shape']}/M={s['M']}" for s in skipped)
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -4,6 +4,7 @@ Each subcommand lives in its own module in this package and exposes ``register(s
 adds an argparse sub-parser whose ``func(args) -> int`` runs it. User mistakes (ValueError,
 FileNotFoundError, FileExistsError) print one clear line and exit with status 2, without a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Python keyword spellings in library messages -> the option the command line user types instead.
-CLI_FLAGS = {"allow_pickle=True": "--allow-pickle", "allow_extrapolation=True": "--allow-extrapolation",
-             "overwrite=True": "--overwrite", "check_finite=False": "--no-check-finite",
-             "allow_tokenizer_mismatch=True": "--allow-tokenizer-mismatch"}
+CLI_FLAGS = {
+    "allow_pickle=True": "--allow-pickle",
+    "allow_extrapolation=True": "--allow-extrapolation",
+    "overwrite=True": "--overwrite",
+    "check_finite=False": "--no-check-finite",
+    "allow_tokenizer_mismatch=True": "--allow-tokenizer-mismatch",
+}
 
 
 def cli_message(err: BaseException, flags: dict[str, str] | None = None) -> str:
@@ -63,8 +68,14 @@ def guarded(command: str, run, flags: dict[str, str] | None = None) -> int:
     keyword -> flag spellings for the message (default CLI_FLAGS; {} keeps the library's keywords)."""
     try:
         return int(run() or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as err:
         print(f"dami {command}: error: {cli_message(err, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

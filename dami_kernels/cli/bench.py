@@ -1,8 +1,9 @@
 """`dami bench`: the fused-kernel microbenchmark (merged / unfused / catgemm / fused in one run).
 
-    dami bench --out results.json            # on a GPU: Qwen3-4B shapes, bf16
-    dami bench --out results.json --tiny     # CPU smoke run: the Triton kernel through the interpreter
+dami bench --out results.json            # on a GPU: Qwen3-4B shapes, bf16
+dami bench --out results.json --tiny     # CPU smoke run: the Triton kernel through the interpreter
 """
+
 from __future__ import annotations
 
 from dami_kernels.cli.common import doc_summary
@@ -11,18 +12,31 @@ PROG = "dami bench"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="kernel microbenchmark against cuBLAS baselines",
-                              description=doc_summary(__doc__))
+    p = subparsers.add_parser(
+        "bench", help="kernel microbenchmark against cuBLAS baselines", description=doc_summary(__doc__)
+    )
     p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--tiny", action="store_true", help="small shapes, CPU smoke run")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                   help="weight dtype on a GPU; the CPU smoke run uses fp32 (default: bf16)")
-    p.add_argument("--shapes", default=None,
-                   help="comma list of: gate_up, down, q, kv, lm_head (--tiny: gate_up, down) (default: all)")
-    p.add_argument("--m", default=None,
-                   help="comma list of M values (default: 1,16,256 with --tiny, else 1,4,16,64,256,1024,4096)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="start no new (shape, M) after this many seconds (default: no limit)")
+    p.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default="bf16",
+        help="weight dtype on a GPU; the CPU smoke run uses fp32 (default: bf16)",
+    )
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help="comma list of: gate_up, down, q, kv, lm_head (--tiny: gate_up, down) (default: all)",
+    )
+    p.add_argument(
+        "--m", default=None, help="comma list of M values (default: 1,16,256 with --tiny, else 1,4,16,64,256,1024,4096)"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new (shape, M) after this many seconds (default: no limit)",
+    )
     p.set_defaults(func=run)
 
 

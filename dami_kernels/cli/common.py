@@ -1,4 +1,5 @@
 """Arguments and loading shared by the `dami` subcommands that run a pair."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,16 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text, default = action.help, action.default
-        if (text is argparse.SUPPRESS or not action.option_strings or action.nargs == 0
-                or default is None or default is argparse.SUPPRESS or isinstance(default, bool)
-                or default == [] or "default" in (text or "")):
+        if (
+            text is argparse.SUPPRESS
+            or not action.option_strings
+            or action.nargs == 0
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default == []
+            or "default" in (text or "")
+        ):
             return text
         return f"{text or ''} (default: %(default)s)".lstrip()
 
@@ -58,11 +66,16 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
     hint = " (default: the shipped testbed pair)" if default_testbed else ""
     p.add_argument("--instruct", required=not default_testbed, help=f"Instruct checkpoint directory (λ=0){hint}")
     p.add_argument("--thinking", required=not default_testbed, help=f"Thinking checkpoint directory (λ=1){hint}")
-    p.add_argument("--dtype", default="auto",
-                   help="auto (the checkpoint's dtype), float32, bfloat16 or float16 (default: auto)")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (the checkpoint's dtype), float32, bfloat16 or float16 (default: auto)"
+    )
     p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if available)")
-    p.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
-                   help="fused-op backend (default: $DAMI_BACKEND or auto)")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=["auto", "triton", "torch"],
+        help="fused-op backend (default: $DAMI_BACKEND or auto)",
+    )
     p.add_argument("--allow-extrapolation", action="store_true", help="accept λ outside [0, 1]")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) checkpoints")
     add_tokenizer_mismatch_arg(p)
@@ -71,36 +84,59 @@ def add_pair_args(p: argparse.ArgumentParser, default_testbed: bool = False) -> 
 
 
 def add_tokenizer_mismatch_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
-                   help="use the Instruct tokenizer even when the Thinking one differs or cannot be loaded "
-                        "(a warning instead of an error)")
+    p.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="use the Instruct tokenizer even when the Thinking one differs or cannot be loaded "
+        "(a warning instead of an error)",
+    )
 
 
 def add_no_check_finite_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-check-finite", dest="check_finite", action="store_false",
-                   help="accept weights holding NaN or ±inf (refused by default)")
+    p.add_argument(
+        "--no-check-finite",
+        dest="check_finite",
+        action="store_false",
+        help="accept weights holding NaN or ±inf (refused by default)",
+    )
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: $DAMI_THREADS, else 1 on the tiny testbed pair, "
-                        "else torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: $DAMI_THREADS, else 1 on the tiny testbed pair, else torch's default)",
+    )
 
 
 def add_items_args(p: argparse.ArgumentParser, n_default: int = 100, seed_default: int = 0) -> None:
     """--data/--limit, or seeded testbed problems (--n/--seed) when no file is given: fresh draws from the
     testbed's test split for evaluation, its dev split for training estimators (see `load_eval_items`)."""
-    p.add_argument("--data", default=None, help="JSONL eval file (GSM8K, MATH or testbed format); "
-                   "default: testbed problems (--n, --seed)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="JSONL eval file (GSM8K, MATH or testbed format); default: testbed problems (--n, --seed)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT items of --data (default: all)")
-    p.add_argument("--n", type=int, default=n_default,
-                   help=f"testbed problems when --data is not given (default: {n_default})")
-    p.add_argument("--seed", type=int, default=seed_default,
-                   help=f"seed of the testbed problems (default: {seed_default})")
-    p.add_argument("--mix", default=None, help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing "
-                   "to 9), e.g. 3,3,1,1 (default: 1,1,1,1, balanced)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="new tokens per answer (default: 96 on the testbed, 1024 otherwise)")
+    p.add_argument(
+        "--n", type=int, default=n_default, help=f"testbed problems when --data is not given (default: {n_default})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=seed_default, help=f"seed of the testbed problems (default: {seed_default})"
+    )
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="testbed level weights for levels 1-4 (0, 1, 2, 3+ columns summing "
+        "to 9), e.g. 3,3,1,1 (default: 1,1,1,1, balanced)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="new tokens per answer (default: 96 on the testbed, 1024 otherwise)",
+    )
 
 
 def load_eval_items(args, split: str = "test"):
@@ -135,16 +171,21 @@ def load_from_args(args):
     $DAMI_THREADS, else one thread on the tiny testbed pair: see `dami_kernels.testbed.threads`)."""
     import torch
 
-    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.hf.device import resolve_device
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 
     instruct, thinking = pair_dirs(args)
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), flag="--device")
     configure_threads(getattr(args, "threads", None), testbed=is_testbed_pair(instruct, thinking), name="--threads")
     return load_pair_and_tokenizer(
-        instruct, thinking, dtype=args.dtype, device=device, backend=args.backend,
-        allow_extrapolation=args.allow_extrapolation, allow_pickle=args.allow_pickle,
+        instruct,
+        thinking,
+        dtype=args.dtype,
+        device=device,
+        backend=args.backend,
+        allow_extrapolation=args.allow_extrapolation,
+        allow_pickle=args.allow_pickle,
         check_finite=getattr(args, "check_finite", True),
         allow_tokenizer_mismatch=getattr(args, "allow_tokenizer_mismatch", False),
     )
@@ -167,9 +208,10 @@ MAX_GRID = 10_000
 
 
 def parse_grid(text: str, allow_extrapolation: bool = False) -> list[float]:
-    """"0,0.1,...,1" or "0:1:0.1" (start:stop:step, stop included) -> sorted λ values, each finite and in
+    """ "0,0.1,...,1" or "0:1:0.1" (start:stop:step, stop included) -> sorted λ values, each finite and in
     [0, 1] unless allow_extrapolation (--allow-extrapolation). Errors show --grid as typed and the value
     at fault (as typed in a comma list)."""
+
     def bad(reason: str) -> ValueError:
         return ValueError(f"--grid {text}: {reason}")
 
@@ -190,7 +232,7 @@ def parse_grid(text: str, allow_extrapolation: bool = False) -> list[float]:
             raise bad(f"expands to more than {MAX_GRID} λ values")
         floats = [round(start + i * step, 6) for i in range(round(steps) + 1)]
         typed = [repr(v) for v in floats]
-    values = list(zip(typed, floats))
+    values = list(zip(typed, floats, strict=True))
     if not values:
         raise bad("no λ values (stop lies below start)")
     for shown, v in values:
@@ -202,8 +244,11 @@ def parse_grid(text: str, allow_extrapolation: bool = False) -> list[float]:
 
 def add_out_args(p: argparse.ArgumentParser, help_text: str = "output directory") -> None:
     p.add_argument("--out", required=True, help=help_text)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it exists (only a directory that dami wrote, or an empty one)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (only a directory that dami wrote, or an empty one)",
+    )
 
 
 @contextmanager
@@ -216,8 +261,9 @@ def output_dir(args, what: str):
     from dami_kernels.fs.outdir import write_output_dir
 
     inputs = [d for d in (getattr(args, "instruct", None), getattr(args, "thinking", None)) if d]
-    with write_output_dir(args.out, overwrite=args.overwrite, inputs=inputs, what=what,
-                          overwrite_flag="--overwrite") as tmp:
+    with write_output_dir(
+        args.out, overwrite=args.overwrite, inputs=inputs, what=what, overwrite_flag="--overwrite"
+    ) as tmp:
         yield tmp
 
 

@@ -7,6 +7,7 @@
 `train` rolls the train items out on the λ grid, tunes DAMI-Conf's hyperparameters (grid search, with a
 sensitivity sweep) and trains the DAMI-Pref head (Bradley–Terry), and writes them to EST_DIR.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,35 +30,54 @@ TRAIN_SEED = 1_000_003
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("estimate", help="train λ(q) estimators, or estimate λ for prompts",
-                              description=doc_summary(__doc__))
+    p = subparsers.add_parser(
+        "estimate", help="train λ(q) estimators, or estimate λ for prompts", description=doc_summary(__doc__)
+    )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="fit DAMI-Conf and DAMI-Pref on a train split",
-                       description="`dami estimate train`: fit DAMI-Conf and DAMI-Pref on the pair's rollouts of a "
-                                   "train split and write them to --out.")
+    t = sub.add_parser(
+        "train",
+        help="fit DAMI-Conf and DAMI-Pref on a train split",
+        description="`dami estimate train`: fit DAMI-Conf and DAMI-Pref on the pair's rollouts of a "
+        "train split and write them to --out.",
+    )
     add_pair_args(t, default_testbed=True)
     add_items_args(t, n_default=700, seed_default=TRAIN_SEED)
-    t.add_argument("--grid", default="0:1:0.1",
-                   help="λ grid of the rollouts: 'a,b,c' or start:stop:step (default: 0:1:0.1)")
-    t.add_argument("--pref-steps", default=None,
-                   help="comma list of head training steps to cross-validate (default: 50,100,200)")
+    t.add_argument(
+        "--grid", default="0:1:0.1", help="λ grid of the rollouts: 'a,b,c' or start:stop:step (default: 0:1:0.1)"
+    )
+    t.add_argument(
+        "--pref-steps", default=None, help="comma list of head training steps to cross-validate (default: 50,100,200)"
+    )
     t.add_argument("--batch-size", type=int, default=256, help="rows per generate call (default: 256)")
-    t.add_argument("--think-prefix", default=None,
-                   help="text appended to the λ=1 rows' prompt to reach the Thinking model's non-thinking mode "
-                        "('auto': an empty think block if the tokenizer knows the tags; default: 'auto', and "
-                        "'' for the shipped testbed pair, whose Thinking model answers directly)")
-    t.add_argument("--drop-signal", action="append", default=[], choices=["confidence", "discrepancy"],
-                   help="leave a DAMI-Conf signal out of both estimators (for a signal with no information "
-                        "on this pair: its dev AUROC for an Instruct error is near 0.5; default: keep both)")
+    t.add_argument(
+        "--think-prefix",
+        default=None,
+        help="text appended to the λ=1 rows' prompt to reach the Thinking model's non-thinking mode "
+        "('auto': an empty think block if the tokenizer knows the tags; default: 'auto', and "
+        "'' for the shipped testbed pair, whose Thinking model answers directly)",
+    )
+    t.add_argument(
+        "--drop-signal",
+        action="append",
+        default=[],
+        choices=["confidence", "discrepancy"],
+        help="leave a DAMI-Conf signal out of both estimators (for a signal with no information "
+        "on this pair: its dev AUROC for an Instruct error is near 0.5; default: keep both)",
+    )
     add_out_args(t, "estimator directory to write")
     t.set_defaults(func=run_train)
-    q = sub.add_parser("predict", help="print λ(q) for prompts",
-                       description="`dami estimate predict`: print λ(q) of an estimator for each PROMPT, one JSON "
-                                   "line each.")
+    q = sub.add_parser(
+        "predict",
+        help="print λ(q) for prompts",
+        description="`dami estimate predict`: print λ(q) of an estimator for each PROMPT, one JSON line each.",
+    )
     add_pair_args(q, default_testbed=True)
     q.add_argument("--method", choices=["conf", "pref"], required=True)
-    q.add_argument("--estimator-dir", default=None,
-                   help="directory written by `dami estimate train` (default: the shipped testbed estimators)")
+    q.add_argument(
+        "--estimator-dir",
+        default=None,
+        help="directory written by `dami estimate train` (default: the shipped testbed estimators)",
+    )
     q.add_argument("prompts", nargs="+", metavar="PROMPT")
     q.set_defaults(func=run_predict)
 
@@ -77,9 +97,18 @@ def run_train(args) -> int:
         think_prefix = args.think_prefix
         if think_prefix is None:
             think_prefix = TESTBED_THINK_PREFIX if is_testbed_pair(*pair_dirs(args)) else AUTO
-        report = train_estimators(model, tokenizer, items, tmp, grid=grid, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, pref_search=search,
-                                  drop_signals=args.drop_signal, think_prefix=think_prefix)
+        report = train_estimators(
+            model,
+            tokenizer,
+            items,
+            tmp,
+            grid=grid,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            pref_search=search,
+            drop_signals=args.drop_signal,
+            think_prefix=think_prefix,
+        )
     summary = {k: report[k] for k in ("n_train", "oracle", "dropped_signals", "signals_auroc_dev")}
     summary["conf"] = {"hyperparameters": report["conf"]["hyperparameters"], "train": report["conf"]["train"]}
     summary["pref"] = {k: report["pref"][k] for k in ("train", "loss_first", "loss_last")}
@@ -108,6 +137,6 @@ def run_predict(args) -> int:
     est = load_estimator(args.method, args.estimator_dir)
     model, tokenizer = load_from_args(args)
     lams = estimate(model, tokenizer, args.prompts, args.method, estimator=est, progress=False)
-    for prompt, lam in zip(args.prompts, lams.tolist()):
+    for prompt, lam in zip(args.prompts, lams.tolist(), strict=True):
         print(json.dumps({"prompt": prompt, "lam": round(lam, 6)}))
     return 0

@@ -8,6 +8,7 @@ ARGS go to lm-eval's own command line unchanged (`dami lm-eval --help` prints lm
 through the package's `lm_eval.models` entry point, so plain `lm-eval ...` works there too.
 Needs the `eval` extra: pip install "dami_kernels[eval]".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ from dami_kernels.cli.common import doc_summary
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness with the `dami` model (ARGS go to lm-eval)",
-                              description=doc_summary(__doc__), add_help=False)
+    p = subparsers.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness with the `dami` model (ARGS go to lm-eval)",
+        description=doc_summary(__doc__),
+        add_help=False,
+    )
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=lambda args: run_lm_eval(args.lm_eval_args))
 
@@ -28,8 +33,9 @@ def run_lm_eval(argv: list[str]) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as err:
-        raise ValueError(f"lm-eval is not installed ({err}); install it with: pip install \"dami_kernels[eval]\"") \
-            from None
+        raise ValueError(
+            f'lm-eval is not installed ({err}); install it with: pip install "dami_kernels[eval]"'
+        ) from None
     import dami_kernels.integrations.lm_eval  # noqa: F401  (registers `dami` and `dami_answer`)
 
     saved = sys.argv

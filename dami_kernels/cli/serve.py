@@ -9,6 +9,7 @@ client's extra_body), `"lam": "auto"` (the --estimator chooses), or `reasoning_e
 `lam`, header x-dami-lam). Without --instruct/--thinking it serves the shipped testbed pair. Without an API
 key (--api-key or $DAMI_API_KEY) it listens on 127.0.0.1 only, unless --host is given.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,36 +24,68 @@ CPU_CB_DEFAULTS = {"cb_page_size": 64, "cb_num_blocks": 64, "cb_max_batch_tokens
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="OpenAI-compatible server with a λ per request",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible server with a λ per request", description=__doc__.splitlines()[0]
+    )
     add_pair_args(p, default_testbed=True)
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on every route but /health "
-                   "(default: $DAMI_API_KEY, else no key)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require Authorization: Bearer KEY on every route but /health (default: $DAMI_API_KEY, else no key)",
+    )
     p.add_argument("--max-n", type=int, default=16, help="the largest n (choices per request) accepted (default 16)")
     p.add_argument("--model-name", default="dami-pair", help="the model name clients send (default dami-pair)")
-    p.add_argument("--estimator", choices=["conf", "pref"], default=None,
-                   help='λ(q) estimator for "lam": "auto" (default: none, "auto" is refused)')
-    p.add_argument("--estimator-dir", default=None,
-                   help="trained estimators (dami estimate train); default: the shipped testbed ones "
-                        "(testbed pair only)")
+    p.add_argument(
+        "--estimator",
+        choices=["conf", "pref"],
+        default=None,
+        help='λ(q) estimator for "lam": "auto" (default: none, "auto" is refused)',
+    )
+    p.add_argument(
+        "--estimator-dir",
+        default=None,
+        help="trained estimators (dami estimate train); default: the shipped testbed ones (testbed pair only)",
+    )
     p.add_argument("--default-lam", default="0", help='λ of requests that give none: a number or "auto" (default 0)')
     for level, value in (("low", 0.0), ("medium", 0.5), ("high", 1.0)):
-        p.add_argument(f"--effort-{level}", type=float, default=value,
-                       help=f'λ for reasoning_effort "{level}" (default {value})')
-    p.add_argument("--context-len", type=int, default=None,
-                   help="prompt + new tokens per request (default: the model's max_position_embeddings)")
-    p.add_argument("--cb-page-size", type=int, default=None, help="KV cache page size in tokens (default: 64 on "
-                   "the CPU, else transformers')")
-    p.add_argument("--cb-num-blocks", type=int, default=None, help="KV cache blocks (default: 64 on the CPU, else "
-                   "sized from free memory by transformers)")
-    p.add_argument("--cb-max-batch-tokens", type=int, default=None, help="tokens per engine step (default: 1024 "
-                   "on the CPU, else transformers')")
-    p.add_argument("--cb-max-requests", type=int, default=None, help="requests per engine step (default: "
-                   "transformers')")
-    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
-                   help="CUDA graphs in the engine (auto: transformers decides)")
+        p.add_argument(
+            f"--effort-{level}", type=float, default=value, help=f'λ for reasoning_effort "{level}" (default {value})'
+        )
+    p.add_argument(
+        "--context-len",
+        type=int,
+        default=None,
+        help="prompt + new tokens per request (default: the model's max_position_embeddings)",
+    )
+    p.add_argument(
+        "--cb-page-size",
+        type=int,
+        default=None,
+        help="KV cache page size in tokens (default: 64 on the CPU, else transformers')",
+    )
+    p.add_argument(
+        "--cb-num-blocks",
+        type=int,
+        default=None,
+        help="KV cache blocks (default: 64 on the CPU, else sized from free memory by transformers)",
+    )
+    p.add_argument(
+        "--cb-max-batch-tokens",
+        type=int,
+        default=None,
+        help="tokens per engine step (default: 1024 on the CPU, else transformers')",
+    )
+    p.add_argument(
+        "--cb-max-requests", type=int, default=None, help="requests per engine step (default: transformers')"
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="CUDA graphs in the engine (auto: transformers decides)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     p.set_defaults(func=run)
 
@@ -70,8 +103,10 @@ def options_from_args(args, testbed: bool, device_type: str):
     estimator = None
     if args.estimator is not None:
         if args.estimator_dir is None and not testbed:
-            raise ValueError("--estimator needs --estimator-dir for a pair other than the shipped testbed "
-                             "(train one with `dami estimate train`)")
+            raise ValueError(
+                "--estimator needs --estimator-dir for a pair other than the shipped testbed "
+                "(train one with `dami estimate train`)"
+            )
         from dami_kernels.estimators.store import load_estimator
 
         estimator = (args.estimator, load_estimator(args.estimator, args.estimator_dir))
@@ -88,12 +123,16 @@ def options_from_args(args, testbed: bool, device_type: str):
     if api_key is not None and (not api_key.strip() or not api_key.isprintable() or " " in api_key):
         raise ValueError("--api-key must be a non-empty printable string without spaces")
     return ServeOptions(
-        model_id=args.model_name, default_lam=default,
+        model_id=args.model_name,
+        default_lam=default,
         efforts={"low": args.effort_low, "medium": args.effort_medium, "high": args.effort_high},
         estimator=estimator,
         context_len=None if args.context_len is None else positive_int(args.context_len, "--context-len"),
         cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
-        api_key=api_key, max_n=positive_int(args.max_n, "--max-n"), **sizes)
+        api_key=api_key,
+        max_n=positive_int(args.max_n, "--max-n"),
+        **sizes,
+    )
 
 
 def check_serving_stack() -> None:
@@ -102,7 +141,7 @@ def check_serving_stack() -> None:
 
     missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"dami serve needs {', '.join(missing)}: pip install \"dami_kernels[serve]\"")
+        raise ValueError(f'dami serve needs {", ".join(missing)}: pip install "dami_kernels[serve]"')
     import transformers
 
     from dami_kernels.serving.cb_internals import TESTED_TRANSFORMERS
@@ -112,8 +151,10 @@ def check_serving_stack() -> None:
 
     low, high = TESTED_TRANSFORMERS
     if not minor(low) <= minor(transformers.__version__) <= minor(high):
-        raise ValueError(f"dami serve supports transformers {low} to {high}; installed: {transformers.__version__} "
-                         f'(pip install "transformers>={low},<={high}")')
+        raise ValueError(
+            f"dami serve supports transformers {low} to {high}; installed: {transformers.__version__} "
+            f'(pip install "transformers>={low},<={high}")'
+        )
     try:
         import dami_kernels.serving.cb_internals  # noqa: F401 - the internals it needs import on this release
     except ImportError as err:
@@ -137,16 +178,23 @@ def run(args) -> int:
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     options = options_from_args(args, testbed, device_type)
-    LambdaPolicy(options.default_lam, dict(options.efforts), args.allow_extrapolation,
-                 has_estimator=options.estimator is not None)  # bad λ values fail before the pair loads
+    LambdaPolicy(
+        options.default_lam,
+        dict(options.efforts),
+        args.allow_extrapolation,
+        has_estimator=options.estimator is not None,
+    )  # bad λ values fail before the pair loads
     if options.estimator is not None:
         from dami_kernels.serving.cb_internals import require_engine_pause
 
         require_engine_pause("dami serve --estimator")  # ... and so does a transformers that cannot serve "auto"
     host = args.host or "127.0.0.1"
     if options.api_key is None:
-        where = "loopback only (give --host to listen elsewhere)" if args.host is None else f"{host}, which anyone " \
-            "who reaches it may use"
+        where = (
+            "loopback only (give --host to listen elsewhere)"
+            if args.host is None
+            else f"{host}, which anyone who reaches it may use"
+        )
         print(f"dami serve: no API key (--api-key or $DAMI_API_KEY): listening on {where}", flush=True)
     sock = bind_socket(host, args.port)  # a port in use fails here, before the pair loads
     try:
@@ -154,7 +202,10 @@ def run(args) -> int:
     except BaseException:
         sock.close()
         raise
-    print(f"dami serve: {args.model_name} on http://{host}:{sock.getsockname()[1]}/v1 "
-          f"(default λ {options.default_lam}, estimator {args.estimator or 'none'})", flush=True)
+    print(
+        f"dami serve: {args.model_name} on http://{host}:{sock.getsockname()[1]}/v1 "
+        f"(default λ {options.default_lam}, estimator {args.estimator or 'none'})",
+        flush=True,
+    )
     serve(model, tokenizer, options, sock, log_level=args.log_level)
     return 0

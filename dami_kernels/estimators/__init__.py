@@ -6,6 +6,7 @@
 - "pref": DAMI-Pref, a small head trained with a Bradley–Terry loss on λ-grid rollouts (`pref.py`);
 - the oracle (the cheapest correct grid λ per query) is a reference read from rollouts (`rollouts.py`).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,18 @@ from dami_kernels.validation import is_number
 METHODS = ("conf", "pref", "fixed")
 
 
-def estimate(model, tokenizer, prompts, method: str = "conf", *, estimator=None, lam=None,
-             batch_size: int = 32, progress: bool = True, chat_template: bool | None = None) -> torch.Tensor:
+def estimate(
+    model,
+    tokenizer,
+    prompts,
+    method: str = "conf",
+    *,
+    estimator=None,
+    lam=None,
+    batch_size: int = 32,
+    progress: bool = True,
+    chat_template: bool | None = None,
+) -> torch.Tensor:
     """λ(q) for each prompt: [B] float32 on CPU.
 
     method "conf" needs estimator=DamiConf, "pref" needs estimator=PrefHead (trained or loaded), "fixed"
@@ -55,10 +66,12 @@ def estimate(model, tokenizer, prompts, method: str = "conf", *, estimator=None,
         got = "nothing" if estimator is None else type(estimator).__name__
         raise ValueError(f"method {method!r} needs estimator= a {expected.__name__}, got {got}")
     if method == "conf":
-        return estimator.predict(model, tokenizer, prompts, batch_size=batch_size, progress=progress,
-                                 chat_template=chat_template)
-    return estimator.predict_prompts(model, tokenizer, prompts, batch_size=batch_size, progress=progress,
-                                     chat_template=chat_template)
+        return estimator.predict(
+            model, tokenizer, prompts, batch_size=batch_size, progress=progress, chat_template=chat_template
+        )
+    return estimator.predict_prompts(
+        model, tokenizer, prompts, batch_size=batch_size, progress=progress, chat_template=chat_template
+    )
 
 
 __all__ = [

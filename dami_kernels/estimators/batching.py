@@ -4,6 +4,7 @@ Prompts are encoded as `dami_kernels.generation.generate` encodes them (`dami_ke
 left-padded, and given position ids that skip the padding, so a padded row computes what the same row
 would compute alone.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,4 +34,4 @@ def endpoint_lambdas(batch: int, device=None) -> torch.Tensor:
 
 def chunks(items: list, size: int) -> list[list]:
     positive_int(size, "batch_size")
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

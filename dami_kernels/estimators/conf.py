@@ -11,6 +11,7 @@ Signals (per query q, both endpoints in ONE batched forward per step, see `conf_
 The estimator that maps (c, d) to λ(q), its tuning on rollouts and its config file: `conf_estimator.py`
 (`DamiConf`, `conf_lambda`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,15 @@ class ConfTrace:
     logits: torch.Tensor | None = None
 
 
-def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_prefix: str = AUTO,
-               keep_logits: bool = False, chat_template: bool | None = None) -> ConfTrace:
+def conf_trace(
+    model,
+    tokenizer,
+    prompts,
+    max_answer_tokens: int = 8,
+    think_prefix: str = AUTO,
+    keep_logits: bool = False,
+    chat_template: bool | None = None,
+) -> ConfTrace:
     """Run both endpoints on B prompts in one batch of 2B rows, one forward per answer step.
 
     Prompts are encoded as `dami_kernels.generation.generate` encodes them (chat_template: see
@@ -135,8 +143,14 @@ def conf_trace(model, tokenizer, prompts, max_answer_tokens: int = 8, think_pref
             feed = torch.cat([tok, tok]).unsqueeze(1)  # [2B, 1]: teacher forcing of the λ=1 rows
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                        **{cache_arg: output_cache(out)})
+            out = model(
+                input_ids=feed,
+                attention_mask=attn,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: output_cache(out)},
+            )
     return ConfTrace(
         answer_ids=torch.stack(toks, dim=1).cpu(),
         answer_mask=torch.stack(masks, dim=1).cpu(),
@@ -169,17 +183,24 @@ class ConfSignals:
                 raise ValueError(f"ids has {len(self.ids)} entries for {q} queries")
 
     def to_dict(self) -> dict:
-        return {"ids": self.ids, "confidence": self.confidence.tolist(),
-                "discrepancy": self.discrepancy.tolist(), "answer_tokens": self.answer_tokens.tolist()}
+        return {
+            "ids": self.ids,
+            "confidence": self.confidence.tolist(),
+            "discrepancy": self.discrepancy.tolist(),
+            "answer_tokens": self.answer_tokens.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ConfSignals:
         for key in ("confidence", "discrepancy", "answer_tokens"):
             if key not in data:
                 raise ValueError(f"conf signals have no {key!r} field")
-        return cls(torch.tensor(data["confidence"], dtype=torch.float64),
-                   torch.tensor(data["discrepancy"], dtype=torch.float64),
-                   torch.tensor(data["answer_tokens"], dtype=torch.long), data.get("ids"))
+        return cls(
+            torch.tensor(data["confidence"], dtype=torch.float64),
+            torch.tensor(data["discrepancy"], dtype=torch.float64),
+            torch.tensor(data["answer_tokens"], dtype=torch.long),
+            data.get("ids"),
+        )
 
 
 def signals_from_trace(trace: ConfTrace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,9 +210,17 @@ def signals_from_trace(trace: ConfTrace) -> tuple[torch.Tensor, torch.Tensor, to
     return c, d, trace.answer_mask.sum(dim=1)
 
 
-def conf_signals(model, tokenizer, prompts, max_answer_tokens: int = 8, think_prefix: str = AUTO,
-                 ids=None, batch_size: int = 32, progress: bool = True,
-                 chat_template: bool | None = None) -> ConfSignals:
+def conf_signals(
+    model,
+    tokenizer,
+    prompts,
+    max_answer_tokens: int = 8,
+    think_prefix: str = AUTO,
+    ids=None,
+    batch_size: int = 32,
+    progress: bool = True,
+    chat_template: bool | None = None,
+) -> ConfSignals:
     """DAMI-Conf signals of many prompts, in batches of batch_size queries (2·batch_size rows).
     ids (optional, one per prompt) are kept with the signals to match them to rollouts."""
     prompts = check_prompts(prompts)

@@ -11,6 +11,7 @@ routes each query to one end, larger T spreads queries over the transition). Whe
 the estimator remembers their λ grid and snaps each λ(q) to its nearest grid point, so the λ it runs at
 is one whose accuracy and cost were measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,16 +89,32 @@ class DamiConf:
             lam = grid[snap_to_grid(lam, self.lam_grid)]
         return lam.to(torch.float32)
 
-    def predict(self, model, tokenizer, prompts, batch_size: int = 32, progress: bool = True,
-                chat_template: bool | None = None) -> torch.Tensor:
+    def predict(
+        self, model, tokenizer, prompts, batch_size: int = 32, progress: bool = True, chat_template: bool | None = None
+    ) -> torch.Tensor:
         """λ(q) for each prompt: [B] float32 on CPU."""
-        signals = conf_signals(model, tokenizer, prompts, self.max_answer_tokens, self.think_prefix,
-                               batch_size=batch_size, progress=progress, chat_template=chat_template)
+        signals = conf_signals(
+            model,
+            tokenizer,
+            prompts,
+            self.max_answer_tokens,
+            self.think_prefix,
+            batch_size=batch_size,
+            progress=progress,
+            chat_template=chat_template,
+        )
         return self.lam_from_signals(signals)
 
     # ----- tuning -----
-    def tune(self, signals: ConfSignals, rollouts: Rollouts, grid: dict | None = None,
-             objective: str = "constrained", epsilon: float = 0.02, alpha: float = 0.5) -> DamiConf:
+    def tune(
+        self,
+        signals: ConfSignals,
+        rollouts: Rollouts,
+        grid: dict | None = None,
+        objective: str = "constrained",
+        epsilon: float = 0.02,
+        alpha: float = 0.5,
+    ) -> DamiConf:
         """Grid search of (w, tau, temperature) on a TRAIN split; returns the tuned copy.
 
         Each candidate's λ(q) is snapped to the nearest λ of the rollouts' grid, where its correctness and
@@ -118,13 +135,11 @@ class DamiConf:
         values = _tune_grid(self, grid)
         cand = torch.cartesian_prod(*(torch.tensor(values[k], dtype=torch.float64) for k in HYPER))
         cand = cand.reshape(-1, 3)  # [C, (w, tau, temperature)]
-        lam = conf_lambda(signals.confidence, signals.discrepancy,
-                          cand[:, 0:1], cand[:, 1:2], cand[:, 2:3])  # [C, Q]
+        lam = conf_lambda(signals.confidence, signals.discrepancy, cand[:, 0:1], cand[:, 1:2], cand[:, 2:3])  # [C, Q]
         acc, tok = sub.evaluate_many(lam)
         if objective == "constrained":
             feasible = acc >= acc.max() - epsilon - 1e-12
-            key = [(-float(tok[i]), float(acc[i])) if feasible[i] else (-math.inf, -math.inf)
-                   for i in range(len(cand))]
+            key = [(-float(tok[i]), float(acc[i])) if feasible[i] else (-math.inf, -math.inf) for i in range(len(cand))]
         else:
             ref = max(float(sub.tokens[:, -1].mean()), 1e-9)
             util = acc - alpha * tok / ref
@@ -134,9 +149,15 @@ class DamiConf:
         tuned = replace(self, w=w, tau=tau, temperature=temp, lam_grid=list(rollouts.grid))
         train = sub.evaluate(tuned.lam_from_signals(signals))
         setting = {"epsilon": epsilon} if objective == "constrained" else {"alpha": alpha}
-        tuned.tuned = {"objective": objective, **setting, "n_train": len(sub.ids),
-                       "train_accuracy": train["accuracy"], "train_mean_tokens": train["mean_tokens"],
-                       "train_mean_lam": train["mean_lam"], "candidates": len(cand)}
+        tuned.tuned = {
+            "objective": objective,
+            **setting,
+            "n_train": len(sub.ids),
+            "train_accuracy": train["accuracy"],
+            "train_mean_tokens": train["mean_tokens"],
+            "train_mean_lam": train["mean_lam"],
+            "candidates": len(cand),
+        }
         return tuned
 
     def sensitivity(self, signals: ConfSignals, rollouts: Rollouts, values: dict | None = None) -> list[dict]:
@@ -158,8 +179,15 @@ class DamiConf:
         for name in HYPER:
             for v in values[name]:
                 point = replace(self, **{name: v}, tuned=None)
-                rows.append({"param": name, "w": point.w, "tau": point.tau,
-                             "temperature": point.temperature, **sub.evaluate(point.lam_from_signals(signals))})
+                rows.append(
+                    {
+                        "param": name,
+                        "w": point.w,
+                        "tau": point.tau,
+                        "temperature": point.temperature,
+                        **sub.evaluate(point.lam_from_signals(signals)),
+                    }
+                )
         return rows
 
     # ----- files -----

@@ -3,6 +3,7 @@
 `prompts` is either a list aligned with `rollouts.ids` or a dict id -> prompt; the rollouts decide which
 queries are used and in which order.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,22 +34,39 @@ def prompts_for(rollouts: Rollouts, prompts) -> list[str]:
             raise ValueError(f"prompts has no entry for ids {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         return [prompts[q] for q in rollouts.ids]
     if not isinstance(prompts, (list, tuple)) or len(prompts) != len(rollouts.ids):
-        raise ValueError(f"prompts must be a dict id -> prompt or a list of {len(rollouts.ids)} prompts "
-                         "in rollouts.ids order")
+        raise ValueError(
+            f"prompts must be a dict id -> prompt or a list of {len(rollouts.ids)} prompts in rollouts.ids order"
+        )
     return list(prompts)
 
 
-def fit_conf(model, tokenizer, prompts, rollouts: Rollouts, conf: DamiConf | None = None,
-             batch_size: int = 32, progress: bool = True, chat_template: bool | None = None,
-             **tune_kwargs) -> DamiConf:
+def fit_conf(
+    model,
+    tokenizer,
+    prompts,
+    rollouts: Rollouts,
+    conf: DamiConf | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    chat_template: bool | None = None,
+    **tune_kwargs,
+) -> DamiConf:
     """Measure DAMI-Conf signals on the train prompts and tune `conf` (default DamiConf()) on their
     rollouts; tune_kwargs go to `DamiConf.tune` (grid, objective, epsilon, alpha)."""
     conf = DamiConf() if conf is None else conf
     if not isinstance(conf, DamiConf):
         raise ValueError(f"conf must be a DamiConf, got {type(conf).__name__}")
-    signals = conf_signals(model, tokenizer, prompts_for(rollouts, prompts), conf.max_answer_tokens,
-                           conf.think_prefix, ids=rollouts.ids, batch_size=batch_size, progress=progress,
-                           chat_template=chat_template)
+    signals = conf_signals(
+        model,
+        tokenizer,
+        prompts_for(rollouts, prompts),
+        conf.max_answer_tokens,
+        conf.think_prefix,
+        ids=rollouts.ids,
+        batch_size=batch_size,
+        progress=progress,
+        chat_template=chat_template,
+    )
     return conf.tune(signals, rollouts, **tune_kwargs)
 
 
@@ -61,12 +79,19 @@ def _settings(search: dict) -> list[dict]:
     for k in keys:
         if k not in ("steps", "accuracy_weight", "hidden") or not search[k]:
             raise ValueError(f"search keys are steps, accuracy_weight and hidden, each a non-empty list; got {search}")
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(search[k] for k in keys))]
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(search[k] for k in keys))]
 
 
-def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict | None = None, folds: int = 5,
-                        epsilon: float = 0.01, lr: float = 3e-3, weight_decay: float = 1e-4,
-                        seed: int = 0) -> tuple[dict, list[dict]]:
+def cross_validate_pref(
+    features: torch.Tensor,
+    rollouts: Rollouts,
+    search: dict | None = None,
+    folds: int = 5,
+    epsilon: float = 0.01,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> tuple[dict, list[dict]]:
     """Pick the head settings by k-fold cross-validation on the train queries.
 
     features [Q, F] in `rollouts.ids` order. For each setting of `search` (default PREF_SEARCH) a head is
@@ -89,10 +114,18 @@ def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict
             r_train = rollouts.select([rollouts.ids[i] for i in train])
             r_held = rollouts.select([rollouts.ids[i] for i in held])
             pairs = preference_pairs(r_train)
-            head, _ = train_pref_head(features[train], pairs, rollouts.grid, steps=setting["steps"], lr=lr,
-                                      seed=seed, hidden=setting["hidden"], weight_decay=weight_decay,
-                                      weights=pair_weights(r_train, pairs, setting["accuracy_weight"]),
-                                      progress=False)
+            head, _ = train_pref_head(
+                features[train],
+                pairs,
+                rollouts.grid,
+                steps=setting["steps"],
+                lr=lr,
+                seed=seed,
+                hidden=setting["hidden"],
+                weight_decay=weight_decay,
+                weights=pair_weights(r_train, pairs, setting["accuracy_weight"]),
+                progress=False,
+            )
             res = r_held.evaluate(head.predict(features[held]))
             acc += res["accuracy"] * len(held) / q
             tok += res["mean_tokens"] * len(held) / q
@@ -104,11 +137,25 @@ def cross_validate_pref(features: torch.Tensor, rollouts: Rollouts, search: dict
     return chosen, table
 
 
-def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean", conf_signals=True,
-             search: dict | None = None, folds: int = 5, epsilon: float = 0.01, lr: float = 3e-3, seed: int = 0,
-             weight_decay: float = 1e-4, batch_size: int = 32, progress: bool = True,
-             chat_template: bool | None = None, signals=None,
-             think_prefix: str = AUTO) -> tuple[PrefHead, list[float], list[dict]]:
+def fit_pref(
+    model,
+    tokenizer,
+    prompts,
+    rollouts: Rollouts,
+    pooling: str = "mean",
+    conf_signals=True,
+    search: dict | None = None,
+    folds: int = 5,
+    epsilon: float = 0.01,
+    lr: float = 3e-3,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    progress: bool = True,
+    chat_template: bool | None = None,
+    signals=None,
+    think_prefix: str = AUTO,
+) -> tuple[PrefHead, list[float], list[dict]]:
     """Features of the train prompts (`query_features`: pooled endpoint hidden states, plus the DAMI-Conf
     signals that conf_signals names: True both, or a list such as ["confidence"]), head settings chosen by
     `cross_validate_pref` over `search`, then the head trained on all train queries with them. A search
@@ -116,23 +163,43 @@ def fit_pref(model, tokenizer, prompts, rollouts: Rollouts, pooling: str = "mean
     signals: the train prompts' DAMI-Conf signals if already measured (rollouts.ids order); think_prefix:
     what DAMI-Conf appends to the λ=1 rows (`conf.resolve_think_prefix`), recorded in the feature spec.
     Returns (head, loss per step, CV table)."""
-    feats = query_features(model, tokenizer, prompts_for(rollouts, prompts), pooling=pooling,
-                           batch_size=batch_size, progress=progress, chat_template=chat_template,
-                           conf_signals=conf_signals, signals=signals, think_prefix=think_prefix)
+    feats = query_features(
+        model,
+        tokenizer,
+        prompts_for(rollouts, prompts),
+        pooling=pooling,
+        batch_size=batch_size,
+        progress=progress,
+        chat_template=chat_template,
+        conf_signals=conf_signals,
+        signals=signals,
+        think_prefix=think_prefix,
+    )
     search = search or PREF_SEARCH
     if len(_settings(search)) == 1:
         chosen, table = _settings(search)[0], []
     else:
         chosen, table = cross_validate_pref(feats, rollouts, search, folds, epsilon, lr, weight_decay, seed)
     pairs = preference_pairs(rollouts)
-    head, losses = train_pref_head(feats, pairs, rollouts.grid, steps=chosen["steps"], lr=lr, seed=seed,
-                                   hidden=chosen["hidden"], weight_decay=weight_decay,
-                                   feature_spec={"kind": FEATURE_KIND, "pooling": pooling,
-                                                 "conf_signals": conf_signals if isinstance(conf_signals, bool)
-                                                 else signal_names(conf_signals),
-                                                 "think_prefix": think_prefix},
-                                   weights=pair_weights(rollouts, pairs, chosen["accuracy_weight"]),
-                                   progress=progress)
-    head.training_record.update(accuracy_weight=float(chosen["accuracy_weight"]), cv_folds=folds,
-                                cv_epsilon=epsilon, cv_choices=len(table))
+    head, losses = train_pref_head(
+        feats,
+        pairs,
+        rollouts.grid,
+        steps=chosen["steps"],
+        lr=lr,
+        seed=seed,
+        hidden=chosen["hidden"],
+        weight_decay=weight_decay,
+        feature_spec={
+            "kind": FEATURE_KIND,
+            "pooling": pooling,
+            "conf_signals": conf_signals if isinstance(conf_signals, bool) else signal_names(conf_signals),
+            "think_prefix": think_prefix,
+        },
+        weights=pair_weights(rollouts, pairs, chosen["accuracy_weight"]),
+        progress=progress,
+    )
+    head.training_record.update(
+        accuracy_weight=float(chosen["accuracy_weight"]), cv_folds=folds, cv_epsilon=epsilon, cv_choices=len(table)
+    )
     return head, losses, table

@@ -22,6 +22,7 @@ of signal names appends only those (["confidence"]: f = [h_0, h_1, c]).
 Files: DIR/head.safetensors (the head's tensors) and DIR/config.json (grid, feature_dim, hidden,
 feature_spec, training record).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,8 @@ from dami_kernels.estimators.batching import (
     model_device,
 )
 from dami_kernels.estimators.conf import AUTO
-from dami_kernels.hf.prompts import encode_prompts, pad_prompts, position_ids
 from dami_kernels.estimators.rollouts import Rollouts, check_grid
+from dami_kernels.hf.prompts import encode_prompts, pad_prompts, position_ids
 from dami_kernels.validation import is_number, positive_int
 
 CONFIG_NAME = "config.json"
@@ -57,10 +58,14 @@ def signal_names(conf_signals) -> list[str]:
     (a subset of CONF_SIGNALS, kept in CONF_SIGNALS order)."""
     if isinstance(conf_signals, bool):
         return list(CONF_SIGNALS) if conf_signals else []
-    if not isinstance(conf_signals, (list, tuple)) or not set(conf_signals) <= set(CONF_SIGNALS) \
-            or len(set(conf_signals)) != len(conf_signals):
-        raise ValueError(f"conf_signals must be a bool or a list of distinct names from {CONF_SIGNALS}, "
-                         f"got {conf_signals!r}")
+    if (
+        not isinstance(conf_signals, (list, tuple))
+        or not set(conf_signals) <= set(CONF_SIGNALS)
+        or len(set(conf_signals)) != len(conf_signals)
+    ):
+        raise ValueError(
+            f"conf_signals must be a bool or a list of distinct names from {CONF_SIGNALS}, got {conf_signals!r}"
+        )
     return [name for name in CONF_SIGNALS if name in conf_signals]
 
 
@@ -96,9 +101,18 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     return {"mean": mean, "last": last, "mean+last": torch.cat([mean, last], dim=-1)}[pooling]
 
 
-def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size: int = 32,
-                   progress: bool = True, chat_template: bool | None = None,
-                   conf_signals: bool = False, signals=None, think_prefix: str = AUTO) -> torch.Tensor:
+def query_features(
+    model,
+    tokenizer,
+    prompts,
+    pooling: str = "mean",
+    batch_size: int = 32,
+    progress: bool = True,
+    chat_template: bool | None = None,
+    conf_signals: bool = False,
+    signals=None,
+    think_prefix: str = AUTO,
+) -> torch.Tensor:
     """Frozen features of B prompts: [B, F] float32 on CPU, F = 2H (or 4H for pooling "mean+last"),
     plus one per DAMI-Conf signal that conf_signals names (True: both; see `signal_names`). signals: the
     prompts' ConfSignals if already measured (with the default settings and ``think_prefix``), so they are
@@ -123,17 +137,28 @@ def query_features(model, tokenizer, prompts, pooling: str = "mean", batch_size:
         seqs = encode_prompts(tokenizer, batch, chat_template)
         ids, attn = pad_prompts(tokenizer, seqs + seqs, device)
         with torch.no_grad(), lambda_scope(model, endpoint_lambdas(b, device)):
-            hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn),
-                                      use_cache=False).last_hidden_state
+            hidden = model.base_model(
+                input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False
+            ).last_hidden_state
         pooled = _pool(hidden.float(), attn, pooling)  # [2b, ...]
         out.append(torch.cat([pooled[:b], pooled[b:]], dim=-1).cpu())
     feats = torch.cat(out)
     if names:
         from dami_kernels.estimators.conf import conf_signals as measure
 
-        sig = signals if signals is not None else measure(model, tokenizer, prompts, think_prefix=think_prefix,
-                                                          batch_size=batch_size, progress=progress,
-                                                          chat_template=chat_template)
+        sig = (
+            signals
+            if signals is not None
+            else measure(
+                model,
+                tokenizer,
+                prompts,
+                think_prefix=think_prefix,
+                batch_size=batch_size,
+                progress=progress,
+                chat_template=chat_template,
+            )
+        )
         if sig.confidence.shape[0] != len(prompts):
             raise ValueError(f"signals hold {sig.confidence.shape[0]} queries for {len(prompts)} prompts")
         feats = torch.cat([feats] + [getattr(sig, name).float()[:, None] for name in names], dim=1)
@@ -146,14 +171,19 @@ def _check_spec(spec) -> dict:
         raise ValueError(f"feature_spec must be a dict, got {type(spec).__name__}")
     try:
         signal_names(spec.get("conf_signals", False))
-        ok = spec.get("kind") == FEATURE_KIND and spec.get("pooling") in POOLINGS \
+        ok = (
+            spec.get("kind") == FEATURE_KIND
+            and spec.get("pooling") in POOLINGS
             and isinstance(spec.get("think_prefix", AUTO), str)
+        )
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}, "
-                         f"'conf_signals': bool or a list of names from {CONF_SIGNALS} (optional), 'think_prefix': str "
-                         f"(optional)}}, got {spec}")
+        raise ValueError(
+            f"feature_spec must be {{'kind': {FEATURE_KIND!r}, 'pooling': one of {POOLINGS}, "
+            f"'conf_signals': bool or a list of names from {CONF_SIGNALS} (optional), 'think_prefix': str "
+            f"(optional)}}, got {spec}"
+        )
     return dict(spec)
 
 
@@ -189,8 +219,10 @@ class PrefHead(nn.Module):
         if not isinstance(features, torch.Tensor) or features.dim() != 2:
             raise ValueError("features must be a 2-D tensor [B, F]")
         if features.shape[1] != self.feature_dim:
-            raise ValueError(f"features have dim {features.shape[1]} but the head expects "
-                             f"feature_dim={self.feature_dim} (feature_spec {self.feature_spec})")
+            raise ValueError(
+                f"features have dim {features.shape[1]} but the head expects "
+                f"feature_dim={self.feature_dim} (feature_spec {self.feature_spec})"
+            )
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features must be finite")
         return features.to(device=self.fc1.weight.device, dtype=self.fc1.weight.dtype)
@@ -201,19 +233,42 @@ class PrefHead(nn.Module):
         scores = self(self._check_features(features)).cpu()
         return torch.tensor(self.grid, dtype=torch.float32)[scores.argmax(dim=1)]
 
-    def predict_prompts(self, model, tokenizer, prompts, batch_size: int = 32, progress: bool = True,
-                        chat_template: bool | None = None, signals=None):
+    def predict_prompts(
+        self,
+        model,
+        tokenizer,
+        prompts,
+        batch_size: int = 32,
+        progress: bool = True,
+        chat_template: bool | None = None,
+        signals=None,
+    ):
         """λ(q) for prompts, with features made as `feature_spec` says: [B] float32. signals: the
         prompts' DAMI-Conf signals if already measured (see `query_features`)."""
-        feats = query_features(model, tokenizer, prompts, pooling=self.feature_spec["pooling"],
-                               conf_signals=self.feature_spec.get("conf_signals", False), signals=signals,
-                               think_prefix=self.feature_spec.get("think_prefix", AUTO),
-                               batch_size=batch_size, progress=progress, chat_template=chat_template)
+        feats = query_features(
+            model,
+            tokenizer,
+            prompts,
+            pooling=self.feature_spec["pooling"],
+            conf_signals=self.feature_spec.get("conf_signals", False),
+            signals=signals,
+            think_prefix=self.feature_spec.get("think_prefix", AUTO),
+            batch_size=batch_size,
+            progress=progress,
+            chat_template=chat_template,
+        )
         return self.predict(feats)
 
     def config(self) -> dict:
-        return {"format": "dami-pref-head", "version": 1, "grid": self.grid, "feature_dim": self.feature_dim,
-                "hidden": self.hidden, "feature_spec": self.feature_spec, "training": self.training_record}
+        return {
+            "format": "dami-pref-head",
+            "version": 1,
+            "grid": self.grid,
+            "feature_dim": self.feature_dim,
+            "hidden": self.hidden,
+            "feature_spec": self.feature_spec,
+            "training": self.training_record,
+        }
 
     def save(self, directory) -> None:
         """Write DIR/head.safetensors and DIR/config.json (DIR is created if needed)."""
@@ -224,7 +279,7 @@ class PrefHead(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory) -> "PrefHead":
+    def load(cls, directory) -> PrefHead:
         """Read a head saved by `save`; missing files raise FileNotFoundError, bad content ValueError."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -252,12 +307,16 @@ class PrefHead(nn.Module):
         expected = head.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME} does not match config.json: "
-                             f"missing tensors {missing}, unexpected tensors {unexpected}")
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not match config.json: "
+                f"missing tensors {missing}, unexpected tensors {unexpected}"
+            )
         for k, v in expected.items():
             if state[k].shape != v.shape:
-                raise ValueError(f"{directory / WEIGHTS_NAME}: tensor {k!r} has shape {tuple(state[k].shape)} "
-                                 f"but config.json implies {tuple(v.shape)}")
+                raise ValueError(
+                    f"{directory / WEIGHTS_NAME}: tensor {k!r} has shape {tuple(state[k].shape)} "
+                    f"but config.json implies {tuple(v.shape)}"
+                )
         head.load_state_dict(state)
         head.eval()
         return head
@@ -274,10 +333,19 @@ def bradley_terry_loss(scores: torch.Tensor, pairs: torch.Tensor, weights: torch
     return (per_pair * weights).sum() / weights.sum()
 
 
-def train_pref_head(features: torch.Tensor, pairs: torch.Tensor, grid, steps: int = 300, lr: float = 3e-3,
-                    seed: int = 0, hidden: int = 64, weight_decay: float = 1e-4,
-                    feature_spec: dict | None = None, weights: torch.Tensor | None = None,
-                    progress: bool = True) -> tuple[PrefHead, list[float]]:
+def train_pref_head(
+    features: torch.Tensor,
+    pairs: torch.Tensor,
+    grid,
+    steps: int = 300,
+    lr: float = 3e-3,
+    seed: int = 0,
+    hidden: int = 64,
+    weight_decay: float = 1e-4,
+    feature_spec: dict | None = None,
+    weights: torch.Tensor | None = None,
+    progress: bool = True,
+) -> tuple[PrefHead, list[float]]:
     """Train a PrefHead with full-batch AdamW on the Bradley–Terry loss.
 
     features [Q, F] (row q = query q of the rollouts the pairs came from), pairs long [P, 3] from
@@ -325,8 +393,15 @@ def train_pref_head(features: torch.Tensor, pairs: torch.Tensor, grid, steps: in
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     head.eval()
-    head.training_record = {"steps": steps, "lr": lr, "seed": seed, "weight_decay": weight_decay,
-                            "n_queries": int(features.shape[0]), "n_pairs": int(pairs.shape[0]),
-                            "weighted": weights is not None,
-                            "first_loss": losses[0], "final_loss": losses[-1]}
+    head.training_record = {
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "weight_decay": weight_decay,
+        "n_queries": int(features.shape[0]),
+        "n_pairs": int(pairs.shape[0]),
+        "weighted": weights is not None,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+    }
     return head, losses

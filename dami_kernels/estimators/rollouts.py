@@ -6,8 +6,10 @@ read from. A choice of λ per query is scored by looking up its nearest grid poi
 JSONL format (one line per query and grid λ; extra keys are ignored):
     {"id": "q17", "lam": 0.3, "correct": true, "tokens": 12}
 """
+
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ def check_grid(grid, name: str = "grid") -> list[float]:
         raise ValueError(f"{name} needs at least one λ value")
     if any(not math.isfinite(x) for x in grid):
         raise ValueError(f"{name} must hold finite λ values, got {grid}")
-    if any(b <= a for a, b in zip(grid, grid[1:])):
+    if any(b <= a for a, b in itertools.pairwise(grid)):
         raise ValueError(f"{name} must be strictly increasing, got {grid}")
     return grid
 
@@ -73,7 +75,7 @@ class Rollouts:
 
     # ----- construction and files -----
     @classmethod
-    def from_records(cls, records, id_key: str = "id", lam_key: str = "lam") -> "Rollouts":
+    def from_records(cls, records, id_key: str = "id", lam_key: str = "lam") -> Rollouts:
         """Build from dicts with keys id_key, lam_key, "correct", "tokens"; every (id, λ) exactly once."""
         table: dict[str, dict[float, tuple[bool, float]]] = {}
         lams: set[float] = set()
@@ -102,7 +104,7 @@ class Rollouts:
         return cls(ids, grid, correct, tokens)
 
     @classmethod
-    def from_jsonl(cls, path, id_key: str = "id", lam_key: str = "lam") -> "Rollouts":
+    def from_jsonl(cls, path, id_key: str = "id", lam_key: str = "lam") -> Rollouts:
         """Read a JSONL file (see the module docstring)."""
         path = Path(path)
         if not path.is_file():
@@ -129,7 +131,7 @@ class Rollouts:
             for rec in self.to_records():
                 f.write(json.dumps(rec) + "\n")
 
-    def select(self, ids) -> "Rollouts":
+    def select(self, ids) -> Rollouts:
         """The rollouts of the given query ids, in that order (e.g. a train split)."""
         index = {q: i for i, q in enumerate(self.ids)}
         missing = [str(q) for q in ids if str(q) not in index]
@@ -182,8 +184,7 @@ class Rollouts:
         acc = self.correct.to(torch.float64).mean(dim=0)
         tok = self.tokens.mean(dim=0)
         return [
-            {"lam": lam, "accuracy": float(acc[j]), "mean_tokens": float(tok[j])}
-            for j, lam in enumerate(self.grid)
+            {"lam": lam, "accuracy": float(acc[j]), "mean_tokens": float(tok[j])} for j, lam in enumerate(self.grid)
         ]
 
     def frontier_accuracy(self, mean_tokens: float) -> float:
@@ -205,7 +206,7 @@ class Rollouts:
         x = float(mean_tokens)
         if x <= pareto[0][0]:
             return pareto[0][1]
-        for (t0, a0), (t1, a1) in zip(pareto, pareto[1:]):
+        for (t0, a0), (t1, a1) in itertools.pairwise(pareto):
             if x <= t1:
                 return a0 + (a1 - a0) * (x - t0) / (t1 - t0)
         return pareto[-1][1]

@@ -2,6 +2,7 @@
 
 No model code here. Every function works on plain tensors whose shapes are stated in its docstring.
 """
+
 from __future__ import annotations
 
 import math

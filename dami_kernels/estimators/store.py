@@ -4,6 +4,7 @@ A directory written by `dami estimate train` (dami_kernels.workflows.train_estim
 `conf.json` (DAMI-Conf) and `pref/` (the DAMI-Pref head). The package ships one trained on the testbed
 pair: `SHIPPED_DIR`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,6 +13,7 @@ separators and trailing zeros (``1,000.0`` -> ``1000``); simple fractions (``3/4
 ``\\dfrac34``) become reduced ``p/q``. ``answers_match`` compares two answers exactly as rationals when
 both are numbers, else as normalised strings.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,9 @@ _INT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
 # A leading "-" counts as a sign only when it does not follow a word character or ")" (a hyphen).
 _NUMBER_RE = re.compile(rf"(?:(?<![\w)])-)?{_INT}(?:\.\d+)?(?:\s*/\s*{_INT})?")
 _GSM8K_RE = re.compile(r"####\s*([^\n]*)")
-_PHRASE_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|answer\s*:)\s*:?\s*([^\n]*)",
-                        re.IGNORECASE)
+_PHRASE_RE = re.compile(
+    r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|answer\s*:)\s*:?\s*([^\n]*)", re.IGNORECASE
+)
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*(?:\{([^{}]*)\}|(\d))\s*(?:\{([^{}]*)\}|(\d))")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _NUMERIC_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/-?\d+)?")
@@ -99,8 +101,21 @@ def extract_answer(text: str) -> str | None:
 def _strip_wrappers(s: str) -> str:
     s = s.strip().replace("\u2212", "-")
     s = _TEXT_RE.sub(r"\1", s)
-    for token in ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "\\$", "\\%", "$", "%", "^\\circ",
-                  "^{\\circ}", "\\displaystyle"):
+    for token in (
+        "\\left",
+        "\\right",
+        "\\!",
+        "\\,",
+        "\\;",
+        "\\ ",
+        "\\$",
+        "\\%",
+        "$",
+        "%",
+        "^\\circ",
+        "^{\\circ}",
+        "\\displaystyle",
+    ):
         s = s.replace(token, "")
     s = s.strip().rstrip(".").strip()
     while s.startswith("{") and s.endswith("}") and last_boxed("\\boxed" + s) == s[1:-1].strip():

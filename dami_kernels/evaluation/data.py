@@ -12,6 +12,7 @@ An optional ``id`` (or ``unique_id``) is kept; otherwise the id is ``<file stem>
 MATH-style items are graded with math-verify, the others with the exact checker (see `grading.py`); a
 record may name its grader (``"grader": "math"`` or ``"exact"``), which `write_items` keeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def detect_format(record: dict) -> str:
         return "math"
     if "prompt" in record and "answer" in record:
         return "testbed"
-    raise ValueError(f"record has keys {sorted(record)}; expected question/answer (gsm8k), "
-                     f"problem/solution or problem/answer (math), or prompt/answer (testbed)")
+    raise ValueError(
+        f"record has keys {sorted(record)}; expected question/answer (gsm8k), "
+        f"problem/solution or problem/answer (math), or prompt/answer (testbed)"
+    )
 
 
 def _text(record: dict, key: str) -> str:

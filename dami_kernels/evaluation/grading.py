@@ -7,6 +7,7 @@
   are equal (``parse`` + ``verify``): ``\\frac{1}{2}`` = ``0.5`` = ``\\dfrac12``, units and ``^\\circ``
   are dropped, intervals, sets and tuples are compared as such (``(0,1]`` ≠ ``[0,1)``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,7 @@ def math_verify_grade(output: str, reference: str) -> tuple[str | None, bool]:
     try:
         from math_verify import parse, verify
     except ImportError as err:
-        raise ValueError(f"grading MATH-style answers needs math-verify ({err}): pip install math-verify") \
-            from None
+        raise ValueError(f"grading MATH-style answers needs math-verify ({err}): pip install math-verify") from None
     if not isinstance(reference, str) or not reference.strip():
         raise ValueError(f"reference must be a non-empty str, got {reference!r}")
     region = answer_region(output)

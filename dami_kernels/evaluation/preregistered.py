@@ -9,11 +9,12 @@ docs/results.md and docs/testbed.md).
 - For every method against Thinking: accuracy difference, paired bootstrap 95% CI (``BOOTSTRAP_RESAMPLES``
   resamples of the problems, seed ``BOOTSTRAP_SEED``), exact two-sided McNemar p.
 """
+
 from __future__ import annotations
 
 PRIMARY_MIX = (1, 1, 1, 1)
 DEFAULT_N = 1000
-MARGIN = 0.01                       # non-inferiority margin (accuracy, absolute)
+MARGIN = 0.01  # non-inferiority margin (accuracy, absolute)
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
@@ -33,11 +34,19 @@ STRETCH = {"min_ci_lo_exclusive": 0.0}
 
 # Testbed pair targets, the same for every testbed version (checked on the balanced mix of the test split).
 PAIR_TARGETS = {
-    "instruct_gap_min": 0.15,           # Instruct accuracy <= Thinking − 0.15
-    "instruct_token_ratio_max": 0.35,   # Instruct tokens <= 0.35 × Thinking's
+    "instruct_gap_min": 0.15,  # Instruct accuracy <= Thinking − 0.15
+    "instruct_token_ratio_max": 0.35,  # Instruct tokens <= 0.35 × Thinking's
     "thinking_accuracy_range": (0.85, 0.95),
-    "train_overlap_max": 0.01,          # fresh draw of 1000 vs the pair's training problems
+    "train_overlap_max": 0.01,  # fresh draw of 1000 vs the pair's training problems
 }
 
-METHODS = ("thinking", "instruct", "dami_conf", "dami_pref", "oracle", "syntax_rule", "random_matched",
-           "frontier_matched")
+METHODS = (
+    "thinking",
+    "instruct",
+    "dami_conf",
+    "dami_pref",
+    "oracle",
+    "syntax_rule",
+    "random_matched",
+    "frontier_matched",
+)

@@ -1,4 +1,5 @@
 """Evaluation runs: batched mixed-λ generation over eval items, per-item records and a summary."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,17 @@ class ItemRecord:
     difficulty: int | str | None = None
 
 
-def run_items(model, tokenizer, items: list[EvalItem], lams, *, batch_size: int = 64,
-              max_new_tokens: int = 256, progress: bool = True, **generation_kwargs
-              ) -> tuple[list[ItemRecord], float]:
+def run_items(
+    model,
+    tokenizer,
+    items: list[EvalItem],
+    lams,
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 256,
+    progress: bool = True,
+    **generation_kwargs,
+) -> tuple[list[ItemRecord], float]:
     """Greedy-decode every item at its own λ (one number, or one per item) in mixed-λ batches, and
     grade each output with the item's grader (`grading.grade`).
 
@@ -39,15 +48,26 @@ def run_items(model, tokenizer, items: list[EvalItem], lams, *, batch_size: int 
         raise ValueError("no eval items to run")
     generation_kwargs.setdefault("do_sample", False)
     start = time.perf_counter()
-    results = generate(model, tokenizer, [it.prompt for it in items], lams, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens, progress=progress, **generation_kwargs)
+    results = generate(
+        model,
+        tokenizer,
+        [it.prompt for it in items],
+        lams,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        **generation_kwargs,
+    )
     seconds = time.perf_counter() - start
     records = []
     for res in results:
         item = items[res.prompt_index]
         pred, correct = grade(res.text, item.answer, item.grader)
-        records.append(ItemRecord(item.id, item.prompt, res.lam, res.text, res.num_tokens, pred,
-                                  item.answer, correct, item.difficulty))
+        records.append(
+            ItemRecord(
+                item.id, item.prompt, res.lam, res.text, res.num_tokens, pred, item.answer, correct, item.difficulty
+            )
+        )
     return records, seconds
 
 

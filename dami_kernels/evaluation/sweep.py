@@ -1,6 +1,7 @@
 """The pilot study: a fixed-λ sweep (accuracy and tokens per λ), its frontier plot, and the
 representation continuity between θ(λ) and the two endpoints (per-layer linear CKA and the position of
 the hidden states along the segment between the endpoints')."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,17 @@ import torch
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.evaluation.runner import ItemRecord, run_items, summarize, write_records
 from dami_kernels.evaluation.tables import markdown_table
-from dami_kernels.pair.lambdas import lambda_scope
 from dami_kernels.hf.prompts import encode_prompts, pad_prompts, position_ids
+from dami_kernels.pair.lambdas import lambda_scope
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 CONTINUITY_PROMPTS = 256  # prompts for the CKA panel: CKA over few inputs is biased upwards
 
 
-def sweep_records(model, tokenizer, items: list[EvalItem], grid=DEFAULT_GRID, **run_kwargs
-                  ) -> tuple[list[ItemRecord], float]:
+def sweep_records(
+    model, tokenizer, items: list[EvalItem], grid=DEFAULT_GRID, **run_kwargs
+) -> tuple[list[ItemRecord], float]:
     """Every item at every grid λ. All (item, λ) rows go through `run_items` as one list of mixed-λ
     batches; rows are ordered by λ so that a batch holds rows of similar output length (a batch runs
     until its longest row ends). Returns (records ordered by λ then item, wall seconds)."""
@@ -66,12 +68,13 @@ def pooled_hidden_states(model, tokenizer, prompts: list[str], grid, batch_size:
     rows = [(g, e) for g in grid for e in enc]
     out = []
     for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
+        chunk = rows[s : s + batch_size]
         ids, mask = pad_prompts(tokenizer, [e for _, e in chunk], device)
         lam = torch.tensor([g for g, _ in chunk], dtype=torch.float32)
         with lambda_scope(model, lam):
-            hs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                       output_hidden_states=True).hidden_states
+            hs = model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+            ).hidden_states
         m = mask.unsqueeze(-1).double()
         out.append(torch.stack([(h.double() * m).sum(1) / m.sum(1) for h in hs], 1).cpu())  # [rows, L+1, H]
     pooled = torch.cat(out)  # [G*P, L+1, H]
@@ -100,16 +103,23 @@ def representation_continuity(model, tokenizer, prompts: list[str], grid=DEFAULT
     resid = (h - h0 - pos[..., None, None] * seg).pow(2).sum((-1, -2)).sqrt() / seg_sq.sqrt()
     rows = []
     for g, lam in enumerate(grid):
-        rows.append({"lam": lam, "cka_instruct": float(cka_i[g].mean()), "cka_thinking": float(cka_t[g].mean()),
-                     "position": float(pos[g].mean()), "off_segment": float(resid[g].mean()),
-                     "cka_instruct_per_layer": [round(float(v), 4) for v in cka_i[g]],
-                     "cka_thinking_per_layer": [round(float(v), 4) for v in cka_t[g]],
-                     "position_per_layer": [round(float(v), 4) for v in pos[g]]})
+        rows.append(
+            {
+                "lam": lam,
+                "cka_instruct": float(cka_i[g].mean()),
+                "cka_thinking": float(cka_t[g].mean()),
+                "position": float(pos[g].mean()),
+                "off_segment": float(resid[g].mean()),
+                "cka_instruct_per_layer": [round(float(v), 4) for v in cka_i[g]],
+                "cka_thinking_per_layer": [round(float(v), 4) for v in cka_t[g]],
+                "position_per_layer": [round(float(v), 4) for v in pos[g]],
+            }
+        )
     return rows
 
 
 def plot_title(info: dict) -> str:
-    """"n=1000, seed=0, mix=1:1:1:1, ..." from the run's metadata (the keys it has)."""
+    """ "n=1000, seed=0, mix=1:1:1:1, ..." from the run's metadata (the keys it has)."""
     parts = []
     for key in ("n", "seed", "mix", "split", "data", "estimators"):
         if info.get(key) is not None:
@@ -139,7 +149,7 @@ def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[li
     """Runs of consecutive points that nearly coincide (within ``tol`` of each axis' span): one label each."""
     near = _near(xs, ys, tol)
     groups: list[list[int]] = []
-    for k, point in enumerate(zip(xs, ys)):
+    for k, point in enumerate(zip(xs, ys, strict=True)):
         if groups and near(point, (xs[groups[-1][0]], ys[groups[-1][0]])):
             groups[-1].append(k)
         else:
@@ -224,6 +234,7 @@ def place_labels(ax, labels: list, renderer, owned: list | None = None) -> None:
     fixed = [_box(legend.get_window_extent(renderer), pad)] if legend is not None else []
     placed: list = []
     candidates = _label_candidates()
+
     def gap(b, c) -> float:  # distance from box b to a point c (display coordinates)
         return (max(b[0] - c[0], 0.0, c[0] - b[2]) ** 2 + max(b[1] - c[1], 0.0, c[1] - b[3]) ** 2) ** 0.5
 
@@ -231,15 +242,19 @@ def place_labels(ax, labels: list, renderer, owned: list | None = None) -> None:
     for k, ann in enumerate(labels):
         mine = ax.transData.transform(owned[k] if owned else [ann.xy])
         others = [c for c in centres if min(abs(c[0] - m[0]) + abs(c[1] - m[1]) for m in mine) > 0.5]
-        best = None   # (cost, ambiguous, dx, dy, ha, va, box): no overlap and nearest to its own point wins
+        best = None  # (cost, ambiguous, dx, dy, ha, va, box): no overlap and nearest to its own point wins
         for dx, dy, ha, va in candidates:
             ann.xyann = (dx, dy)
             ann.set_ha(ha)
             ann.set_va(va)
             b = _box(ann.get_window_extent(renderer), pad)
-            outside = (max(0.0, frame[0] - b[0]) + max(0.0, b[2] - frame[2])
-                       + max(0.0, frame[1] - b[1]) + max(0.0, b[3] - frame[3]))
-            cost = (sum(_overlap(b, o) for o in points + placed + fixed) + 1e3 * outside)
+            outside = (
+                max(0.0, frame[0] - b[0])
+                + max(0.0, b[2] - frame[2])
+                + max(0.0, frame[1] - b[1])
+                + max(0.0, b[3] - frame[3])
+            )
+            cost = sum(_overlap(b, o) for o in points + placed + fixed) + 1e3 * outside
             ambiguous = any(gap(b, c) < min(gap(b, m) for m in mine) - pad for c in others)
             if best is None or (cost, ambiguous) < best[:2]:
                 best = (cost, ambiguous, dx, dy, ha, va, b)
@@ -249,15 +264,25 @@ def place_labels(ax, labels: list, renderer, owned: list | None = None) -> None:
         ann.xyann = (dx, dy)
         ann.set_ha(ha)
         ann.set_va(va)
-        if (dx * dx + dy * dy) ** 0.5 > 16:   # a leader line (its own artist: the label's box stays the text's)
-            ax.annotate("", ann.xy, xytext=(dx, dy), textcoords="offset points", zorder=1,
-                        arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.7, "shrinkA": 2,
-                                    "shrinkB": 4})
+        if (dx * dx + dy * dy) ** 0.5 > 16:  # a leader line (its own artist: the label's box stays the text's)
+            ax.annotate(
+                "",
+                ann.xy,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                zorder=1,
+                arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.7, "shrinkA": 2, "shrinkB": 4},
+            )
         placed.append(b)
 
 
-def frontier_figure(table: list[dict], methods: dict | None = None, continuity: list[dict] | None = None,
-                    title: str | None = None, dpi: int = 120):
+def frontier_figure(
+    table: list[dict],
+    methods: dict | None = None,
+    continuity: list[dict] | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+):
     """The figure `plot_frontier` saves: returns (fig, ax, labels) with the λ labels already placed."""
     import matplotlib
 
@@ -279,9 +304,18 @@ def frontier_figure(table: list[dict], methods: dict | None = None, continuity: 
     span_y = (max(all_y) - min(all_y)) or 1.0
     ax.set_xlim(min(all_x) - 0.1 * span_x, max(all_x) + 0.1 * span_x)
     ax.set_ylim(min(all_y) - 0.16 * span_y, max(all_y) + 0.16 * span_y)
-    for k, ((name, res), (marker, size)) in enumerate(zip(methods.items(), METHOD_STYLES)):
-        ax.scatter([res["mean_tokens"]], [res["accuracy"]], marker=marker, s=size, zorder=4,
-                   facecolors="none", edgecolors=f"C{k + 1}", linewidths=1.4, label=name)
+    for k, ((name, res), (marker, size)) in enumerate(zip(methods.items(), METHOD_STYLES, strict=False)):
+        ax.scatter(
+            [res["mean_tokens"]],
+            [res["accuracy"]],
+            marker=marker,
+            s=size,
+            zorder=4,
+            facecolors="none",
+            edgecolors=f"C{k + 1}",
+            linewidths=1.4,
+            label=name,
+        )
     ax.set_xlabel("mean generated tokens per query")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs. tokens")
@@ -305,9 +339,20 @@ def frontier_figure(table: list[dict], methods: dict | None = None, continuity: 
     for group in label_groups(xs, ys):
         owned.append([(xs[k], ys[k]) for k in group])
         x, y = xs[group[0]], ys[group[0]]
-        labels.append(ax.annotate(_lam_label([table[k]["lam"] for k in group]), (x, y),
-                                  textcoords="offset points", xytext=(7, 0), fontsize=7, ha="left",
-                                  va="center", annotation_clip=False, gid=LABEL_GID, zorder=5))
+        labels.append(
+            ax.annotate(
+                _lam_label([table[k]["lam"] for k in group]),
+                (x, y),
+                textcoords="offset points",
+                xytext=(7, 0),
+                fontsize=7,
+                ha="left",
+                va="center",
+                annotation_clip=False,
+                gid=LABEL_GID,
+                zorder=5,
+            )
+        )
     # Layout first (it moves the axes), then fix the legend where it covers the fewest points, then place
     # the labels around the points, the markers, each other and the legend (display coordinates).
     fig.tight_layout()
@@ -321,8 +366,13 @@ def frontier_figure(table: list[dict], methods: dict | None = None, continuity: 
     return fig, ax, labels
 
 
-def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
-                  continuity: list[dict] | None = None, title: str | None = None) -> None:
+def plot_frontier(
+    table: list[dict],
+    path: Path,
+    methods: dict | None = None,
+    continuity: list[dict] | None = None,
+    title: str | None = None,
+) -> None:
     """PNG: accuracy against mean generated tokens for each fixed λ (λ=0 and 1 labelled Instruct and
     Thinking), plus optional method points {name: {accuracy, mean_tokens}} (hollow markers, each its own
     shape and size so that coinciding points stay visible, each in the legend); λ labels placed where
@@ -337,8 +387,9 @@ def plot_frontier(table: list[dict], path: Path, methods: dict | None = None,
     plt.close(fig)
 
 
-def plot_report(report: dict, path: Path, continuity: list[dict] | None = None, title: str | None = None,
-                methods=PLOTTED_METHODS) -> None:
+def plot_report(
+    report: dict, path: Path, continuity: list[dict] | None = None, title: str | None = None, methods=PLOTTED_METHODS
+) -> None:
     """`plot_frontier` from a demo's report.json dict (its "sweep" and "methods"): the demo's frontier.png
     can be redrawn from a shipped report without rerunning the study (continuity: details.json's)."""
     shown = {k: report["methods"][k] for k in methods if k in report["methods"]}
@@ -353,27 +404,38 @@ def table_markdown(table: list[dict], continuity: list[dict] | None = None) -> s
     if continuity:
         cos = {c["lam"]: c for c in continuity}
         headers += ["CKA vs Instruct", "CKA vs Thinking", "position (0=I, 1=T)"]
-        for row, r in zip(rows, table):
+        for row, r in zip(rows, table, strict=True):
             c = cos.get(r["lam"])
-            row += ([f"{c['cka_instruct']:.3f}", f"{c['cka_thinking']:.3f}", f"{c['position']:.2f}"] if c
-                    else ["-", "-", "-"])
+            row += (
+                [f"{c['cka_instruct']:.3f}", f"{c['cka_thinking']:.3f}", f"{c['position']:.2f}"]
+                if c
+                else ["-", "-", "-"]
+            )
     return markdown_table(headers, rows)
 
 
-def run_sweep(model, tokenizer, items: list[EvalItem], out_dir, grid=DEFAULT_GRID,
-              continuity_prompts: int = CONTINUITY_PROMPTS, meta: dict | None = None, **run_kwargs) -> dict:
+def run_sweep(
+    model,
+    tokenizer,
+    items: list[EvalItem],
+    out_dir,
+    grid=DEFAULT_GRID,
+    continuity_prompts: int = CONTINUITY_PROMPTS,
+    meta: dict | None = None,
+    **run_kwargs,
+) -> dict:
     """The pilot study: writes `sweep_items.jsonl`, `sweep.json`, `sweep.md` and `frontier.png` to
     out_dir and returns {"table", "continuity", "seconds", "records"}. sweep.json records n and the grid,
     plus `meta` (e.g. seed, mix, data file)."""
     out_dir = Path(out_dir)
     records, seconds = sweep_records(model, tokenizer, items, grid, **run_kwargs)
     table = sweep_table(records)
-    continuity = representation_continuity(
-        model, tokenizer, [it.prompt for it in items[:continuity_prompts]], grid)
+    continuity = representation_continuity(model, tokenizer, [it.prompt for it in items[:continuity_prompts]], grid)
     write_records(out_dir / "sweep_items.jsonl", records)
     info = {"n": len(items), "grid": [float(g) for g in grid], **(meta or {})}
-    (out_dir / "sweep.json").write_text(json.dumps(
-        {**info, "table": table, "continuity": continuity, "seconds": seconds}, indent=1))
+    (out_dir / "sweep.json").write_text(
+        json.dumps({**info, "table": table, "continuity": continuity, "seconds": seconds}, indent=1)
+    )
     (out_dir / "sweep.md").write_text("# λ sweep\n\n" + table_markdown(table, continuity) + "\n")
     plot_frontier(table, out_dir / "frontier.png", continuity=continuity, title=plot_title(info))
     return {"table": table, "continuity": continuity, "seconds": seconds, "records": records}

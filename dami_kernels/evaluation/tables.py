@@ -1,4 +1,5 @@
 """Markdown tables of measured results, printed by the `dami` commands and written into their reports."""
+
 from __future__ import annotations
 
 

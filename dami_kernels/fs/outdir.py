@@ -20,6 +20,7 @@ directory beside `out_dir` (``.NAME.dami-tmp-PID-RANDOM``) to write into, and pu
 
 Files written get the mode a new file gets under the user's umask (safetensors creates 0600 files).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -31,9 +32,9 @@ import secrets
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 MARKER = ".dami_output.json"
 _TMP, _OLD = "dami-tmp", "dami-old"
@@ -186,7 +187,8 @@ def preflight(out_dir: Path, *, overwrite: bool, inputs: Sequence, what: str, ov
             raise ValueError(
                 f"{what} output {out_dir} holds files that dami_kernels did not write (no {MARKER} marker); "
                 f"{overwrite_flag} only replaces directories it wrote itself. Delete or move it yourself, or "
-                "choose another directory")
+                "choose another directory"
+            )
 
 
 def _publish(tmp: Path, out_dir: Path, *, overwrite: bool, what: str, overwrite_flag: str) -> None:
@@ -253,8 +255,9 @@ def _write_marker(tmp: Path, what: str) -> None:
 
 
 @contextmanager
-def write_output_dir(out_dir, *, overwrite: bool, inputs: Sequence = (), what: str = "checkpoint",
-                     overwrite_flag: str = "overwrite=True") -> Iterator[Path]:
+def write_output_dir(
+    out_dir, *, overwrite: bool, inputs: Sequence = (), what: str = "checkpoint", overwrite_flag: str = "overwrite=True"
+) -> Iterator[Path]:
     """Check out_dir, yield a fresh temporary directory beside it to write into, publish it atomically.
 
     Before any work: out_dir a file -> NotADirectoryError; out_dir exists, is not empty and not overwrite

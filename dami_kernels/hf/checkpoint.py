@@ -15,13 +15,14 @@ and each must be a regular file (no FIFO or device), checked before anything is 
 its own index (`model.safetensors` and `model.safetensors.index.json`, likewise for pickle) is refused: two
 sources of truth for the weights.
 """
+
 from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -61,8 +62,9 @@ class Checkpoint:
             for f in self.files:
                 for name, spec in _file_specs(f, self.fmt).items():
                     if name in specs:
-                        raise ValueError(f"{self.path}: tensor {name!r} is stored in two files "
-                                         f"({file_of[name].name}, {f.name})")
+                        raise ValueError(
+                            f"{self.path}: tensor {name!r} is stored in two files ({file_of[name].name}, {f.name})"
+                        )
                     specs[name], file_of[name] = spec, f
             self._specs, self._file_of = specs, file_of
         return self._specs
@@ -122,15 +124,20 @@ def open_checkpoint(path, *, allow_pickle: bool = False) -> Checkpoint:
         raise ValueError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
     for single, index in ((SAFE_SINGLE, SAFE_INDEX), (PICKLE_SINGLE, PICKLE_INDEX)):
         if (path / single).exists() and (path / index).exists():
-            raise ValueError(f"{path} holds both {single} and {index}, two sources of truth for the weights "
-                             f"(transformers would load {single}, the index names other files); keep one of them")
+            raise ValueError(
+                f"{path} holds both {single} and {index}, two sources of truth for the weights "
+                f"(transformers would load {single}, the index names other files); keep one of them"
+            )
     config = read_config(path)
     if (path / SAFE_INDEX).is_file():
         return Checkpoint(path, config, _index_files(path, SAFE_INDEX), "safetensors")
     if (path / SAFE_SINGLE).is_file():
         return Checkpoint(path, config, [confined(path, SAFE_SINGLE, path / SAFE_SINGLE)], "safetensors")
-    pickle_files = _index_files(path, PICKLE_INDEX) if (path / PICKLE_INDEX).is_file() else (
-        [confined(path, PICKLE_SINGLE, path / PICKLE_SINGLE)] if (path / PICKLE_SINGLE).is_file() else [])
+    pickle_files = (
+        _index_files(path, PICKLE_INDEX)
+        if (path / PICKLE_INDEX).is_file()
+        else ([confined(path, PICKLE_SINGLE, path / PICKLE_SINGLE)] if (path / PICKLE_SINGLE).is_file() else [])
+    )
     if pickle_files:
         if not allow_pickle:
             raise ValueError(
@@ -161,12 +168,15 @@ def read_config(path: Path) -> PretrainedConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{f}: the config must be a JSON object, got {type(raw).__name__}")
     if raw.get("auto_map"):
-        raise ValueError(f"{f} has an auto_map entry (the model ships its own Python code); "
-                         "custom-code models are not supported")
+        raise ValueError(
+            f"{f} has an auto_map entry (the model ships its own Python code); custom-code models are not supported"
+        )
     model_type = raw.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        raise ValueError(f"{f}: model_type {model_type!r} is not a model type this transformers knows; "
-                         "custom-code models are not supported")
+        raise ValueError(
+            f"{f}: model_type {model_type!r} is not a model type this transformers knows; "
+            "custom-code models are not supported"
+        )
     arch = raw.get("architectures")
     if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
         raise ValueError(f"{f}: architectures must be a list of class names, got {str(arch)[:60]!r}")
@@ -207,8 +217,13 @@ def confined(root: Path, name, where) -> Path:
 SIDE_FOLDERS = ("additional_chat_templates",)
 # A folder with one of these suffixes stands where a config, template or vocabulary file is expected: refused.
 SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def side_files(path: Path) -> list[Path]:
@@ -253,8 +268,10 @@ def _index_files(path: Path, index_name: str) -> list[Path]:
     index = read_json(f, "the weight index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise ValueError(f"{f}: not a valid weight index ('weight_map' must be an object mapping tensor names "
-                         f"to shard files, got {type(weight_map).__name__})")
+        raise ValueError(
+            f"{f}: not a valid weight index ('weight_map' must be an object mapping tensor names "
+            f"to shard files, got {type(weight_map).__name__})"
+        )
     if not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{f}: not a valid weight index (every shard name in 'weight_map' must be a string)")
     files = [confined(path, name, f) for name in sorted(set(weight_map.values()))]
@@ -275,9 +292,18 @@ def _file_specs(f: Path, fmt: str) -> dict[str, TensorSpec]:
 
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 
 

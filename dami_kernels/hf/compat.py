@@ -5,6 +5,7 @@ the tensor name set, each tensor's shape, then every tensor against what the con
 (`expected.py`). The first difference raises a ValueError naming it.
 Other differing config fields only warn: the model is built from the Instruct config.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -14,15 +15,41 @@ from dami_kernels.hf.expected import Expected, check_against_config, check_confi
 
 # Config fields that determine tensor shapes or which tensors exist (checked when either side has them).
 SHAPE_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "tie_word_embeddings", "attention_bias", "mlp_bias",
-    "num_experts", "num_local_experts", "moe_intermediate_size", "shared_expert_intermediate_size",
-    "decoder_sparse_step", "mlp_only_layers", "layer_types", "n_positions", "n_embd", "n_layer", "n_head",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "num_experts",
+    "num_local_experts",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "layer_types",
+    "n_positions",
+    "n_embd",
+    "n_layer",
+    "n_head",
 )
 # Fields that legitimately differ between two fine-tunes and need no warning.
 IGNORED_FIELDS = {
-    "_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "bos_token_id",
-    "eos_token_id", "pad_token_id", "_commit_hash", "architectures", "model_type",
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "_commit_hash",
+    "architectures",
+    "model_type",
 }
 
 
@@ -34,8 +61,9 @@ def check_configs(cfg_i, cfg_t, name_i: str = "instruct", name_t: str = "thinkin
     """Raise ValueError on the first architecture or tensor-shaping config difference; warn on others."""
     arch_i, arch_t = getattr(cfg_i, "architectures", None), getattr(cfg_t, "architectures", None)
     if cfg_i.model_type != cfg_t.model_type:
-        raise ValueError(f"config field 'model_type' differs: {name_i}={cfg_i.model_type!r}, "
-                         f"{name_t}={cfg_t.model_type!r}")
+        raise ValueError(
+            f"config field 'model_type' differs: {name_i}={cfg_i.model_type!r}, {name_t}={cfg_t.model_type!r}"
+        )
     if arch_i and arch_t and list(arch_i) != list(arch_t):
         raise ValueError(f"config field 'architectures' differs: {name_i}={arch_i}, {name_t}={arch_t}")
     ti, tt = _text_config(cfg_i), _text_config(cfg_t)
@@ -44,8 +72,9 @@ def check_configs(cfg_i, cfg_t, name_i: str = "instruct", name_t: str = "thinkin
         if a != b:
             raise ValueError(f"config field {key!r} differs: {name_i}={a!r}, {name_t}={b!r}")
     di, dt = ti.to_dict(), tt.to_dict()
-    other = sorted(k for k in set(di) | set(dt) if k not in IGNORED_FIELDS and k not in SHAPE_FIELDS
-                   and di.get(k) != dt.get(k))
+    other = sorted(
+        k for k in set(di) | set(dt) if k not in IGNORED_FIELDS and k not in SHAPE_FIELDS and di.get(k) != dt.get(k)
+    )
     if other:
         warnings.warn(
             f"config fields differ between the checkpoints ({', '.join(other)}); the {name_i} config is used",
@@ -62,8 +91,10 @@ def check_dtypes(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> None:
             continue  # check_pair names tensors stored on one side only
         a, b = si[name].dtype, st[name].dtype
         if (not a.is_floating_point or not b.is_floating_point) and a != b:
-            raise ValueError(f"tensor {name!r} is {a} in {ckpt_i.path} but {b} in {ckpt_t.path}; "
-                             "a non-floating-point tensor is never cast")
+            raise ValueError(
+                f"tensor {name!r} is {a} in {ckpt_i.path} but {b} in {ckpt_t.path}; "
+                "a non-floating-point tensor is never cast"
+            )
 
 
 def check_pair(ckpt_i: Checkpoint, ckpt_t: Checkpoint) -> Expected:

@@ -1,4 +1,5 @@
 """Resolve a user's device argument to a torch.device, with one-line errors instead of torch's tracebacks."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,10 @@ _BACKENDS = {
     "mps": lambda: torch.backends.mps.is_available(),
     "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
 }
-_COUNTS = {"cuda": lambda: torch.cuda.device_count(),
-           "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0}
+_COUNTS = {
+    "cuda": lambda: torch.cuda.device_count(),
+    "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0,
+}
 
 
 def resolve_device(device, *, flag: str = "device") -> torch.device:

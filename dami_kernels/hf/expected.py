@@ -13,6 +13,7 @@ stored names are mapped to the skeleton's names with transformers' own conversio
 - every tensor the model needs is stored, except tied copies (the lm_head of a tied model);
 - a tied tensor stored under both names holds the same values on each side (never a silent pick).
 """
+
 from __future__ import annotations
 
 import re
@@ -40,10 +41,25 @@ class Expected:
 # Config fields that size tensors or the layer stack: each must be a positive integer (or a non-empty list of
 # them, for per-layer sizes) where the text config has it and it is not None.
 SIZE_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "max_position_embeddings", "moe_intermediate_size",
-    "shared_expert_intermediate_size", "num_local_experts", "num_experts", "num_experts_per_tok",
-    "n_routed_experts", "n_embd", "n_layer", "n_head", "n_positions", "n_inner",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "n_routed_experts",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "n_inner",
 )
 # A decoder layer's tensors: "<prefix>.layers.<i>." (or GPT-2 style ".h.<i>.", ".blocks.<i>."); the first match.
 _LAYER_NAME = re.compile(r"^((?:.*?\.)?(?:layers|h|blocks))\.(\d+)\.")
@@ -76,20 +92,30 @@ def check_config_sizes(ckpt: Checkpoint) -> None:
                 groups.setdefault(m.group(1), set()).add(int(m.group(2)))
         if groups and n not in {len(v) for v in groups.values()}:
             prefix, idx = max(groups.items(), key=lambda kv: len(kv[1]))
-            raise ValueError(f"{f}: config field 'num_hidden_layers' is {n}, but the checkpoint stores "
-                             f"{len(idx)} decoder layers ({prefix}.{min(idx)} to {prefix}.{max(idx)})")
+            raise ValueError(
+                f"{f}: config field 'num_hidden_layers' is {n}, but the checkpoint stores "
+                f"{len(idx)} decoder layers ({prefix}.{min(idx)} to {prefix}.{max(idx)})"
+            )
     embeddings = [name for name in specs if name.endswith(_EMBEDDING_SUFFIXES)]
     vocab = getattr(text, "vocab_size", None)
-    width_key = next((k for k in ("word_embed_proj_dim", "embedding_size")  # OPT, ALBERT-style factorized
-                      if isinstance(getattr(text, k, None), int)), "hidden_size")
+    width_key = next(
+        (
+            k
+            for k in ("word_embed_proj_dim", "embedding_size")  # OPT, ALBERT-style factorized
+            if isinstance(getattr(text, k, None), int)
+        ),
+        "hidden_size",
+    )
     width = getattr(text, width_key, None)
     if len(embeddings) == 1 and isinstance(vocab, int) and isinstance(width, int):
         name = embeddings[0]
         shape = specs[name].shape
         if shape != (vocab, width):
             key, value = ("vocab_size", vocab) if not shape or shape[0] != vocab else (width_key, width)
-            raise ValueError(f"{ckpt.file_of(name)}: tensor {name!r} has shape {list(shape)}, but the config "
-                             f"implies {[vocab, width]} (config field {key!r} is {value})")
+            raise ValueError(
+                f"{ckpt.file_of(name)}: tensor {name!r} has shape {list(shape)}, but the config "
+                f"implies {[vocab, width]} (config field {key!r} is {value})"
+            )
 
 
 def meta_skeleton(config):
@@ -131,8 +157,10 @@ def expected_for(ckpt: Checkpoint) -> Expected:
     for stored in ckpt.specs():
         target, pattern = rename_source_key(stored, renamings, converters, prefix, shapes)
         if target not in shapes:
-            raise ValueError(f"{ckpt.file_of(stored)}: tensor {stored!r} has no place in the "
-                             f"{type(model).__name__} that config.json describes")
+            raise ValueError(
+                f"{ckpt.file_of(stored)}: tensor {stored!r} has no place in the "
+                f"{type(model).__name__} that config.json describes"
+            )
         target_of[stored] = target
         if pattern is not None:
             grouped.add(target)
@@ -149,12 +177,16 @@ def check_against_config(ckpt: Checkpoint) -> Expected:
         if target in exp.grouped:
             group_numel[target] = group_numel.get(target, 0) + prod(shape)
         elif shape != exp.shapes[target]:
-            raise ValueError(f"{ckpt.file_of(stored)}: tensor {stored!r} has shape {list(shape)}, but the config "
-                             f"implies {list(exp.shapes[target])}")
+            raise ValueError(
+                f"{ckpt.file_of(stored)}: tensor {stored!r} has shape {list(shape)}, but the config "
+                f"implies {list(exp.shapes[target])}"
+            )
     for target, numel in sorted(group_numel.items()):
         if numel != prod(exp.shapes[target]):
-            raise ValueError(f"{ckpt.path}: the stored tensors fused into {target!r} hold {numel} values, but the "
-                             f"config implies shape {list(exp.shapes[target])} ({prod(exp.shapes[target])} values)")
+            raise ValueError(
+                f"{ckpt.path}: the stored tensors fused into {target!r} hold {numel} values, but the "
+                f"config implies shape {list(exp.shapes[target])} ({prod(exp.shapes[target])} values)"
+            )
     present = set(exp.target_of.values())
     for name in sorted(exp.shapes):
         if name not in present and exp.tied.get(name) not in present:

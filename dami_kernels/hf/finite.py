@@ -8,6 +8,7 @@ exactly, with `torch.isfinite` on that slice. Other floating dtypes (float8) are
 of each slice. `load_pair` checks both loaded models before pairing them; `merge_pair` checks each merged
 tensor as it is computed (pair/merge.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -30,14 +31,14 @@ def _slices(t: torch.Tensor) -> Iterator[torch.Tensor]:
         yield t
     elif t.dim() == 1:
         for start in range(0, t.numel(), CHUNK):
-            yield t[start:start + CHUNK]
+            yield t[start : start + CHUNK]
     elif t[0].numel() > CHUNK:  # one row is still too large: split each row
         for row in t:
             yield from _slices(row)
     else:  # blocks of whole rows along dim 0 (not a flat view: 2-D sums vectorize best)
         rows = CHUNK // t[0].numel()
         for start in range(0, t.shape[0], rows):
-            yield t[start:start + rows]
+            yield t[start : start + rows]
 
 
 def _count_nonfinite(x: torch.Tensor) -> int:
@@ -95,7 +96,7 @@ def check_model_finite(model: torch.nn.Module, side: str, path) -> None:
     agree on the first bad tensor (one all-reduce), so that they all raise together."""
     named = _model_tensors(model)
     found = None
-    for k, (name, t) in enumerate(named):
+    for k, (_name, t) in enumerate(named):
         bad = count_nonfinite(t)
         if bad:
             found = (k, bad)
@@ -107,7 +108,8 @@ def check_model_finite(model: torch.nn.Module, side: str, path) -> None:
         k, bad = found
         raise ValueError(
             f"{side} checkpoint {path}: tensor {named[k][0]!r} holds {bad} non-finite values (NaN or ±inf); "
-            "refusing to load it (pass check_finite=False to load it anyway)")
+            "refusing to load it (pass check_finite=False to load it anyway)"
+        )
 
 
 def _agree(found, named, device) -> tuple[int, int] | None:

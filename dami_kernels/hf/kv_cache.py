@@ -4,6 +4,7 @@ transformers 5.2x renamed the forward argument and output field `past_key_values
 name still works there but prints a deprecation warning on every run. Older releases (>= 4.56, which
 setup.py allows) know only `past_key_values`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import inspect
 
 
 def cache_kwarg(model) -> str:
-    """"cache" when the model's forward takes it, else "past_key_values"."""
+    """ "cache" when the model's forward takes it, else "past_key_values"."""
     params = inspect.signature(type(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 

@@ -16,6 +16,7 @@ isinstance check per module registration and never imports peft; it does nothing
 PEFT's documented custom-module route works as well, without the hook: `register_pair_layers(config)`
 registers the pair layers' LoRA classes on one LoraConfig (`LoraConfig._register_custom_module`).
 """
+
 from __future__ import annotations
 
 from torch.nn.modules.module import register_module_module_registration_hook

@@ -12,6 +12,7 @@ and the initializations that rewrite the base weight (PiSSA, OLoRA, CorDA, LoftQ
 
 This module imports peft; `dami_kernels.hf.peft` is the light entry (no peft import).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,10 @@ def check_plain_lora(config, layer_name: str) -> None:
             f"the base weight, which on a pair is only the Instruct side of two; use one of {list(PLAIN_INITS)}"
         )
     if config.fan_in_fan_out:
-        raise ValueError(f"LoraConfig(fan_in_fan_out=True) is for transformers' Conv1D; {layer_name} is an "
-                         "nn.Linear/nn.Embedding (weights [out, in]): set fan_in_fan_out=False")
+        raise ValueError(
+            f"LoraConfig(fan_in_fan_out=True) is for transformers' Conv1D; {layer_name} is an "
+            "nn.Linear/nn.Embedding (weights [out, in]): set fan_in_fan_out=False"
+        )
 
 
 class PairLoraMixin:
@@ -91,8 +94,9 @@ class PairLoraMixin:
                 continue
             w_t, b_t = self._thinking_side(adapter, +1.0)
             if safe_merge and not (torch.isfinite(w_t).all() and (b_t is None or torch.isfinite(b_t).all())):
-                raise ValueError(f"NaNs detected in the merged Thinking-side weights. The adapter {adapter} "
-                                 "seems to be broken")
+                raise ValueError(
+                    f"NaNs detected in the merged Thinking-side weights. The adapter {adapter} seems to be broken"
+                )
             super().merge(safe_merge=safe_merge, adapter_names=[adapter])  # the Instruct side, PEFT's code
             self._write_thinking_side(w_t, b_t)
 

@@ -1,5 +1,6 @@
 """Prompt encoding and left padding (the tokenizer's own, `pad_prompts`), shared by generation, the
 estimators and the evaluation harness."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,10 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
     if not use:
         bos = getattr(tokenizer, "bos_token", None)
         return [list(tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"]) for p in prompts]
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     return [encode_text(tokenizer, t) for t in texts]
 
 
@@ -56,8 +59,9 @@ def pad_prompts(tokenizer, seqs: list[list[int]], device=None) -> tuple[torch.Te
     if tokenizer.pad_token_id is None:
         return left_pad(seqs, pad_token_id(tokenizer), device)
     _check_nonempty(seqs)
-    batch = tokenizer.pad({"input_ids": seqs}, padding=True, padding_side="left", return_attention_mask=True,
-                          return_tensors="pt")
+    batch = tokenizer.pad(
+        {"input_ids": seqs}, padding=True, padding_side="left", return_attention_mask=True, return_tensors="pt"
+    )
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
@@ -69,8 +73,8 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 

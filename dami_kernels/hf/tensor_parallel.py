@@ -8,6 +8,7 @@ linear, so it commutes with column- and row-wise sharding: each rank blends its 
 W_T, and the plan's collectives do the rest. Both sides were sharded by the same plan, so their local
 shards line up.
 """
+
 from __future__ import annotations
 
 import re

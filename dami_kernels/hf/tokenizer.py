@@ -2,14 +2,20 @@
 
 The Thinking side's tokenizer must be the same (vocabulary, special tokens, chat template): a difference is a
 ValueError naming it, unless the caller opts out (allow_tokenizer_mismatch=True, then a warning)."""
+
 from __future__ import annotations
 
 import json
 import warnings
 from pathlib import Path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "added_tokens.json",
+)
 
 
 def _refuse_custom_code(path: Path) -> None:
@@ -71,8 +77,10 @@ def tokenizer_difference(tok_i, tok_t, name_i="the instruct tokenizer", name_t="
                 by.setdefault(idx, token)
         for idx in sorted(set(by_i) | set(by_t)):
             if by_i.get(idx) != by_t.get(idx):
-                return (f"token id {idx} is {_show(by_i.get(idx))} in {name_i} but {_show(by_t.get(idx))} in "
-                        f"{name_t} ({len(vi)} and {len(vt)} tokens)")
+                return (
+                    f"token id {idx} is {_show(by_i.get(idx))} in {name_i} but {_show(by_t.get(idx))} in "
+                    f"{name_t} ({len(vi)} and {len(vt)} tokens)"
+                )
         token = next(t for t in sorted(set(vi) | set(vt)) if vi.get(t) != vt.get(t))  # one token, two ids
         return f"token {token!r} has id {_show(vi.get(token))} in {name_i} but {_show(vt.get(token))} in {name_t}"
     si, st = tok_i.special_tokens_map, tok_t.special_tokens_map
@@ -84,20 +92,26 @@ def tokenizer_difference(tok_i, tok_t, name_i="the instruct tokenizer", name_t="
         special_i, special_t = (bool(getattr(d.get(idx), "special", False)) for d in (ai, at))
         if special_i != special_t:
             token = str(ai.get(idx) or at.get(idx))
-            return (f"token id {idx} ({token!r}) is {'' if special_i else 'not '}special in {name_i} but "
-                    f"{'' if special_t else 'not '}special in {name_t}")
+            return (
+                f"token id {idx} ({token!r}) is {'' if special_i else 'not '}special in {name_i} but "
+                f"{'' if special_t else 'not '}special in {name_t}"
+            )
     ci, ct = getattr(tok_i, "chat_template", None), getattr(tok_t, "chat_template", None)
     if ci != ct:
         if isinstance(ci, str) and isinstance(ct, str):
-            k = next((n for n, (a, b) in enumerate(zip(ci, ct)) if a != b), min(len(ci), len(ct)))
-            return (f"the chat templates differ from character {k} on ({ci[k:k + 40]!r} in {name_i}, "
-                    f"{ct[k:k + 40]!r} in {name_t})")
+            k = next((n for n, (a, b) in enumerate(zip(ci, ct, strict=False)) if a != b), min(len(ci), len(ct)))
+            return (
+                f"the chat templates differ from character {k} on ({ci[k : k + 40]!r} in {name_i}, "
+                f"{ct[k : k + 40]!r} in {name_t})"
+            )
         if isinstance(ci, dict) and isinstance(ct, dict):
             key = next(n for n in sorted(set(ci) | set(ct)) if ci.get(n) != ct.get(n))
             return f"the chat templates differ: template {key!r} differs between {name_i} and {name_t}"
         kind = {type(None): "none", str: "one template", dict: "named templates"}
-        return (f"the chat templates differ ({kind.get(type(ci), type(ci).__name__)} in {name_i}, "
-                f"{kind.get(type(ct), type(ct).__name__)} in {name_t})")
+        return (
+            f"the chat templates differ ({kind.get(type(ci), type(ci).__name__)} in {name_i}, "
+            f"{kind.get(type(ct), type(ct).__name__)} in {name_t})"
+        )
     return None
 
 
@@ -105,8 +119,9 @@ def _mismatch(what: str, allow_tokenizer_mismatch: bool, instruct_dir) -> None:
     """Refuse a tokenizer mismatch, or (opted out) warn and go on with the instruct tokenizer."""
     if not allow_tokenizer_mismatch:
         raise ValueError(f"{what}; pass allow_tokenizer_mismatch=True to use the instruct tokenizer anyway")
-    warnings.warn(f"{what}; using the instruct tokenizer of {instruct_dir} (allow_tokenizer_mismatch=True)",
-                  stacklevel=3)
+    warnings.warn(
+        f"{what}; using the instruct tokenizer of {instruct_dir} (allow_tokenizer_mismatch=True)", stacklevel=3
+    )
 
 
 def load_tokenizer(instruct_dir, thinking_dir=None, *, allow_tokenizer_mismatch: bool = False):
@@ -123,8 +138,12 @@ def load_tokenizer(instruct_dir, thinking_dir=None, *, allow_tokenizer_mismatch:
         try:
             tok_t = _load_one(thinking_dir)
         except (OSError, ValueError) as err:
-            _mismatch(f"cannot load the tokenizer of {thinking_dir} to compare it with the instruct one "
-                      f"({' '.join(str(err).split())})", allow_tokenizer_mismatch, instruct_dir)
+            _mismatch(
+                f"cannot load the tokenizer of {thinking_dir} to compare it with the instruct one "
+                f"({' '.join(str(err).split())})",
+                allow_tokenizer_mismatch,
+                instruct_dir,
+            )
             return tok
         diff = tokenizer_difference(tok, tok_t, str(instruct_dir), str(thinking_dir))
         if diff is not None:
@@ -135,9 +154,9 @@ def load_tokenizer(instruct_dir, thinking_dir=None, *, allow_tokenizer_mismatch:
 def has_tokenizer(path) -> bool:
     """Whether checkpoint directory `path` holds tokenizer files."""
     path = Path(path)
-    return any((path / name).exists() or (path / name).is_symlink()
-               for name in TOKENIZER_FILES + ("vocab.txt", "merges.txt")) or any(
-        any(path.glob(pattern)) for pattern in ("*.model", "*.tiktoken"))
+    return any(
+        (path / name).exists() or (path / name).is_symlink() for name in TOKENIZER_FILES + ("vocab.txt", "merges.txt")
+    ) or any(any(path.glob(pattern)) for pattern in ("*.model", "*.tiktoken"))
 
 
 def check_tokenizers(instruct_dir, thinking_dir, *, allow_tokenizer_mismatch: bool = False) -> None:
@@ -146,5 +165,8 @@ def check_tokenizers(instruct_dir, thinking_dir, *, allow_tokenizer_mismatch: bo
     if has_tokenizer(instruct_dir):
         load_tokenizer(instruct_dir, thinking_dir, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
     elif has_tokenizer(thinking_dir):
-        _mismatch(f"the tokenizers differ: {instruct_dir} has no tokenizer but {thinking_dir} has one",
-                  allow_tokenizer_mismatch, instruct_dir)
+        _mismatch(
+            f"the tokenizers differ: {instruct_dir} has no tokenizer but {thinking_dir} has one",
+            allow_tokenizer_mismatch,
+            instruct_dir,
+        )

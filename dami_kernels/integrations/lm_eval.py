@@ -24,6 +24,7 @@ Perplexity tasks (`loglikelihood_rolling`) score documents, not queries: they ne
 Importing this module registers the model ``dami`` and the filter ``dami_answer`` with lm-eval (the
 package also declares them as lm-eval plugin entry points, which lm-eval releases after 0.4.13 read).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -37,8 +38,8 @@ from lm_eval.models.huggingface import HFLM
 from dami_kernels.estimators import estimate
 from dami_kernels.estimators.store import load_estimator
 from dami_kernels.evaluation.answers import extract_answer, normalize_answer
-from dami_kernels.pair import generation_expand_size, lambda_scope, load_pair, set_lambda
 from dami_kernels.hf.checkpoint import open_checkpoint
+from dami_kernels.pair import generation_expand_size, lambda_scope, load_pair, set_lambda
 from dami_kernels.testbed.threads import configure_threads, is_testbed_pair
 from dami_kernels.validation import is_finite, is_number, outside_unit_interval, positive_int
 
@@ -77,17 +78,31 @@ class DamiLM(HFLM):
     which installs the PEFT registration hook (see `load_pair`).
     """
 
-    def __init__(self, instruct=None, thinking=None, lam=0.0, estimator_dir=None, *, allow_extrapolation=False,
-                 allow_pickle=False, check_finite=True, kernel_backend=None, threads=None, estimator_batch_size=32,
-                 device=None, **kwargs):
+    def __init__(
+        self,
+        instruct=None,
+        thinking=None,
+        lam=0.0,
+        estimator_dir=None,
+        *,
+        allow_extrapolation=False,
+        allow_pickle=False,
+        check_finite=True,
+        kernel_backend=None,
+        threads=None,
+        estimator_batch_size=32,
+        device=None,
+        **kwargs,
+    ):
         if not instruct or not thinking:
             raise ValueError("the dami model needs model_args instruct=DIR,thinking=DIR")
         if "pretrained" in kwargs:
             raise ValueError("the dami model takes instruct=DIR,thinking=DIR, not pretrained=")
         self.lam_spec = lambda_spec(lam)
         if self.lam_spec not in ESTIMATED and not allow_extrapolation and outside_unit_interval(self.lam_spec):
-            raise ValueError(f"model_args lam={lam} lies outside [0, 1]; add allow_extrapolation=true to "
-                             "--model_args to accept it")
+            raise ValueError(
+                f"model_args lam={lam} lies outside [0, 1]; add allow_extrapolation=true to --model_args to accept it"
+            )
         # Both checkpoints opened before HFLM (which would take a missing directory for a Hub name).
         for side, directory in (("instruct", instruct), ("thinking", thinking)):
             if not Path(directory).exists():
@@ -97,8 +112,12 @@ class DamiLM(HFLM):
             raise ValueError("estimator_dir= goes with lam=conf or lam=pref")
         positive_int(estimator_batch_size, "estimator_batch_size")
         self.instruct_dir, self.thinking_dir = str(instruct), str(thinking)
-        self._pair_options = {"allow_extrapolation": bool(allow_extrapolation), "allow_pickle": bool(allow_pickle),
-                              "check_finite": bool(check_finite), "backend": kernel_backend}
+        self._pair_options = {
+            "allow_extrapolation": bool(allow_extrapolation),
+            "allow_pickle": bool(allow_pickle),
+            "check_finite": bool(check_finite),
+            "backend": kernel_backend,
+        }
         configure_threads(threads, testbed=is_testbed_pair(self.instruct_dir, self.thinking_dir))
         self.estimator = load_estimator(self.lam_spec, estimator_dir) if self.lam_spec in ESTIMATED else None
         self.estimator_batch_size = estimator_batch_size
@@ -108,8 +127,7 @@ class DamiLM(HFLM):
         self._row_lams: dict[tuple[int, ...], float] | None = None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # An absolute path: HFLM asks the Hub for a model's revision, and a path is never a Hub name.
-        super().__init__(pretrained=str(Path(self.instruct_dir).resolve()), backend="causal", device=device,
-                         **kwargs)
+        super().__init__(pretrained=str(Path(self.instruct_dir).resolve()), backend="causal", device=device, **kwargs)
         # lm-eval sets each task's generation length (max_gen_toks, as max_length); a max_new_tokens saved in
         # the checkpoint's generation config (the testbed pair has 64) would override it.
         self.model.generation_config.max_new_tokens = None
@@ -117,19 +135,48 @@ class DamiLM(HFLM):
             set_lambda(self.model, self.lam_spec)
 
     # --- loading: the pair instead of AutoModelForCausalLM -------------------------------------------
-    def _create_model(self, pretrained, revision="main", dtype="auto", trust_remote_code=False, parallelize=False,
-                      gpus=None, max_memory_per_gpu=None, max_cpu_memory=None, offload_folder="./offload",
-                      tp_plan=None, peft=None, delta=None, autogptq=False, gptqmodel=False, gguf_file=None,
-                      quantization_config=None, subfolder="", **kwargs) -> None:
-        unsupported = [name for name, value in (
-            ("parallelize", parallelize), ("tp_plan", tp_plan), ("peft", peft), ("delta", delta),
-            ("autogptq", autogptq), ("gptqmodel", gptqmodel), ("gguf_file", gguf_file),
-            ("quantization_config", quantization_config), ("max_memory_per_gpu", max_memory_per_gpu),
-            ("max_cpu_memory", max_cpu_memory)) if value] + sorted(kwargs)
+    def _create_model(
+        self,
+        pretrained,
+        revision="main",
+        dtype="auto",
+        trust_remote_code=False,
+        parallelize=False,
+        gpus=None,
+        max_memory_per_gpu=None,
+        max_cpu_memory=None,
+        offload_folder="./offload",
+        tp_plan=None,
+        peft=None,
+        delta=None,
+        autogptq=False,
+        gptqmodel=False,
+        gguf_file=None,
+        quantization_config=None,
+        subfolder="",
+        **kwargs,
+    ) -> None:
+        unsupported = [
+            name
+            for name, value in (
+                ("parallelize", parallelize),
+                ("tp_plan", tp_plan),
+                ("peft", peft),
+                ("delta", delta),
+                ("autogptq", autogptq),
+                ("gptqmodel", gptqmodel),
+                ("gguf_file", gguf_file),
+                ("quantization_config", quantization_config),
+                ("max_memory_per_gpu", max_memory_per_gpu),
+                ("max_cpu_memory", max_cpu_memory),
+            )
+            if value
+        ] + sorted(kwargs)
         if unsupported:
             raise ValueError(f"the dami model does not take model_args {unsupported}")
-        self._model = load_pair(self.instruct_dir, self.thinking_dir, dtype=dtype, device=self.device,
-                                **self._pair_options)
+        self._model = load_pair(
+            self.instruct_dir, self.thinking_dir, dtype=dtype, device=self.device, **self._pair_options
+        )
 
     # --- λ per request ------------------------------------------------------------------------------
     @contextmanager
@@ -141,9 +188,17 @@ class DamiLM(HFLM):
             return
         if any(not c for c in unique):
             raise ValueError("a request has an empty context, from which λ cannot be estimated; use a fixed lam=")
-        lams = estimate(self.model, self.tokenizer, unique, self.lam_spec, estimator=self.estimator,
-                        batch_size=self.estimator_batch_size, chat_template=False, progress=self.rank == 0)
-        self._context_lams = dict(zip(unique, lams.tolist()))
+        lams = estimate(
+            self.model,
+            self.tokenizer,
+            unique,
+            self.lam_spec,
+            estimator=self.estimator,
+            batch_size=self.estimator_batch_size,
+            chat_template=False,
+            progress=self.rank == 0,
+        )
+        self._context_lams = dict(zip(unique, lams.tolist(), strict=True))
         self.request_lambdas = dict(self._context_lams)
         try:
             yield
@@ -181,8 +236,10 @@ class DamiLM(HFLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         if self.estimator is not None:
-            raise ValueError("loglikelihood_rolling (perplexity tasks) scores documents, which hold no query "
-                             "to estimate λ from; use a fixed lam=<number>")
+            raise ValueError(
+                "loglikelihood_rolling (perplexity tasks) scores documents, which hold no query "
+                "to estimate λ from; use a fixed lam=<number>"
+            )
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
@@ -190,11 +247,13 @@ class DamiLM(HFLM):
             rows: dict[tuple[int, ...], float] = {}
             for (context, _), context_enc, continuation_enc in requests:
                 # The row HFLM._loglikelihood_tokens feeds the model for this request.
-                key = _unpadded((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+                key = _unpadded((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
                 lam = self._lams_of([context])[0]
                 if rows.setdefault(key, lam) != lam:
-                    raise RuntimeError("two loglikelihood requests with different λ feed the model the same "
-                                       "tokens; run them with a fixed lam=")
+                    raise RuntimeError(
+                        "two loglikelihood requests with different λ feed the model the same "
+                        "tokens; run them with a fixed lam="
+                    )
             self._row_lams = rows
         try:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)

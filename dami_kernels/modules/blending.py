@@ -1,4 +1,5 @@
 """λ shaped for a layer's input, and the fp32 blend (1-λ)·a + λ·b that the layers compute with it."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeGuard

@@ -1,4 +1,5 @@
 """InterpEmbedding: token embeddings blended per sequence between two tables."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ class InterpEmbedding(LambdaBound, nn.Embedding):
 
     weight_t: nn.Parameter
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, lam_state: LambdaState,
-                 device=None, dtype=None):
+    def __init__(
+        self, num_embeddings, embedding_dim, padding_idx=None, *, lam_state: LambdaState, device=None, dtype=None
+    ):
         super().__init__(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.weight_t = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)

@@ -10,6 +10,7 @@ shared-expert gate are plain nn.Linear that see the flattened rows too: `InterpT
 Mixtral. Any other router or experts class is refused with a ValueError that names it
 (`check_moe_supported`): never a silently un-interpolated tensor.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,16 +22,21 @@ from torch import nn
 from dami_kernels.modules.blending import token_rows
 from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
 from dami_kernels.modules.linear import InterpLinear, ResolvedBackend, same_layout
-from dami_kernels.ops.interp_linear import interp_linear_layer
 from dami_kernels.ops.interp_experts.op import interp_experts_rows
+from dami_kernels.ops.interp_linear import interp_linear_layer
 
 # Router class name -> whether its routing weights are cast back to the logits' dtype (Qwen) or kept
 # in fp32 (Mixtral). Top-k is renormalized when the router's `norm_topk_prob` is set (Mixtral: always).
 ROUTER_CLASSES = {"Qwen3MoeTopKRouter": True, "Qwen2MoeTopKRouter": True, "MixtralTopKRouter": False}
 EXPERTS_CLASSES = ("Qwen3MoeExperts", "Qwen2MoeExperts", "MixtralExperts")
 # transformers' `use_experts_implementation` layout flags that the math above assumes.
-_EXPERTS_LAYOUT = {"is_concatenated": True, "is_transposed": False, "has_bias": False, "has_gate": True,
-                   "has_post_expert_norm": False}
+_EXPERTS_LAYOUT = {
+    "is_concatenated": True,
+    "is_transposed": False,
+    "has_bias": False,
+    "has_gate": True,
+    "has_post_expert_norm": False,
+}
 
 
 def _looks_moe(module: nn.Module) -> bool:
@@ -60,8 +66,10 @@ def check_moe_supported(module: nn.Module, name: str = "") -> None:
         if not bad and set(module._parameters) == {"gate_up_proj", "down_proj"}:
             return
         layout = bad or list(module._parameters)
-        raise ValueError(f"MoE experts module {kind}{where} has an unsupported layout {layout}; supported: "
-                         "fused gate_up_proj [E, 2I, H] and down_proj [E, H, I] without bias")
+        raise ValueError(
+            f"MoE experts module {kind}{where} has an unsupported layout {layout}; supported: "
+            "fused gate_up_proj [E, 2I, H] and down_proj [E, H, I] without bias"
+        )
     raise ValueError(
         f"unsupported MoE module {kind}{where}: no interpolating layer implements it (supported routers: "
         f"{', '.join(ROUTER_CLASSES)}; experts: {', '.join(EXPERTS_CLASSES)}); refusing to leave its "
@@ -76,8 +84,7 @@ def token_row_linears(model: nn.Module) -> set[str]:
     names: set[str] = set()
     for bname, block in model.named_modules():
         if any(is_supported_router(c) for c in block.children()):
-            names.update(f"{bname}.{n}" if bname else n for n, m in block.named_modules()
-                         if n and type(m) is nn.Linear)
+            names.update(f"{bname}.{n}" if bname else n for n, m in block.named_modules() if n and type(m) is nn.Linear)
     return names
 
 
@@ -88,8 +95,9 @@ class InterpTokenLinear(InterpLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam, _, uniform = self.lam_state.for_rows(token_rows(x.shape))
         p: dict[str, Any] = self._parameters  # weight and weight_t are never None, bias and bias_t may be
-        return interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform,
-                                   self._backend_name(x))
+        return interp_linear_layer(
+            x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform, self._backend_name(x)
+        )
 
 
 _ROUTER_SUBCLASSES: dict[type, type[InterpTopKRouter]] = {}
@@ -114,13 +122,15 @@ class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
     weight_t: nn.Parameter
 
     @classmethod
-    def from_router(cls, router: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter,
-                    backend=None) -> "InterpTopKRouter":
+    def from_router(
+        cls, router: nn.Module, lam_state: LambdaState, weight_t: nn.Parameter, backend=None
+    ) -> InterpTopKRouter:
         kind = type(router)
         sub = _ROUTER_SUBCLASSES.get(kind)
         if sub is None:
             sub = _ROUTER_SUBCLASSES[kind] = cast(
-                "type[InterpTopKRouter]", type(f"Interp{kind.__name__}", (cls, kind), {"__module__": cls.__module__}))
+                "type[InterpTopKRouter]", type(f"Interp{kind.__name__}", (cls, kind), {"__module__": cls.__module__})
+            )
         src: Any = router  # a transformers <Family>TopKRouter: its attributes are not typed here
         new = sub.__new__(sub)
         nn.Module.__init__(new)
@@ -139,8 +149,7 @@ class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
         x = hidden_states.reshape(-1, self.hidden_dim)
         lam, _, uniform = self.lam_state.for_rows(x.shape[0])
         p: dict[str, Any] = self._parameters  # weight and weight_t are never None
-        logits = interp_linear_layer(x, p["weight"], p["weight_t"], lam, None, None, uniform,
-                                     self._backend_name(x))
+        logits = interp_linear_layer(x, p["weight"], p["weight_t"], lam, None, None, uniform, self._backend_name(x))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top, index = torch.topk(probs, self.top_k, dim=-1)
         if self.norm_topk_prob:
@@ -150,8 +159,10 @@ class InterpTopKRouter(ResolvedBackend, LambdaBound, nn.Module):
         return logits, top, index
 
     def extra_repr(self) -> str:
-        return (f"experts={self.num_experts}, hidden={self.hidden_dim}, top_k={self.top_k}, "
-                f"norm_topk_prob={self.norm_topk_prob}, backend={self.backend or 'default'}")
+        return (
+            f"experts={self.num_experts}, hidden={self.hidden_dim}, top_k={self.top_k}, "
+            f"norm_topk_prob={self.norm_topk_prob}, backend={self.backend or 'default'}"
+        )
 
 
 class InterpExperts(ResolvedBackend, LambdaBound, nn.Module):
@@ -174,8 +185,9 @@ class InterpExperts(ResolvedBackend, LambdaBound, nn.Module):
     down_proj_t: nn.Parameter
 
     @classmethod
-    def from_experts(cls, experts: nn.Module, lam_state: LambdaState, gate_up_t: nn.Parameter,
-                     down_t: nn.Parameter, backend=None) -> "InterpExperts":
+    def from_experts(
+        cls, experts: nn.Module, lam_state: LambdaState, gate_up_t: nn.Parameter, down_t: nn.Parameter, backend=None
+    ) -> InterpExperts:
         check_moe_supported(experts)
         src: Any = experts  # a transformers <Family>Experts: its attributes are not typed here
         new = cls()
@@ -192,14 +204,28 @@ class InterpExperts(ResolvedBackend, LambdaBound, nn.Module):
         new.down_proj_t = same_layout(src.down_proj, down_t)
         return new
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         lam, rows_per_lam, uniform = self.lam_state.for_rows(hidden_states.shape[0])
         p = self._parameters
-        return interp_experts_rows(hidden_states, p["gate_up_proj"], p["gate_up_proj_t"], p["down_proj"],
-                                   p["down_proj_t"], top_k_index, top_k_weights, lam, rows_per_lam, uniform,
-                                   self.act_fn, self._backend_name(hidden_states))
+        return interp_experts_rows(
+            hidden_states,
+            p["gate_up_proj"],
+            p["gate_up_proj_t"],
+            p["down_proj"],
+            p["down_proj_t"],
+            top_k_index,
+            top_k_weights,
+            lam,
+            rows_per_lam,
+            uniform,
+            self.act_fn,
+            self._backend_name(hidden_states),
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.source_class}: experts={self.num_experts}, hidden={self.hidden_dim}, "
-                f"intermediate={self.intermediate_dim}, backend={self.backend or 'default'}")
+        return (
+            f"{self.source_class}: experts={self.num_experts}, hidden={self.hidden_dim}, "
+            f"intermediate={self.intermediate_dim}, backend={self.backend or 'default'}"
+        )

@@ -3,6 +3,7 @@
 Both are linear in their weights, so blending the weights is blending the model: (1 + g(λ)) with
 g(λ) = (1-λ)·g_I + λ·g_T, and scale·E(λ)[id].
 """
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ every sequence shares one λ (`uniform`, a float or None). Layers use it to pick
 weight at an endpoint, one blended GEMM in prefill) without any device sync; under torch.compile and
 CUDA-graph capture they ignore it, so compiled graphs never depend on λ's value.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -143,7 +144,7 @@ class LambdaState(nn.Module):
             buf = torch.zeros(n, dtype=torch.float32, device=buf.device)
             setattr(self, name, buf)
         if name != "buf" or n != self.n:  # same buffer and length: the views (and layers' launch memos
-            self._views = None           # holding them) stay valid, as λ changes in place
+            self._views = None  # holding them) stay valid, as λ changes in place
         self._row_cache = {}
         buf[:n].copy_(values, non_blocking=True)
         if pad and n < buf.numel():
@@ -184,8 +185,10 @@ class LambdaState(nn.Module):
             return view, 1, (self._uniform_now() if exact and self.uniform is not None else None)
         if mode is PER_SEQUENCE:
             if rows % self.n:
-                raise ValueError(f"λ holds {self.n} values (one per sequence) but the layer got {rows} "
-                                 f"rows, not a multiple of {self.n}; set one λ per sequence")
+                raise ValueError(
+                    f"λ holds {self.n} values (one per sequence) but the layer got {rows} "
+                    f"rows, not a multiple of {self.n}; set one λ per sequence"
+                )
             lam, uniform = self.for_layer(self.n)
             return lam, rows // self.n, uniform
         lam, uniform = self.for_layer(rows)
@@ -193,11 +196,16 @@ class LambdaState(nn.Module):
 
     def _row_view(self, rows: int, output: bool) -> tuple[torch.Tensor, bool]:
         """(λ for `rows` packed rows, whether rows is exactly the number set) in per-row mode."""
-        n, buf = (self.n_out, self._buffers["out_buf"]) if output and self.n_out is not None \
+        n, buf = (
+            (self.n_out, self._buffers["out_buf"])
+            if output and self.n_out is not None
             else (self.n, self._buffers["buf"])
+        )
         if rows < n or rows > buf.numel():
-            raise ValueError(f"λ is set for {n} packed token rows (buffer of {buf.numel()}) but the layer "
-                             f"got {rows} rows; set λ for every row of the packed batch (set_rows)")
+            raise ValueError(
+                f"λ is set for {n} packed token rows (buffer of {buf.numel()}) but the layer "
+                f"got {rows} rows; set λ for every row of the packed batch (set_rows)"
+            )
         return buf[:rows], rows == n
 
     def _uniform_now(self) -> float | None:

@@ -1,4 +1,5 @@
 """InterpLinear: an nn.Linear whose output is blended per sequence between two weight sets."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,8 +59,9 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
     weight_t: nn.Parameter
     bias_t: nn.Parameter | None
 
-    def __init__(self, in_features, out_features, bias=True, *, lam_state: LambdaState, backend=None,
-                 device=None, dtype=None):
+    def __init__(
+        self, in_features, out_features, bias=True, *, lam_state: LambdaState, backend=None, device=None, dtype=None
+    ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.bind_lambda(lam_state)
         self.backend = backend
@@ -73,11 +75,23 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
             self.register_parameter("bias_t", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, lam_state: LambdaState, weight_t: nn.Parameter,
-                    bias_t: nn.Parameter | None, backend=None) -> "InterpLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        lam_state: LambdaState,
+        weight_t: nn.Parameter,
+        bias_t: nn.Parameter | None,
+        backend=None,
+    ) -> InterpLinear:
         """Wrap `linear`, keeping its weight/bias Parameter objects (so ties survive) as the Instruct side."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, lam_state=lam_state,
-                  backend=backend, device="meta")
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            lam_state=lam_state,
+            backend=backend,
+            device="meta",
+        )
         new.weight = linear.weight
         new.bias = linear.bias
         new.weight_t = same_layout(linear.weight, weight_t)
@@ -96,17 +110,29 @@ class InterpLinear(ResolvedBackend, LambdaBound, nn.Linear):
         else:
             lam, uniform = state.for_layer(x.shape[0])
             memo = self._memo
-            if memo[0] is not None and not torch.is_grad_enabled() and memo[1] == self.backend and memo[0].matches(
-                    x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform is not None):
+            if (
+                memo[0] is not None
+                and not torch.is_grad_enabled()
+                and memo[1] == self.backend
+                and memo[0].matches(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform is not None)
+            ):
                 memo[2] = 0
                 return memo[0].launch(x)  # eager decode: the same launch as the last call, on new data
         backend = self._backend_name(x)
         y = interp_linear_layer(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform, backend)
         memo = self._memo
-        if (backend == "triton" and not state.per_row and memo[2] < _MEMO_MISSES
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-            memo[:] = layer_memo(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform), \
-                self.backend, memo[2] + 1
+        if (
+            backend == "triton"
+            and not state.per_row
+            and memo[2] < _MEMO_MISSES
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            memo[:] = (
+                layer_memo(x, p["weight"], p["weight_t"], lam, p["bias"], p["bias_t"], uniform),
+                self.backend,
+                memo[2] + 1,
+            )
         return y
 
     def _apply(self, fn, recurse=True):

@@ -4,6 +4,7 @@ The gain (and LayerNorm bias) is blended per sequence: g_b = (1-λ_b)·g_I + λ_
 [B, ..., D] with the batch first (q_norm/k_norm see [B, T, H, D]); outputs have the input's shape.
 With λ per packed token row (`LambdaState.set_rows`) the gain is blended per token of [B, T].
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,10 +19,18 @@ from dami_kernels.modules.lambda_state import LambdaBound, LambdaState
 # RMSNorm classes whose forward is exactly: weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype),
 # with the epsilon in `variance_epsilon`. Other RMSNorm flavours (e.g. Gemma's 1 + weight) are not
 # swapped; their tensors then count as uncovered, which is an error when they differ.
-RMSNORM_CLASS_NAMES = frozenset({
-    "LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "MixtralRMSNorm",
-    "Qwen2MoeRMSNorm", "Qwen3MoeRMSNorm", "Phi3RMSNorm",
-})
+RMSNORM_CLASS_NAMES = frozenset(
+    {
+        "LlamaRMSNorm",
+        "Qwen2RMSNorm",
+        "Qwen3RMSNorm",
+        "MistralRMSNorm",
+        "MixtralRMSNorm",
+        "Qwen2MoeRMSNorm",
+        "Qwen3MoeRMSNorm",
+        "Phi3RMSNorm",
+    }
+)
 
 
 def is_supported_rmsnorm(module: nn.Module) -> bool:
@@ -96,8 +105,9 @@ class InterpLayerNorm(_BlendedGain, nn.Module):
     weight_t: nn.Parameter
     bias_t: nn.Parameter | None
 
-    def __init__(self, norm: nn.LayerNorm, weight_t: nn.Parameter, bias_t: nn.Parameter | None, *,
-                 lam_state: LambdaState):
+    def __init__(
+        self, norm: nn.LayerNorm, weight_t: nn.Parameter, bias_t: nn.Parameter | None, *, lam_state: LambdaState
+    ):
         super().__init__()
         if not norm.elementwise_affine:
             raise ValueError("InterpLayerNorm needs an affine LayerNorm (a non-affine one needs no blend)")

@@ -7,19 +7,32 @@ or experts class is a ValueError that names it). The new layer keeps the origina
 the Instruct side, so tied weights (embeddings/lm_head) stay tied; the Thinking-side Parameter of a
 tied weight is created once and shared the same way.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 import torch
 from torch import nn
 
 from dami_kernels.modules.embedding import InterpEmbedding
-from dami_kernels.modules.experts import (InterpExperts, InterpTokenLinear, InterpTopKRouter, check_moe_supported,
-                                          is_supported_experts, is_supported_router, token_row_linears)
-from dami_kernels.modules.gemma import (InterpOffsetRMSNorm, InterpScaledEmbedding, is_offset_rmsnorm,
-                                        is_scaled_embedding)
+from dami_kernels.modules.experts import (
+    InterpExperts,
+    InterpTokenLinear,
+    InterpTopKRouter,
+    check_moe_supported,
+    is_supported_experts,
+    is_supported_router,
+    token_row_linears,
+)
+from dami_kernels.modules.gemma import (
+    InterpOffsetRMSNorm,
+    InterpScaledEmbedding,
+    is_offset_rmsnorm,
+    is_scaled_embedding,
+)
 from dami_kernels.modules.lambda_state import LambdaState
 from dami_kernels.modules.linear import InterpLinear
 from dami_kernels.modules.norms import InterpLayerNorm, InterpRMSNorm, is_supported_rmsnorm
@@ -38,9 +51,15 @@ def empty_like_param(name: str, p: nn.Parameter) -> nn.Parameter:
 def is_swappable(module: nn.Module) -> bool:
     """True for the layer types `swap_modules` replaces (an unsupported MoE module raises ValueError)."""
     check_moe_supported(module)
-    return (type(module) in (nn.Linear, nn.Embedding) or (type(module) is nn.LayerNorm and module.elementwise_affine)
-            or is_supported_rmsnorm(module) or is_offset_rmsnorm(module) or is_scaled_embedding(module)
-            or is_supported_router(module) or is_supported_experts(module))
+    return (
+        type(module) in (nn.Linear, nn.Embedding)
+        or (type(module) is nn.LayerNorm and module.elementwise_affine)
+        or is_supported_rmsnorm(module)
+        or is_offset_rmsnorm(module)
+        or is_scaled_embedding(module)
+        or is_supported_router(module)
+        or is_supported_experts(module)
+    )
 
 
 def covered_names(model: nn.Module) -> set[str]:
@@ -50,8 +69,11 @@ def covered_names(model: nn.Module) -> set[str]:
     for mname, module in model.named_modules(remove_duplicate=False):
         check_moe_supported(module, mname)
         if is_swappable(module) or isinstance(module, INTERP_MODULES):
-            names.update(f"{mname}.{p}" if mname else p for p, v in module._parameters.items()
-                         if v is not None and not p.endswith("_t"))
+            names.update(
+                f"{mname}.{p}" if mname else p
+                for p, v in module._parameters.items()
+                if v is not None and not p.endswith("_t")
+            )
     return names
 
 
@@ -70,18 +92,25 @@ def _swap_one(module: nn.Module, prefix: str, state: LambdaState, backend, t_par
     if is_offset_rmsnorm(module):
         return InterpOffsetRMSNorm.from_rmsnorm(module, state, t_param(prefix + "weight", module.weight))
     if is_scaled_embedding(module):  # an nn.Embedding subclass (gemma.SCALED_EMBEDDING_CLASS_NAMES)
-        return InterpScaledEmbedding.from_embedding(cast(nn.Embedding, module), state,
-                                                    t_param(prefix + "weight", module.weight))
+        return InterpScaledEmbedding.from_embedding(
+            cast(nn.Embedding, module), state, t_param(prefix + "weight", module.weight)
+        )
     if is_supported_router(module):
         return InterpTopKRouter.from_router(module, state, t_param(prefix + "weight", module.weight), backend)
     if is_supported_experts(module):
-        return InterpExperts.from_experts(module, state, t_param(prefix + "gate_up_proj", module.gate_up_proj),
-                                          t_param(prefix + "down_proj", module.down_proj), backend)
+        return InterpExperts.from_experts(
+            module,
+            state,
+            t_param(prefix + "gate_up_proj", module.gate_up_proj),
+            t_param(prefix + "down_proj", module.down_proj),
+            backend,
+        )
     return None
 
 
-def swap_modules(model: nn.Module, lam_state: LambdaState, *, backend=None,
-                 make_t: MakeT = empty_like_param) -> list[str]:
+def swap_modules(
+    model: nn.Module, lam_state: LambdaState, *, backend=None, make_t: MakeT = empty_like_param
+) -> list[str]:
     """Replace every supported layer of `model` in place; returns the swapped module names.
 
     Raises ValueError if the model already holds interpolating layers, or (before changing anything)
@@ -109,8 +138,9 @@ def swap_modules(model: nn.Module, lam_state: LambdaState, *, backend=None,
     for parent, child_name, full, child in todo:
         if full in token_linears:  # inside an MoE block: the input is flattened to token rows
             bias_t = t_param(full + ".bias", child.bias) if child.bias is not None else None
-            new = InterpTokenLinear.from_linear(child, lam_state, t_param(full + ".weight", child.weight), bias_t,
-                                                backend)
+            new = InterpTokenLinear.from_linear(
+                child, lam_state, t_param(full + ".weight", child.weight), bias_t, backend
+            )
         else:
             new = _swap_one(child, full + ".", lam_state, backend, t_param)
         if new is not None:

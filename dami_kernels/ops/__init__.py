@@ -1,5 +1,6 @@
 """Fused interpolated ops, one package per op family (`interp_linear/`, `interp_experts/`: kernel, launcher, torch
 path, fp64 reference) and what they share (`common/`: backend choice, checks, tile configs, tile helpers)."""
+
 from dami_kernels.ops.common.backend import interpreting, resolve_backend, triton_available
 from dami_kernels.ops.common.checks import check_lambda_value
 from dami_kernels.ops.interp_experts import interp_experts, interp_experts_fp64

@@ -4,6 +4,7 @@
 swaps in the interpolating layers of `modules/`; `set_lambda` / `lambda_scope` set λ on the built model;
 `save_pair` writes the pair back; `merge_pair` writes one merged checkpoint at a fixed λ.
 """
+
 from dami_kernels.pair.convert import convert_pair
 from dami_kernels.pair.lambdas import expand_lambda, generation_expand_size, lambda_scope, lambda_state, set_lambda
 from dami_kernels.pair.load import load_pair, load_pair_and_tokenizer

@@ -13,6 +13,7 @@ Two effects reach beyond the layers swapped (named in `convert_pair`'s and `load
   so that PEFT's LoRA merges into both sides (see hf/peft.py: it acts only when a PEFT module takes a pair
   layer as a submodule, never imports peft, and stays installed).
 """
+
 from __future__ import annotations
 
 import types
@@ -21,10 +22,10 @@ import torch
 from torch import nn
 
 from dami_kernels.hf.compat import check_configs
-from dami_kernels.pair.lambdas import STATE_ATTR
 from dami_kernels.hf.peft import enable_peft
 from dami_kernels.hf.tensor_parallel import reinstall_tp_forwards
 from dami_kernels.modules import LambdaState, covered_names, stored_tensors, swap_modules
+from dami_kernels.pair.lambdas import STATE_ATTR
 
 
 def attach_pair_state(model: nn.Module, *, allow_extrapolation: bool, backend, make_t=None, device=None) -> LambdaState:
@@ -62,8 +63,9 @@ def uncovered_mismatch(name: str, value_i: torch.Tensor, value_t: torch.Tensor) 
         )
 
 
-def convert_pair(model_i: nn.Module, model_t: nn.Module, *, allow_extrapolation: bool = False,
-                 backend: str | None = None) -> nn.Module:
+def convert_pair(
+    model_i: nn.Module, model_t: nn.Module, *, allow_extrapolation: bool = False, backend: str | None = None
+) -> nn.Module:
     """Make `model_i` (Instruct) a pair model whose Thinking side comes from `model_t`; returns model_i.
 
     model_t's Parameters are reused as the Thinking slots when dtype and device match (no copy), so
@@ -84,8 +86,9 @@ def convert_pair(model_i: nn.Module, model_t: nn.Module, *, allow_extrapolation:
         raise ValueError(f"tensor {name!r} exists in only one of the two models")
     for name in sorted(sd_i):
         if sd_i[name].shape != sd_t[name].shape:
-            raise ValueError(f"tensor {name!r} has shape {list(sd_i[name].shape)} in model_i but "
-                             f"{list(sd_t[name].shape)} in model_t")
+            raise ValueError(
+                f"tensor {name!r} has shape {list(sd_i[name].shape)} in model_i but {list(sd_t[name].shape)} in model_t"
+            )
     covered = covered_names(model_i)
     for name in sorted(set(sd_i) - covered):
         uncovered_mismatch(name, sd_i[name], sd_t[name])

@@ -11,6 +11,7 @@ entry to exit (the previous λ is restored before another thread's scope or set 
 before. Other threads block meanwhile (calls on one model never run in parallel). A plain
 ``model(...)`` forward does not take the lock: in another thread it sees whatever λ is set at that time.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,7 +35,7 @@ def lambda_state(model: nn.Module) -> LambdaState:
     return state
 
 
-_LOCKS: "weakref.WeakKeyDictionary[LambdaState, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[LambdaState, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 

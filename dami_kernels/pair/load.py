@@ -8,6 +8,7 @@ names and shapes are compared and every tensor is checked against the shape the 
 interpolating layer covers must be equal. The Thinking side's Parameters then become the `*_t` slots of
 the Instruct model (no copy), so peak memory is both sides' weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,14 +21,20 @@ from transformers.utils import logging as hf_logging
 
 from dami_kernels.hf.checkpoint import Checkpoint, open_checkpoint
 from dami_kernels.hf.compat import check_pair
-from dami_kernels.pair.convert import convert_pair
 from dami_kernels.hf.device import resolve_device
 from dami_kernels.hf.finite import check_model_finite
 from dami_kernels.hf.tokenizer import load_tokenizer
+from dami_kernels.pair.convert import convert_pair
 from dami_kernels.validation import is_int
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype, ckpt: Checkpoint) -> torch.dtype:
@@ -79,8 +86,10 @@ def placement_kwargs(device, device_map, tp_plan) -> dict:
 # device_map strings that transformers resolves through accelerate while loading (the devices are only known
 # after it); check_one_device checks where such a map put the weights.
 _MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-_ONE_DEVICE = ("a pair model keeps one λ buffer and its layers are swapped after loading, so it must sit on one "
-               "device without offloading (use device=..., or tp_plan='auto' under torchrun for several GPUs)")
+_ONE_DEVICE = (
+    "a pair model keeps one λ buffer and its layers are swapped after loading, so it must sit on one "
+    "device without offloading (use device=..., or tp_plan='auto' under torchrun for several GPUs)"
+)
 
 
 def _map_place(value) -> str:
@@ -120,16 +129,26 @@ def load_side(ckpt: Checkpoint, dtype: torch.dtype, placement: dict, *, progress
     """One side through `AutoModelForCausalLM.from_pretrained`; a non-empty loading report is a ValueError."""
     with hf_progress(progress):
         model, info = AutoModelForCausalLM.from_pretrained(
-            str(ckpt.path), dtype=dtype, trust_remote_code=False, use_safetensors=ckpt.fmt == "safetensors",
-            output_loading_info=True, **placement)
-    for key, what in (("missing_keys", "is missing"), ("unexpected_keys", "has no place in the model"),
-                      ("mismatched_keys", "has the wrong shape"), ("error_msgs", "failed to load"),
-                      ("conversion_errors", "could not be converted")):
+            str(ckpt.path),
+            dtype=dtype,
+            trust_remote_code=False,
+            use_safetensors=ckpt.fmt == "safetensors",
+            output_loading_info=True,
+            **placement,
+        )
+    for key, what in (
+        ("missing_keys", "is missing"),
+        ("unexpected_keys", "has no place in the model"),
+        ("mismatched_keys", "has the wrong shape"),
+        ("error_msgs", "failed to load"),
+        ("conversion_errors", "could not be converted"),
+    ):
         problems = info.get(key) or ()
         if problems:
             first = sorted(map(str, problems))[0]
-            raise ValueError(f"{ckpt.path}: transformers reports that tensor {first} {what} "
-                             f"({len(problems)} such problems)")
+            raise ValueError(
+                f"{ckpt.path}: transformers reports that tensor {first} {what} ({len(problems)} such problems)"
+            )
     return model
 
 
@@ -143,9 +162,20 @@ def check_one_device(*models: nn.Module) -> None:
         raise ValueError(f"the device map spread the pair over {where}; {_ONE_DEVICE}")
 
 
-def load_pair(instruct_dir, thinking_dir, dtype=None, device=None, *, device_map=None, tp_plan=None,
-              allow_pickle: bool = False, allow_extrapolation: bool = False, backend: str | None = None,
-              progress: bool = True, check_finite: bool = True) -> nn.Module:
+def load_pair(
+    instruct_dir,
+    thinking_dir,
+    dtype=None,
+    device=None,
+    *,
+    device_map=None,
+    tp_plan=None,
+    allow_pickle: bool = False,
+    allow_extrapolation: bool = False,
+    backend: str | None = None,
+    progress: bool = True,
+    check_finite: bool = True,
+) -> nn.Module:
     """Load two checkpoints of one base model as one λ-interpolating transformers causal-LM model.
 
     dtype: None/"auto" (the Instruct checkpoint's storage dtype), a torch dtype or its name. Placement
@@ -229,5 +259,7 @@ def check_tokenizer_fits(model: nn.Module, tokenizer, where) -> None:
     if rows is None:
         rows = emb.weight.shape[0]
     if len(tokenizer) > rows:
-        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's input embedding has "
-                         f"only {rows} rows (token ids {rows} to {len(tokenizer) - 1} have no embedding)")
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's input embedding has "
+            f"only {rows} rows (token ids {rows} to {len(tokenizer) - 1} have no embedding)"
+        )

@@ -9,6 +9,7 @@ dtype, aborts the merge before anything is published (`_check_merged`).
 The output is written with `write_output_dir` (fs/outdir.py): checks before any work, a temporary directory
 beside `out_dir`, an atomic publish that never deletes data it did not write.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from dami_kernels.fs.outdir import MARKER, preflight, write_output_dir
 from dami_kernels.hf.checkpoint import Checkpoint, open_checkpoint, side_files
 from dami_kernels.hf.compat import check_dtypes, check_pair  # noqa: F401 - check_dtypes: check_pair runs it
 from dami_kernels.hf.finite import CHUNK, count_nonfinite
-from dami_kernels.fs.outdir import MARKER, preflight, write_output_dir
 from dami_kernels.hf.tokenizer import check_tokenizers
 from dami_kernels.modules import blend
 from dami_kernels.validation import FP32_MAX, check_finite, check_float32, check_lambda_range, check_real, to_float
@@ -41,8 +42,9 @@ def merge_lambda(lam, allow_extrapolation: bool) -> float:
     lam = to_float(check_real(lam, "lam for merge_pair", "be one number"), "lam")
     check_finite(lam, "lam")
     check_float32(lam, "lam", f"the merge computes in float32, whose largest value is {FP32_MAX:.4g}")
-    check_lambda_range(lam, "lam", allow_extrapolation,
-                       hint="; values outside need an explicit opt-in (allow_extrapolation=True)")
+    check_lambda_range(
+        lam, "lam", allow_extrapolation, hint="; values outside need an explicit opt-in (allow_extrapolation=True)"
+    )
     return lam
 
 
@@ -56,8 +58,10 @@ def _merge_tensor(name: str, a: torch.Tensor, b: torch.Tensor, lam: float) -> to
     if a.is_floating_point() and b.is_floating_point():
         return blend(a, b.to(a.dtype), torch.tensor(lam, dtype=torch.float32)).contiguous()
     if a.dtype != b.dtype:
-        raise ValueError(f"tensor {name!r} is {a.dtype} in one checkpoint and {b.dtype} in the other; "
-                         "a non-floating-point tensor is never cast")
+        raise ValueError(
+            f"tensor {name!r} is {a.dtype} in one checkpoint and {b.dtype} in the other; "
+            "a non-floating-point tensor is never cast"
+        )
     if not torch.equal(a, b):
         raise ValueError(f"tensor {name!r} is not floating-point and differs between the checkpoints")
     return a.contiguous()
@@ -68,42 +72,57 @@ def _overflowed(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> int:
     fa, fb, fm = (t.reshape(-1) for t in (a, b, m))
     n = 0
     for s in range(0, fm.numel(), CHUNK):
-        x, y, z = (t[s:s + CHUNK] for t in (fa, fb, fm))
-        x, y, z = (t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.float()
-                   for t in (x, y, z))
+        x, y, z = (t[s : s + CHUNK] for t in (fa, fb, fm))
+        x, y, z = (
+            t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.float()
+            for t in (x, y, z)
+        )
         n += int((~torch.isfinite(z) & torch.isfinite(x) & torch.isfinite(y)).sum())
     return n
 
 
-def _check_merged(name: str, a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, lam: float, check_finite: bool,
-                  paths: tuple[Path, Path]) -> None:
+def _check_merged(
+    name: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    m: torch.Tensor,
+    lam: float,
+    check_finite: bool,
+    paths: tuple[Path, Path],
+) -> None:
     """Refuse a merged tensor that holds NaN or ±inf. One read of the merged tensor; the inputs are read only
     when it is not finite (blend's (1-λ)·a + λ·b carries a NaN/inf of either input into the result at every
     λ, 0 and 1 included). An input holding them is named with its side (unless check_finite=False: then
     they are kept); otherwise the merge at λ overflowed the output dtype."""
     if not m.is_floating_point() or not count_nonfinite(m):
         return
-    bad_in = [(side, count_nonfinite(t), path) for side, t, path in (("instruct", a, paths[0]),
-                                                                       ("thinking", b, paths[1]))]
+    bad_in = [
+        (side, count_nonfinite(t), path) for side, t, path in (("instruct", a, paths[0]), ("thinking", b, paths[1]))
+    ]
     for side, bad, path in bad_in:
         if bad and check_finite:
-            raise ValueError(f"{side} checkpoint {path}: tensor {name!r} holds {bad} non-finite values (NaN or "
-                             "±inf); refusing to merge it (pass check_finite=False to merge it anyway)")
+            raise ValueError(
+                f"{side} checkpoint {path}: tensor {name!r} holds {bad} non-finite values (NaN or "
+                "±inf); refusing to merge it (pass check_finite=False to merge it anyway)"
+            )
     over = _overflowed(a, b, m) if any(bad for _, bad, _ in bad_in) else count_nonfinite(m)
     if over:
-        raise ValueError(f"merging at lam={lam!r} overflows {str(m.dtype).replace('torch.', '')}: tensor {name!r} "
-                         f"gets {over} non-finite merged values (NaN or ±inf); nothing was written. Choose a λ "
-                         "closer to [0, 1]")
+        raise ValueError(
+            f"merging at lam={lam!r} overflows {str(m.dtype).replace('torch.', '')}: tensor {name!r} "
+            f"gets {over} non-finite merged values (NaN or ±inf); nothing was written. Choose a λ "
+            "closer to [0, 1]"
+        )
 
 
-def _write_weights(ckpt_i: Checkpoint, ckpt_t: Checkpoint, lam: float, tmp: Path, progress: bool,
-                   check_finite: bool = True) -> None:
+def _write_weights(
+    ckpt_i: Checkpoint, ckpt_t: Checkpoint, lam: float, tmp: Path, progress: bool, check_finite: bool = True
+) -> None:
     n = len(ckpt_i.files)
     names = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
     weight_map, total_size = {}, 0
     meta = {"format": "pt", "dami_lambda": repr(lam)}
     with tqdm(total=len(ckpt_i.specs()), desc=f"merging at λ={lam!r}", unit="tensor", disable=not progress) as bar:
-        for out_name, (_f, tensors) in zip(names, ckpt_i.iter_files()):
+        for out_name, (_f, tensors) in zip(names, ckpt_i.iter_files(), strict=True):
             merged = {}
             for name, a in tensors.items():
                 b = ckpt_t.get_tensor(name)
@@ -120,9 +139,19 @@ def _write_weights(ckpt_i: Checkpoint, ckpt_t: Checkpoint, lam: float, tmp: Path
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
 
 
-def merge_pair(instruct_dir, thinking_dir, lam: float, out_dir, *, overwrite: bool = False,
-               allow_pickle: bool = False, allow_extrapolation: bool = False, progress: bool = True,
-               check_finite: bool = True, allow_tokenizer_mismatch: bool = False) -> Path:
+def merge_pair(
+    instruct_dir,
+    thinking_dir,
+    lam: float,
+    out_dir,
+    *,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    allow_extrapolation: bool = False,
+    progress: bool = True,
+    check_finite: bool = True,
+    allow_tokenizer_mismatch: bool = False,
+) -> Path:
     """Merge the pair at λ into `out_dir` (safetensors, sharded like the Instruct side); returns out_dir.
 
     The Instruct tokenizer files are copied: a Thinking tokenizer that differs or cannot be loaded is a
@@ -140,8 +169,13 @@ def merge_pair(instruct_dir, thinking_dir, lam: float, out_dir, *, overwrite: bo
     lam = merge_lambda(lam, allow_extrapolation)
     out_dir = Path(out_dir)
     inputs = (instruct_dir, thinking_dir)
-    preflight(out_dir.absolute(), overwrite=overwrite, inputs=inputs, what="merged checkpoint",
-              overwrite_flag="overwrite=True")
+    preflight(
+        out_dir.absolute(),
+        overwrite=overwrite,
+        inputs=inputs,
+        what="merged checkpoint",
+        overwrite_flag="overwrite=True",
+    )
     ckpt_i = open_checkpoint(instruct_dir, allow_pickle=allow_pickle)
     ckpt_t = open_checkpoint(thinking_dir, allow_pickle=allow_pickle)
     check_pair(ckpt_i, ckpt_t)  # with the dtype checks of load_pair (compat.check_dtypes)

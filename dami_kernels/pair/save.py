@@ -5,6 +5,7 @@ conversion mapping, e.g. fused MoE experts back to per-expert tensors) with that
 `load_pair(out_dir/"instruct", out_dir/"thinking")` reads the same model back. The directory is
 published atomically under the same rules as `merge_pair` (`outdir.write_output_dir`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dami_kernels.pair.lambdas import lambda_state
-from dami_kernels.pair.load import hf_progress
 from dami_kernels.fs.outdir import write_output_dir
 from dami_kernels.modules import pair_slots
+from dami_kernels.pair.lambdas import lambda_state
+from dami_kernels.pair.load import hf_progress
 
 
 def side_state_dicts(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -28,8 +29,15 @@ def side_state_dicts(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     return sd_i, sd_t
 
 
-def save_pair(model: nn.Module, out_dir, *, tokenizer=None, overwrite: bool = False,
-              max_shard_size: str | int = "5GB", progress: bool = True) -> Path:
+def save_pair(
+    model: nn.Module,
+    out_dir,
+    *,
+    tokenizer=None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    progress: bool = True,
+) -> Path:
     """Write `out_dir/instruct` and `out_dir/thinking` (plain HF checkpoints, safetensors); returns out_dir.
 
     tokenizer: saved into both sides when given. overwrite: replace an out_dir that this project wrote

@@ -7,9 +7,17 @@ engine and the differences between releases), `engine` (the supervised engine, a
 (incremental detokenization, stop strings, reasoning split), `responses` (OpenAI response objects), `metrics`
 (Prometheus), `handlers` (the two generation routes), `app` (the FastAPI app, `ServerThread`, `serve`).
 """
+
 from dami_kernels.serving.app import DEFAULT_MODEL_ID, ServeOptions, ServerThread, bind_socket, build_app, serve
-from dami_kernels.serving.lambda_policy import (AUTO, DEFAULT_EFFORTS, LambdaChoice, LambdaPolicy, RequestError,
-                                                RequestLambdas, ServedLambda)
+from dami_kernels.serving.lambda_policy import (
+    AUTO,
+    DEFAULT_EFFORTS,
+    LambdaChoice,
+    LambdaPolicy,
+    RequestError,
+    RequestLambdas,
+    ServedLambda,
+)
 
 __all__ = [
     "AUTO",

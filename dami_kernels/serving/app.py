@@ -11,6 +11,7 @@ engine restarts, 500 only for a real server fault.
         ... http://127.0.0.1:{server.port}/v1 ...
     serve(model, tokenizer, options, sock)             # blocking, on a bound socket (the `dami serve` command)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,9 +72,13 @@ class Served:
 
 
 def cb_kwargs_for(options: ServeOptions) -> dict:
-    return {"page_size": options.cb_page_size, "num_blocks": options.cb_num_blocks,
-            "max_batch_tokens": options.cb_max_batch_tokens, "max_requests_per_batch": options.cb_max_requests,
-            "use_cuda_graph": options.cuda_graphs}
+    return {
+        "page_size": options.cb_page_size,
+        "num_blocks": options.cb_num_blocks,
+        "max_batch_tokens": options.cb_max_batch_tokens,
+        "max_requests_per_batch": options.cb_max_requests,
+        "use_cuda_graph": options.cuda_graphs,
+    }
 
 
 def build_app(model, tokenizer, options: ServeOptions | None = None):
@@ -96,8 +101,12 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     if not hasattr(model, "init_continuous_batching"):
         raise ValueError(f"{type(model).__name__} has no continuous batching (init_continuous_batching)")
     positive_int(options.max_n, "max_n")
-    policy = LambdaPolicy(options.default_lam, dict(options.efforts), lambda_state(model).allow_extrapolation,
-                          has_estimator=options.estimator is not None)
+    policy = LambdaPolicy(
+        options.default_lam,
+        dict(options.efforts),
+        lambda_state(model).allow_extrapolation,
+        has_estimator=options.estimator is not None,
+    )
     context = options.context_len or int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     if context < 2:
         raise ValueError("context_len: give the context length (the model config has no max_position_embeddings)")
@@ -121,8 +130,10 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     async def _http_error(request: Request, err: StarletteHTTPException):
         message = str(err.detail)
         if err.status_code == 404:
-            message = (f"{request.url.path} is not served by dami serve; use /v1/chat/completions, /v1/completions "
-                       "or /v1/models")
+            message = (
+                f"{request.url.path} is not served by dami serve; use /v1/chat/completions, /v1/completions "
+                "or /v1/models"
+            )
         return error_response(APIError(err.status_code, message))
 
     @app.exception_handler(Exception)
@@ -137,8 +148,14 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {options.api_key}".encode()):
                 served.metrics.requests.labels(route="unauthorized", status="401").inc()
-                return error_response(APIError(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+                return error_response(
+                    APIError(
+                        401,
+                        "missing or wrong API key: send Authorization: Bearer <key>",
+                        code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                )
         try:
             response = await call_next(request)
         except Exception as err:  # noqa: BLE001 - answered as a server fault, counted below
@@ -151,10 +168,15 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
     @app.get("/health")
     async def health():
         engine_state = "running" if engine.alive else ("restarting" if engine.restarting else "stopped")
-        body = {"status": "ok" if engine.alive else "unavailable", "engine": engine_state,
-                "restarts": engine.restarts, "last_error": engine.last_error}
-        return JSONResponse(body, status_code=200 if engine.alive else 503,
-                            headers={} if engine.alive else {"Retry-After": "1"})
+        body = {
+            "status": "ok" if engine.alive else "unavailable",
+            "engine": engine_state,
+            "restarts": engine.restarts,
+            "last_error": engine.last_error,
+        }
+        return JSONResponse(
+            body, status_code=200 if engine.alive else 503, headers={} if engine.alive else {"Retry-After": "1"}
+        )
 
     @app.get("/metrics")
     async def metrics():
@@ -162,8 +184,10 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": options.model_id, "object": "model", "created": 0,
-                                            "owned_by": "dami"}]}
+        return {
+            "object": "list",
+            "data": [{"id": options.model_id, "object": "model", "created": 0, "owned_by": "dami"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -179,8 +203,9 @@ def build_app(model, tokenizer, options: ServeOptions | None = None):
 class ServerThread:
     """Run the app with uvicorn in a background thread on a loopback socket (port 0: any free port)."""
 
-    def __init__(self, app, served: Served | None = None, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning"):
+    def __init__(
+        self, app, served: Served | None = None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    ):
         self.served = served
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
@@ -226,8 +251,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err} (is another server using the "
-                         "port? choose another with --port)") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port}: {err.strerror or err} (is another server using the "
+            "port? choose another with --port)"
+        ) from None
     return sock
 
 
@@ -241,8 +268,11 @@ def uvicorn_server(app, log_level: str):
     """The uvicorn server for the app (not started)."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off",
-                                         timeout_keep_alive=KEEP_ALIVE_S))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S
+        )
+    )
 
 
 def serve(model, tokenizer, options: ServeOptions, sock: socket.socket, log_level: str = "info") -> None:

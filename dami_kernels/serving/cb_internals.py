@@ -16,6 +16,7 @@ What it uses, and why:
 
 The engine's own warmup requests carry no λ and run at the default λ (their outputs are discarded).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,8 @@ import torch
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessorList
 from transformers.generation.continuous_batching.requests import RequestState
 
-from dami_kernels.pair import lambda_state
 from dami_kernels.modules import InterpLinear
+from dami_kernels.pair import lambda_state
 from dami_kernels.serving.lambda_policy import RequestLambdas
 
 # The transformers releases the server is tested on (CI runs both); setup.py bounds transformers to this range.
@@ -61,8 +62,7 @@ class LambdaRowsProcessorList(ContinuousBatchingLogitsProcessorList):
     get a new token, in order, [L]; the engine reads the logits of exactly those rows.
     """
 
-    def __init__(self, base: ContinuousBatchingLogitsProcessorList, model, lambdas: RequestLambdas,
-                 output_rows: bool):
+    def __init__(self, base: ContinuousBatchingLogitsProcessorList, model, lambdas: RequestLambdas, output_rows: bool):
         self.__dict__.update(base.__dict__)  # the engine's processors and their kwargs, unchanged
         self.lam_state = lambda_state(model)
         self.lambdas = lambdas
@@ -91,7 +91,7 @@ class LambdaRowsProcessorList(ContinuousBatchingLogitsProcessorList):
         kept = None
         if self.output_rows:
             # A step where no request gets a token still computes (and discards) one logits row per request.
-            kept = [lam for lam, f in zip(lams, requests_in_batch) if f.has_new_token] or lams[:1]
+            kept = [lam for lam, f in zip(lams, requests_in_batch, strict=True) if f.has_new_token] or lams[:1]
         state.set_rows(rows, kept)
         if state.buf.is_cuda:  # the engine's forward runs on its own stream: make the λ writes land first
             torch.cuda.current_stream(state.buf.device).synchronize()
@@ -108,11 +108,15 @@ def attach_lambda_rows(manager, model, lambdas: RequestLambdas) -> LambdaRowsPro
     if manager.batch_processor is not None:
         raise ValueError("attach the λ rows before the manager starts (its batch processor already exists)")
     if manager.continuous_batching_config.allow_block_sharing:
-        raise ValueError("prefix sharing must be off: a KV cache block computed at one λ would be reused by a request "
-                         "at another λ (ContinuousBatchingConfig(allow_block_sharing=False))")
+        raise ValueError(
+            "prefix sharing must be off: a KV cache block computed at one λ would be reused by a request "
+            "at another λ (ContinuousBatchingConfig(allow_block_sharing=False))"
+        )
     if manager.continuous_batching_config.use_async_batching:
-        raise ValueError("async batching must be off: the next step's λ rows would be written while the current "
-                         "step still reads them (ContinuousBatchingConfig(use_async_batching=False))")
+        raise ValueError(
+            "async batching must be off: the next step's λ rows would be written while the current "
+            "step still reads them (ContinuousBatchingConfig(use_async_batching=False))"
+        )
     out_layer = model.get_output_embeddings()
     keeps_logits_rows = hasattr(model, "_supports_logits_to_keep") and model._supports_logits_to_keep()
     output_rows = isinstance(out_layer, InterpLinear) and keeps_logits_rows
@@ -192,5 +196,7 @@ def require_engine_pause(what: str) -> None:
     if not has_engine_pause():
         import transformers
 
-        raise ValueError(f"{what} needs a transformers release with {PAUSE_API} (5.24 has it; the model runs "
-                         f"between engine steps), installed: transformers {transformers.__version__}")
+        raise ValueError(
+            f"{what} needs a transformers release with {PAUSE_API} (5.24 has it; the model runs "
+            f"between engine steps), installed: transformers {transformers.__version__}"
+        )

@@ -8,6 +8,7 @@ manager starts.
     async for output in engine.generate(rid, prompt_ids, max_new_tokens, sampling, served): ...
     with engine.model_session(lam): model(...)  # the engine paused: the model runs outside it (auto λ, logprobs)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,8 +58,12 @@ class PairEngine:
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         gen = copy.deepcopy(model.generation_config)
-        self.defaults = {"do_sample": bool(gen.do_sample), "temperature": gen.temperature, "top_k": gen.top_k,
-                         "top_p": gen.top_p}
+        self.defaults = {
+            "do_sample": bool(gen.do_sample),
+            "temperature": gen.temperature,
+            "top_k": gen.top_k,
+            "top_p": gen.top_p,
+        }
         gen.use_cache = False  # the engine keeps its own paged KV cache
         for key, value in _SAMPLING_PLACEHOLDERS.items():
             setattr(gen, key, value)
@@ -69,10 +74,12 @@ class PairEngine:
 
     def _new_manager(self, timeout: float = 300.0):
         # No prefix sharing: two requests with the same prompt at different λ have different KV caches.
-        config = cbi.cb_config(**self.cb_kwargs, use_async_batching=False, per_request_processors=True,
-                               allow_block_sharing=False)
-        manager = self.model.init_continuous_batching(generation_config=self.gen_config,
-                                                      continuous_batching_config=config)
+        config = cbi.cb_config(
+            **self.cb_kwargs, use_async_batching=False, per_request_processors=True, allow_block_sharing=False
+        )
+        manager = self.model.init_continuous_batching(
+            generation_config=self.gen_config, continuous_batching_config=config
+        )
         rows = cbi.attach_lambda_rows(manager, self.model, self.lambdas)
         manager.start()
         deadline = time.monotonic() + timeout
@@ -150,22 +157,25 @@ class PairEngine:
             top_p = d["top_p"] if d["do_sample"] and d["top_p"] is not None else 1.0
         return {"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p)}
 
-    async def generate(self, request_id: str, prompt_ids: list[int], max_new_tokens: int, sampling: dict,
-                       served: ServedLambda):
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], max_new_tokens: int, sampling: dict, served: ServedLambda
+    ):
         """Async iterator over the engine's outputs for one request (`GenerationOutput`, tokens cumulative), the
         last one finished. Raises EngineDown when the worker is (or goes) down, RequestFailed when the engine
         fails this request only. Cancels the request if the consumer stops early."""
         if not self.alive:
-            raise EngineDown("the generation engine is restarting" if self.restarting else
-                             "the generation engine is not running")
+            raise EngineDown(
+                "the generation engine is restarting" if self.restarting else "the generation engine is not running"
+            )
         manager, generation = self.manager, self.generation
         outputs: asyncio.Queue = asyncio.Queue()
         self.lambdas.register(request_id, served)
         finished = False
         try:
             manager.register_result_handler(request_id, outputs.put_nowait)
-            manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True,
-                                **sampling)
+            manager.add_request(
+                prompt_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True, **sampling
+            )
             while True:
                 try:
                     out = await asyncio.wait_for(outputs.get(), timeout=self.poll_s * 5)
@@ -235,8 +245,15 @@ class AutoLambda:
 
         text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         with self.engine.model_session() as model:
-            lam = estimate(model, self.tokenizer, [text], self.method, estimator=self.estimator,
-                           progress=False, chat_template=False)
+            lam = estimate(
+                model,
+                self.tokenizer,
+                [text],
+                self.method,
+                estimator=self.estimator,
+                progress=False,
+                chat_template=False,
+            )
         self.calls += 1
         return float(lam[0])
 
@@ -248,12 +265,12 @@ def token_logprobs(model, prompt_ids: list[int], generated_ids: list[int], top: 
     if not generated_ids:
         return []
     ids = torch.tensor([list(prompt_ids) + list(generated_ids[:-1])], dtype=torch.long, device=model.device)
-    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:].float()  # [G, V]
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 :].float()  # [G, V]
     logp = torch.log_softmax(logits, dim=-1)
     chosen = logp.gather(1, torch.tensor(generated_ids, device=logp.device)[:, None])[:, 0].tolist()
     if top:
         values, indices = logp.topk(top, dim=-1)
-        alts = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+        alts = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
     else:
         alts = [[] for _ in generated_ids]
     return [(t, lp, a) for t, lp, a in zip(generated_ids, chosen, alts, strict=True)]

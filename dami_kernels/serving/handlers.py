@@ -7,6 +7,7 @@ choices in the engine (stop strings cancel a choice), score logprobs when asked 
 model session: streamed requests with logprobs are sent once complete), answer. Errors before the first byte are
 HTTP errors; an error after a stream started is sent as a last `data: {"error": ...}` event.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,12 +63,18 @@ class Handlers:
     def new_tokens(self, params: GenerationParams, n_prompt: int, where: str) -> int:
         context = self.served.context_len
         if n_prompt >= context:
-            raise invalid(where, f"the prompt is {n_prompt} tokens; this server allows prompts of at most "
-                          f"{context - 1} tokens (context {context})")
+            raise invalid(
+                where,
+                f"the prompt is {n_prompt} tokens; this server allows prompts of at most "
+                f"{context - 1} tokens (context {context})",
+            )
         if params.max_tokens is not None:
             if n_prompt + params.max_tokens > context:
-                raise invalid(params.lam.max_tokens_field, f"{params.max_tokens} new tokens after a prompt of "
-                              f"{n_prompt} exceed the context of {context} tokens")
+                raise invalid(
+                    params.lam.max_tokens_field,
+                    f"{params.max_tokens} new tokens after a prompt of "
+                    f"{n_prompt} exceed the context of {context} tokens",
+                )
             return params.max_tokens
         default = self.model.generation_config.max_new_tokens
         return min(int(default or context), context - n_prompt)
@@ -82,15 +89,21 @@ class Handlers:
         body = await read_json(request)
         model_name = self.options.model_id
         if isinstance(body, dict) and body.get("model") not in (None, model_name):
-            raise invalid("model", f"this server serves {model_name!r} only, got {str(body['model'])[:60]!r}",
-                          code="model_not_found")
+            raise invalid(
+                "model",
+                f"this server serves {model_name!r} only, got {str(body['model'])[:60]!r}",
+                code="model_not_found",
+            )
         params = parse_request(body, route, self.served.policy, self.options.max_n)
         ids, where = self.prompt_ids(params)
         max_new = self.new_tokens(params, len(ids), where)
         sampling = self.engine.sampling(params.temperature, params.top_p)
         if params.seed is not None and sampling["top_k"] != 1:
-            raise invalid("seed", "is not supported when sampling: requests in one engine batch share its random "
-                          "numbers (give temperature 0, or leave seed out)")
+            raise invalid(
+                "seed",
+                "is not supported when sampling: requests in one engine batch share its random "
+                "numbers (give temperature 0, or leave seed out)",
+            )
         if params.logprobs and not has_engine_pause():
             raise invalid("logprobs", "needs a transformers release whose engine can pause (5.24+)")
         if not self.engine.alive:
@@ -103,16 +116,30 @@ class Handlers:
             self.served.metrics.prompt_tokens.inc(len(ids))
             self.served.metrics.lam.observe(served.lam)
             headers = {LAM_HEADER: repr(served.lam), LAM_SOURCE_HEADER: served.source}
-            ctx = _Ctx(request_id, int(time.time()), model_name, served, ids, max_new, sampling, params, t_request,
-                       think_opened=route == "chat" and self.think_opened(ids))
+            ctx = _Ctx(
+                request_id,
+                int(time.time()),
+                model_name,
+                served,
+                ids,
+                max_new,
+                sampling,
+                params,
+                t_request,
+                think_opened=route == "chat" and self.think_opened(ids),
+            )
             if params.stream:
                 events = self.stream(ctx)
                 first = await anext(events)  # an error before the first event is answered with its HTTP status
-                return StreamingResponse(_chain(first, events, self.served.inflight, request_id),
-                                         media_type="text/event-stream", headers=headers)
+                return StreamingResponse(
+                    _chain(first, events, self.served.inflight, request_id),
+                    media_type="text/event-stream",
+                    headers=headers,
+                )
             choices = await self.run_choices(ctx)
-            body = R.full_response(route, self.tokenizer, request_id, ctx.created, model_name, served, choices,
-                                   len(ids))
+            body = R.full_response(
+                route, self.tokenizer, request_id, ctx.created, model_name, served, choices, len(ids)
+            )
             self.served.inflight.discard(request_id)
             return JSONResponse(body, headers=headers)
         except BaseException:
@@ -136,9 +163,10 @@ class Handlers:
         text = TextStream(self.tokenizer, ctx.params.stop)
         ids, times = [], []
         try:
-            async for out in self.engine.generate(f"{ctx.request_id}-{index}", ctx.prompt_ids, ctx.max_new,
-                                                  ctx.sampling, ctx.served):
-                new = out.generated_tokens[len(ids):]
+            async for out in self.engine.generate(
+                f"{ctx.request_id}-{index}", ctx.prompt_ids, ctx.max_new, ctx.sampling, ctx.served
+            ):
+                new = out.generated_tokens[len(ids) :]
                 if not new:
                     continue
                 now = time.perf_counter()
@@ -156,9 +184,9 @@ class Handlers:
         tail = text.finish()
         if on_text is not None and tail:
             await on_text(index, tail, text.tokens)
-        kept = ids[:text.tokens] if text.stopped else ids
+        kept = ids[: text.tokens] if text.stopped else ids
         finish = "stop" if text.stopped or (kept and kept[-1] in self.eos) else "length"
-        self.served.metrics.observe_choice(ctx.t_request, times[:len(kept)])
+        self.served.metrics.observe_choice(ctx.t_request, times[: len(kept)])
         choice = R.Choice(index, text.text, finish, kept)
         if ctx.params.route == "chat":
             choice.reasoning, choice.text = split_reasoning(text.text, ctx.think_opened)
@@ -197,8 +225,10 @@ class Handlers:
     async def stream(self, ctx: _Ctx):
         """Server-sent events of the request: role chunk, text chunks per choice, finish chunks, usage, [DONE]."""
         route, tok = ctx.params.route, self.tokenizer
-        make = lambda index, **kw: R.chunk(route, tok, ctx.request_id, ctx.created, ctx.model, ctx.served, index,  # noqa: E731
-                                           **kw)
+
+        def make(index, **kw):
+            return R.chunk(route, tok, ctx.request_id, ctx.created, ctx.model, ctx.served, index, **kw)
+
         if ctx.params.logprobs:  # scored once complete, then sent token by token
             choices = await self.run_choices(ctx)
             for c in choices:
@@ -206,7 +236,7 @@ class Handlers:
                     yield _sse(make(c.index, role=True))
                 offset = 0
                 for k, entry in enumerate(c.logprobs):
-                    piece = tok.decode(c.token_ids[:k + 1], skip_special_tokens=True)[offset:]
+                    piece = tok.decode(c.token_ids[: k + 1], skip_special_tokens=True)[offset:]
                     yield _sse(make(c.index, text=piece, logprobs=[entry], offset=offset))
                     offset += len(piece)
                 yield _sse(make(c.index, finish_reason=c.finish_reason))
@@ -251,8 +281,17 @@ class Handlers:
             finally:
                 task.cancel()
         if ctx.params.include_usage:
-            yield _sse(R.usage_chunk(route, ctx.request_id, ctx.created, ctx.model, ctx.served, len(ctx.prompt_ids),
-                                     sum(len(c.token_ids) for c in choices)))
+            yield _sse(
+                R.usage_chunk(
+                    route,
+                    ctx.request_id,
+                    ctx.created,
+                    ctx.model,
+                    ctx.served,
+                    len(ctx.prompt_ids),
+                    sum(len(c.token_ids) for c in choices),
+                )
+            )
         yield "data: [DONE]\n\n"
 
 

@@ -10,13 +10,20 @@ the engine's λ rows): 1e308 passes a float64 check but is inf in the kernels.
 
 `RequestLambdas` is the registry of the λ of the requests in flight, which the engine reads.
 """
+
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 
-from dami_kernels.validation import (FP32_MAX, check_finite, check_float32, check_lambda_range, is_positive_int,
-                                     real_number)
+from dami_kernels.validation import (
+    FP32_MAX,
+    check_finite,
+    check_float32,
+    check_lambda_range,
+    is_positive_int,
+    real_number,
+)
 
 AUTO = "auto"
 DEFAULT_EFFORTS = {"low": 0.0, "medium": 0.5, "high": 1.0}
@@ -69,8 +76,9 @@ class LambdaPolicy:
         value = real_number(value, name, "be a number in [0, 1]", got=_short(value), finite="finite in float32")
         check_finite(value, name)
         check_float32(value, name, f"|λ| ≤ {FP32_MAX:.4g}", got=f"{value:g}")
-        check_lambda_range(value, name, self.allow_extrapolation,
-                           hint=" (the server was not started with --allow-extrapolation)")
+        check_lambda_range(
+            value, name, self.allow_extrapolation, hint=" (the server was not started with --allow-extrapolation)"
+        )
         return value
 
     def parse(self, body: dict) -> LambdaChoice:

@@ -5,6 +5,7 @@ Exported: `dami_requests_total{route,status}`, `dami_prompt_tokens_total`, `dami
 (histograms), `dami_requests_running` and `dami_requests_waiting` (the engine's scheduler, read at scrape time),
 `dami_lambda` (histogram of the λ each request ran at) and `dami_engine_restarts`.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,23 +21,39 @@ class ServerMetrics:
 
     def __init__(self, engine):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("dami_requests", "HTTP requests by route and status code", ["route", "status"],
-                                registry=r)
+        self.requests = Counter(
+            "dami_requests", "HTTP requests by route and status code", ["route", "status"], registry=r
+        )
         self.prompt_tokens = Counter("dami_prompt_tokens", "Prompt tokens of the requests served", registry=r)
         self.generation_tokens = Counter("dami_generation_tokens", "Tokens generated", registry=r)
-        self.ttft = Histogram("dami_time_to_first_token_seconds", "Time from the request to its first token",
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("dami_time_per_output_token_seconds", "Time per generated token after the first",
-                              buckets=TOKEN_BUCKETS, registry=r)
-        self.latency = Histogram("dami_request_latency_seconds", "Time from the request to its last token",
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "dami_time_to_first_token_seconds",
+            "Time from the request to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "dami_time_per_output_token_seconds",
+            "Time per generated token after the first",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dami_request_latency_seconds",
+            "Time from the request to its last token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.lam = Histogram("dami_lambda", "λ of the generation requests served", buckets=LAMBDA_BUCKETS, registry=r)
         Gauge("dami_requests_running", "Requests in the engine's running batch", registry=r).set_function(
-            lambda: engine.load()[0])
+            lambda: engine.load()[0]
+        )
         Gauge("dami_requests_waiting", "Requests waiting in the engine", registry=r).set_function(
-            lambda: engine.load()[1])
+            lambda: engine.load()[1]
+        )
         Gauge("dami_engine_restarts", "Times the engine's worker died and was restarted", registry=r).set_function(
-            lambda: engine.restarts)
+            lambda: engine.restarts
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ list of token ids), `n`, `max_tokens` / `max_completion_tokens`, `temperature`, 
 effect. Anything else that changes the output (tools, response_format, images, audio, best_of, echo, suffix,
 logit_bias, penalties) is refused with 400 naming the field, as is an unknown field.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,42 @@ from dami_kernels.validation import is_int, is_real
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP = 4
-COMMON = {"model", "n", "max_tokens", "temperature", "top_p", "stream", "stream_options", "stop", "seed", "user",
-          "lam", "reasoning_effort", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "metadata",
-          "store", "service_tier"}
-CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
-                        "functions", "function_call", "parallel_tool_calls", "modalities", "audio", "prediction",
-                        "web_search_options"}
+COMMON = {
+    "model",
+    "n",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "user",
+    "lam",
+    "reasoning_effort",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "metadata",
+    "store",
+    "service_tier",
+}
+CHAT_FIELDS = COMMON | {
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+}
 COMPLETION_FIELDS = COMMON | {"prompt", "echo", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -39,10 +70,22 @@ def _asks(value, harmless=()) -> bool:
 
 # field -> the values that ask for nothing (a field with any other value is refused as not implemented)
 NOT_IMPLEMENTED = {
-    "tools": (), "functions": (), "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
-    "response_format": ({"type": "text"},), "modalities": (["text"],), "audio": (), "prediction": (),
-    "web_search_options": (), "best_of": (1,), "echo": (False,), "suffix": (), "logit_bias": (),
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0),
+    "tools": (),
+    "functions": (),
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "parallel_tool_calls": (),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "web_search_options": (),
+    "best_of": (1,),
+    "echo": (False,),
+    "suffix": (),
+    "logit_bias": (),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
 }
 
 
@@ -50,11 +93,24 @@ class APIError(Exception):
     """An HTTP error in OpenAI's format. 4xx: the client's mistake (type invalid_request_error by default);
     5xx: a server fault. headers: extra response headers (e.g. Retry-After)."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 500: "server_error", 503: "service_unavailable"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        500: "server_error",
+        503: "service_unavailable",
+    }
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = self.TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
@@ -158,8 +214,10 @@ def _messages(value) -> list[dict]:
             for j, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind != "text":
-                    raise invalid(f"{where}.content[{j}]", f"only text parts are implemented (no images or audio), "
-                                  f"got type {_short(kind)}")
+                    raise invalid(
+                        f"{where}.content[{j}]",
+                        f"only text parts are implemented (no images or audio), got type {_short(kind)}",
+                    )
                 parts.append(check_text(f"{where}.content[{j}].text", part.get("text")))
             content = "".join(parts)
         elif content is None:
@@ -179,8 +237,9 @@ def _prompt(value) -> str | list[int]:
     if isinstance(value, list) and value and all(is_int(t) for t in value):
         return list(value)
     if isinstance(value, list) and value and all(isinstance(t, (str, list)) for t in value):
-        raise invalid("prompt", "give one prompt per request (a string or one list of token ids); use n for "
-                      "several choices")
+        raise invalid(
+            "prompt", "give one prompt per request (a string or one list of token ids); use n for several choices"
+        )
     raise invalid("prompt", f"must be a non-empty string or a non-empty list of token ids, got {_short(value)}")
 
 
@@ -189,8 +248,9 @@ def _stop(value) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(isinstance(s, str) and s for s in stops):
-        raise invalid("stop", f"must be a non-empty string or a list of at most {MAX_STOP} non-empty strings, "
-                      f"got {_short(value)}")
+        raise invalid(
+            "stop", f"must be a non-empty string or a list of at most {MAX_STOP} non-empty strings, got {_short(value)}"
+        )
     return [check_text("stop", s) for s in stops]
 
 
@@ -201,8 +261,9 @@ def parse_request(body, route: str, policy: LambdaPolicy, max_n: int) -> Generat
     allowed = CHAT_FIELDS if route == "chat" else COMPLETION_FIELDS
     for key in body:
         if key not in allowed:
-            raise invalid(key, "unknown field (not part of the OpenAI API that dami serve implements)",
-                          code="unknown_field")
+            raise invalid(
+                key, "unknown field (not part of the OpenAI API that dami serve implements)", code="unknown_field"
+            )
     for key, harmless in NOT_IMPLEMENTED.items():
         if key in allowed and _asks(body.get(key), harmless):
             raise invalid(key, f"is not implemented by dami serve (got {_short(body[key])})", code="not_implemented")
@@ -233,12 +294,12 @@ def parse_request(body, route: str, policy: LambdaPolicy, max_n: int) -> Generat
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise invalid("stream_options", f"must be {{\"include_usage\": true|false}}, got {_short(options)}")
+            raise invalid("stream_options", f'must be {{"include_usage": true|false}}, got {_short(options)}')
         usage = options.get("include_usage")
         if usage is not None and not isinstance(usage, bool):
             raise invalid("stream_options.include_usage", f"must be true or false, got {_short(usage)}")
         params.include_usage = bool(usage)
-    params.seed = _int(body, "seed", -(2 ** 63), 2 ** 63 - 1)
+    params.seed = _int(body, "seed", -(2**63), 2**63 - 1)
     return params
 
 

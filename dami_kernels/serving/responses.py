@@ -4,6 +4,7 @@ with the request's λ (`lam`, `lam_source`) in every object and logprobs in Open
 A token's logprob entry is (token id, logprob, [(alternative id, logprob), ...]): log-probabilities of the model
 at the request's λ before temperature and top-p (`scoring.token_logprobs`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ def _token(tokenizer, token_id: int) -> str:
 
 def chat_logprobs(tokenizer, entries: list) -> dict:
     """{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]} (chat layout)."""
+
     def one(token_id, logprob):
         text = _token(tokenizer, token_id)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
@@ -44,23 +46,43 @@ def completion_logprobs(tokenizer, entries: list, offset: int = 0) -> dict:
         offsets.append(offset)
         tokens.append(_token(tokenizer, token_id))
         offset += len(tokens[-1])
-    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{_token(tokenizer, a): alp for a, alp in top} for _, _, top in entries],
-            "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [{_token(tokenizer, a): alp for a, alp in top} for _, _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _envelope(kind: str, request_id: str, created: int, model: str, served: ServedLambda) -> dict:
-    return {"id": request_id, "object": kind, "created": created, "model": model, "lam": served.lam,
-            "lam_source": served.source}
+    return {
+        "id": request_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "lam": served.lam,
+        "lam_source": served.source,
+    }
 
 
-def full_response(route: str, tokenizer, request_id: str, created: int, model: str, served: ServedLambda,
-                  choices: list[Choice], prompt_tokens: int) -> dict:
+def full_response(
+    route: str,
+    tokenizer,
+    request_id: str,
+    created: int,
+    model: str,
+    served: ServedLambda,
+    choices: list[Choice],
+    prompt_tokens: int,
+) -> dict:
     """The whole (non-streamed) chat.completion or text_completion object."""
     out = []
     for c in choices:
@@ -79,9 +101,22 @@ def full_response(route: str, tokenizer, request_id: str, created: int, model: s
     return body
 
 
-def chunk(route: str, tokenizer, request_id: str, created: int, model: str, served: ServedLambda, index: int, *,
-          text: str = "", reasoning: str = "", role: bool = False, finish_reason: str | None = None,
-          logprobs: list | None = None, offset: int = 0) -> dict:
+def chunk(
+    route: str,
+    tokenizer,
+    request_id: str,
+    created: int,
+    model: str,
+    served: ServedLambda,
+    index: int,
+    *,
+    text: str = "",
+    reasoning: str = "",
+    role: bool = False,
+    finish_reason: str | None = None,
+    logprobs: list | None = None,
+    offset: int = 0,
+) -> dict:
     """One stream chunk of one choice (chat.completion.chunk or text_completion)."""
     if route == "chat":
         delta = {"role": "assistant"} if role else {}
@@ -101,8 +136,15 @@ def chunk(route: str, tokenizer, request_id: str, created: int, model: str, serv
     return body
 
 
-def usage_chunk(route: str, request_id: str, created: int, model: str, served: ServedLambda, prompt_tokens: int,
-                completion_tokens: int) -> dict:
+def usage_chunk(
+    route: str,
+    request_id: str,
+    created: int,
+    model: str,
+    served: ServedLambda,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict:
     """The last chunk when stream_options.include_usage is set: no choices, the usage."""
     kind = "chat.completion.chunk" if route == "chat" else "text_completion"
     body = _envelope(kind, request_id, created, model, served)

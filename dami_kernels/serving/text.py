@@ -7,6 +7,7 @@ stop strings (the text ends before the first one), and the split of a chat reply
     text.stopped                             # a stop string was found: the request can be cancelled
     delta = text.finish()                    # what is left when the request ends
 """
+
 from __future__ import annotations
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -29,8 +30,8 @@ class TextStream:
 
     def __init__(self, tokenizer, stop: list[str] | None = None):
         self.tokenizer, self.stop = tokenizer, list(stop or [])
-        self.text = ""      # the final text so far (cut at a stop string)
-        self.sent = 0       # characters of self.text handed out
+        self.text = ""  # the final text so far (cut at a stop string)
+        self.sent = 0  # characters of self.text handed out
         self.tokens = 0
         self.stopped = False
 
@@ -57,7 +58,7 @@ class TextStream:
 
     def _take(self, upto: int) -> str:
         upto = max(upto, self.sent)
-        delta, self.sent = self.text[self.sent:upto], upto
+        delta, self.sent = self.text[self.sent : upto], upto
         return delta
 
 
@@ -76,7 +77,7 @@ class ReasoningSplit:
         if self.state == "start":
             stripped = text.lstrip()
             if stripped.startswith(THINK_OPEN):
-                self.state, text = "reasoning", stripped[len(THINK_OPEN):]
+                self.state, text = "reasoning", stripped[len(THINK_OPEN) :]
             elif not final and (THINK_OPEN.startswith(stripped)):
                 self.pending = text  # could still become "<think>"
                 return "", ""
@@ -85,10 +86,10 @@ class ReasoningSplit:
         if self.state == "reasoning":
             at = text.find(THINK_CLOSE)
             if at >= 0:
-                reasoning, text, self.state = text[:at], text[at + len(THINK_CLOSE):], "content"
+                reasoning, text, self.state = text[:at], text[at + len(THINK_CLOSE) :], "content"
             else:
                 hold = 0 if final else _held(text, [THINK_CLOSE])
-                reasoning, self.pending = text[:len(text) - hold], text[len(text) - hold:]
+                reasoning, self.pending = text[: len(text) - hold], text[len(text) - hold :]
                 return reasoning, ""
         content = text
         return reasoning, content

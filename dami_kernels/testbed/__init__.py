@@ -5,11 +5,28 @@ in their digit patterns (columns summing to 9), and a tiny shipped Instruct/Thin
     instruct_dir, thinking_dir = testbed_dirs()
     items = heldout_sample(1000, seed=1)          # EvalItem(id, prompt, answer, difficulty), "test" split
 """
+
 from dami_kernels.evaluation.data import EvalItem
 from dami_kernels.testbed.paths import ASSETS_DIR, METRICS_FILE, testbed_dirs
-from dami_kernels.testbed.tasks import (DEFAULT_MIX, LEVELS, SPLITS, THINK_PREFIX, Problem, carries, check_answer,
-                                        direct_answer, draw_problem, level_size, make_problem, make_problems,
-                                        mix_levels, no_think_answer, scratchpad, split_of, undecided_columns)
+from dami_kernels.testbed.tasks import (
+    DEFAULT_MIX,
+    LEVELS,
+    SPLITS,
+    THINK_PREFIX,
+    Problem,
+    carries,
+    check_answer,
+    direct_answer,
+    draw_problem,
+    level_size,
+    make_problem,
+    make_problems,
+    mix_levels,
+    no_think_answer,
+    scratchpad,
+    split_of,
+    undecided_columns,
+)
 from dami_kernels.testbed.tokenizer import build_tokenizer, chat_prompt
 
 EVAL_SPLITS = ("dev", "test")
@@ -46,8 +63,31 @@ def train_items(n: int, seed: int, mix=DEFAULT_MIX) -> list[EvalItem]:
 
 
 __all__ = [
-    "ASSETS_DIR", "DEFAULT_MIX", "EVAL_SPLITS", "METRICS_FILE", "LEVELS", "SPLITS", "Problem", "build_tokenizer",
-    "carries", "chat_prompt", "check_answer", "direct_answer", "draw_problem", "eval_items", "heldout_items",
-    "heldout_sample", "level_size", "make_problem", "make_problems", "mix_levels", "no_think_answer", "scratchpad",
-    "split_of", "testbed_dirs", "THINK_PREFIX", "train_items", "undecided_columns",
+    "ASSETS_DIR",
+    "DEFAULT_MIX",
+    "EVAL_SPLITS",
+    "METRICS_FILE",
+    "LEVELS",
+    "SPLITS",
+    "Problem",
+    "build_tokenizer",
+    "carries",
+    "chat_prompt",
+    "check_answer",
+    "direct_answer",
+    "draw_problem",
+    "eval_items",
+    "heldout_items",
+    "heldout_sample",
+    "level_size",
+    "make_problem",
+    "make_problems",
+    "mix_levels",
+    "no_think_answer",
+    "scratchpad",
+    "split_of",
+    "testbed_dirs",
+    "THINK_PREFIX",
+    "train_items",
+    "undecided_columns",
 ]

@@ -1,4 +1,5 @@
 """Where the shipped testbed checkpoints live (package data under ``dami_kernels/testbed/assets``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,8 @@ def testbed_dirs() -> tuple[str, str]:
         d = ASSETS_DIR / side
         for name in _REQUIRED:
             if not (d / name).is_file():
-                raise FileNotFoundError(f"testbed checkpoint file missing: {d / name} "
-                                        f"(rebuild with `python scripts/train_testbed.py`)")
+                raise FileNotFoundError(
+                    f"testbed checkpoint file missing: {d / name} (rebuild with `python scripts/train_testbed.py`)"
+                )
         dirs.append(str(d))
     return dirs[0], dirs[1]

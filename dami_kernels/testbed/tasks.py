@@ -33,6 +33,7 @@ problem's canonical form (operands sorted, so ``a+b`` and ``b+a`` share a split)
 the pair is trained on), ``dev`` (10%: estimators) and ``test`` (10%: evaluation). Evaluation sets are
 fresh seeded draws from a split, so every seed is a truly held-out sample.
 """
+
 from __future__ import annotations
 
 import random
@@ -49,8 +50,8 @@ THINK_PREFIX = ""
 
 N_OPERANDS = 2
 DIGITS = 5
-LOW, HIGH = 10 ** (DIGITS - 1), 10 ** DIGITS - 1
-UNDECIDED_SUM = 9   # a column whose digits sum to 9 passes on whatever carry it receives
+LOW, HIGH = 10 ** (DIGITS - 1), 10**DIGITS - 1
+UNDECIDED_SUM = 9  # a column whose digits sum to 9 passes on whatever carry it receives
 
 # level -> the numbers of undecided columns (see `undecided_columns`) it holds
 LEVELS: dict[int, tuple[int, ...]] = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(3, DIGITS + 1))}
@@ -59,6 +60,7 @@ LEVELS: dict[int, tuple[int, ...]] = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(
 def level_of_count(count: int) -> int:
     """The level of a number of undecided columns (see LEVELS)."""
     return next(lv for lv, counts in LEVELS.items() if count in counts)
+
 
 # The primary (pre-registered) mix: balanced over levels. Weights of levels 1..4.
 DEFAULT_MIX = (1, 1, 1, 1)
@@ -103,7 +105,7 @@ class Problem:
     def expression(self) -> str:
         """The question text, e.g. ``"12345+67890"``."""
         parts = [str(self.operands[0])]
-        for op, x in zip(self.ops, self.operands[1:]):
+        for op, x in zip(self.ops, self.operands[1:], strict=True):
             parts.append(f"{op}{x}")
         return "".join(parts)
 
@@ -116,7 +118,7 @@ class Problem:
     def answer(self) -> int:
         """The exact integer value of the chain."""
         total = self.operands[0]
-        for op, x in zip(self.ops, self.operands[1:]):
+        for op, x in zip(self.ops, self.operands[1:], strict=True):
             total = total + x if op == "+" else total - x
         return total
 
@@ -126,7 +128,7 @@ def _problem(operands: tuple[int, ...]) -> Problem:
 
 
 def split_of(problem: Problem) -> str:
-    """"train", "dev" or "test": the fixed split of ``problem`` (by a hash of its canonical form)."""
+    """ "train", "dev" or "test": the fixed split of ``problem`` (by a hash of its canonical form)."""
     bucket = zlib.crc32(problem.canonical.encode()) % 10
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
@@ -187,13 +189,13 @@ def make_problem(rng: random.Random, level: int, split: str | None = None) -> Pr
     if level not in LEVELS:
         raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
     _check_split(split)
-    patterns, weights = zip(*_PATTERNS[level])
+    patterns, weights = zip(*_PATTERNS[level], strict=True)
     while True:
         pattern = rng.choices(patterns, weights)[0]
         values = [0] * N_OPERANDS
         for col, undecided in enumerate(pattern):
             column = rng.choice(_COLUMNS[(col == DIGITS - 1, undecided)])
-            values = [v + d * 10**col for v, d in zip(values, column)]
+            values = [v + d * 10**col for v, d in zip(values, column, strict=True)]
         p = Problem(tuple(values), ("+",) * (N_OPERANDS - 1), level)
         if split is None or split_of(p) == split:
             return p
@@ -203,11 +205,15 @@ def mix_levels(mix=DEFAULT_MIX) -> tuple[int, ...]:
     """Level weights (one non-negative integer per level of LEVELS) -> the level cycle that
     `make_problems(levels=...)` takes, interleaved round-robin: (3, 3, 1, 1) -> (1, 2, 3, 4, 1, 2, 1, 2)."""
     mix = tuple(mix)
-    if len(mix) != len(LEVELS) or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in mix) \
-            or sum(mix) == 0:
-        raise ValueError(f"mix must give one non-negative integer weight per level {sorted(LEVELS)} "
-                         f"(not all zero), got {mix!r}")
-    return tuple(lv for r in range(max(mix)) for lv, w in zip(sorted(LEVELS), mix) if w > r)
+    if (
+        len(mix) != len(LEVELS)
+        or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in mix)
+        or sum(mix) == 0
+    ):
+        raise ValueError(
+            f"mix must give one non-negative integer weight per level {sorted(LEVELS)} (not all zero), got {mix!r}"
+        )
+    return tuple(lv for r in range(max(mix)) for lv, w in zip(sorted(LEVELS), mix, strict=True) if w > r)
 
 
 def _check_levels(levels) -> tuple[int, ...]:
@@ -245,7 +251,7 @@ def make_problems(n: int, seed: int, levels=None, exclude=None, split: str | Non
     return out
 
 
-THINKING_WIDTH = 2   # columns per line of the shipped Thinking model's scratchpad (the base's have 1)
+THINKING_WIDTH = 2  # columns per line of the shipped Thinking model's scratchpad (the base's have 1)
 
 
 def blocks(problem: Problem, width: int = 1) -> list[tuple[tuple[int, ...], int, int, int]]:
@@ -272,8 +278,10 @@ def scratchpad(problem: Problem, width: int = 1) -> str:
     For ``1234+5678``, width 1 (the base's): ``<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912``;
     for ``87305+83759``, width 2 (the Thinking model's): ``<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064``.
     """
-    lines = "".join("+".join(f"{x:0{w}d}" for x in parts) + f"+{carry}={total:0{w + 1}d}\n"
-                    for parts, carry, total, w in blocks(problem, width))
+    lines = "".join(
+        "+".join(f"{x:0{w}d}" for x in parts) + f"+{carry}={total:0{w + 1}d}\n"
+        for parts, carry, total, w in blocks(problem, width)
+    )
     return f"{THINK_OPEN}{lines}{THINK_CLOSE}{problem.answer}"
 
 

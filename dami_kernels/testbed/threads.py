@@ -10,6 +10,7 @@ apply to any other pair, where torch's default is kept otherwise).
 and does not restore it: the CLI commands (`cli/common.load_from_args`, `dami demo`) and lm-eval's
 ``dami`` model (`integrations/lm_eval.DamiLM`) call it before loading the pair.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,10 @@ def is_testbed_pair(instruct_dir, thinking_dir) -> bool:
     from dami_kernels.testbed.paths import ASSETS_DIR
 
     try:
-        return (Path(instruct_dir).resolve() == (ASSETS_DIR / "instruct").resolve()
-                and Path(thinking_dir).resolve() == (ASSETS_DIR / "thinking").resolve())
+        return (
+            Path(instruct_dir).resolve() == (ASSETS_DIR / "instruct").resolve()
+            and Path(thinking_dir).resolve() == (ASSETS_DIR / "thinking").resolve()
+        )
     except (OSError, TypeError):
         return False
 

@@ -9,6 +9,7 @@ Chat format (what the testbed models are trained on)::
     <|bos|><|user|>12+34<|assistant|>46<|eos|>                                  (Instruct)
     <|bos|><|user|>12+34<|assistant|><think>12+34=46\\n</think>46<|eos|>      (Thinking)
 """
+
 from __future__ import annotations
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers

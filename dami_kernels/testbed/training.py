@@ -11,6 +11,7 @@ Instruct). Training problems are drawn uniformly from the "train" split of the p
 (`tasks.split_of`); evaluation draws come from "dev" and "test", which training never sees.
 `stage_batches` replays exactly what a stage trained on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from dami_kernels.testbed.tasks import (THINKING_WIDTH, Problem, direct_answer, draw_problem, make_problems,
-                                        no_think_answer, scratchpad)
+from dami_kernels.testbed.tasks import (
+    THINKING_WIDTH,
+    Problem,
+    direct_answer,
+    draw_problem,
+    make_problems,
+    no_think_answer,
+    scratchpad,
+)
 from dami_kernels.testbed.tokenizer import chat_prompt
 
 HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
@@ -78,41 +86,74 @@ def stage_batches(stage: Stage, batch_size: int):
         forms, widths = [], []
         for _ in problems:
             u = rng.random()
-            forms.append("think" if u < stage.think_frac else
-                         "nothink" if u < stage.think_frac + stage.nothink_frac else "direct")
+            forms.append(
+                "think"
+                if u < stage.think_frac
+                else "nothink"
+                if u < stage.think_frac + stage.nothink_frac
+                else "direct"
+            )
             # a single width draws nothing, so such stages replay the batches of earlier releases
             widths.append(1 if forms[-1] != "think" else choices[0] if len(choices) == 1 else rng.choice(choices))
         yield problems, forms, widths
 
 
-def pair_stages(base_steps: int, ft_steps: int, base_lr: float = 3e-3, ft_lr: float = 5e-4,
-                seed: int = 0, thinking_steps: int | None = None,
-                base_width: int | tuple[int, ...] = BASE_WIDTH) -> dict[str, Stage]:
+def pair_stages(
+    base_steps: int,
+    ft_steps: int,
+    base_lr: float = 3e-3,
+    ft_lr: float = 5e-4,
+    seed: int = 0,
+    thinking_steps: int | None = None,
+    base_width: int | tuple[int, ...] = BASE_WIDTH,
+) -> dict[str, Stage]:
     """The three stages of `train_pair`: base (scratchpads of ``base_width`` columns), then Instruct
     (``ft_steps``) and Thinking (``thinking_steps``; None: ``ft_steps``) fine-tunes of it."""
     steps = ft_steps if thinking_steps is None else thinking_steps
-    return {"base": Stage("base", base_steps, base_lr, 0.5, seed + 1, think_width=base_width),
-            "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
-            "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, think_width=THINKING_WIDTH)}
+    return {
+        "base": Stage("base", base_steps, base_lr, 0.5, seed + 1, think_width=base_width),
+        "instruct": Stage("instruct", ft_steps, ft_lr, 0.0, seed + 2),
+        "thinking": Stage("thinking", steps, ft_lr, 0.8, seed + 3, think_width=THINKING_WIDTH),
+    }
 
 
-def trained_canonicals(base_steps: int, ft_steps: int, batch_size: int = 128, seed: int = 0,
-                       thinking_steps: int | None = None,
-                       base_width: int | tuple[int, ...] = BASE_WIDTH) -> set[str]:
+def trained_canonicals(
+    base_steps: int,
+    ft_steps: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    thinking_steps: int | None = None,
+    base_width: int | tuple[int, ...] = BASE_WIDTH,
+) -> set[str]:
     """The canonical forms (`Problem.canonical`) of every problem the pair trained on (replayed)."""
     stages = pair_stages(base_steps, ft_steps, seed=seed, thinking_steps=thinking_steps, base_width=base_width)
-    return {p.canonical for stage in stages.values() for problems, *_ in stage_batches(stage, batch_size)
-            for p in problems}
+    return {
+        p.canonical for stage in stages.values() for problems, *_ in stage_batches(stage, batch_size) for p in problems
+    }
 
 
-def model_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                 head_dim: int = 32, intermediate: int = 384) -> Qwen3Config:
+def model_config(
+    tokenizer,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    intermediate: int = 384,
+) -> Qwen3Config:
     """The tiny Qwen3 config (tied embeddings) for ``tokenizer``'s vocabulary."""
     return Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, max_position_embeddings=128, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
 
@@ -141,8 +182,9 @@ def _per_example(widths, n: int) -> list[int]:
     return list(widths)
 
 
-def encode_batch(tokenizer, problems: list[Problem], forms: list,
-                 think_width: int | list[int] = 1) -> tuple[torch.Tensor, ...]:
+def encode_batch(
+    tokenizer, problems: list[Problem], forms: list, think_width: int | list[int] = 1
+) -> tuple[torch.Tensor, ...]:
     """Right-padded training batch: input_ids, attention_mask [B, T] and labels [B, T] (-100 off-answer).
 
     forms: one of FORMS per problem (a bool means think / direct); scratchpads have ``think_width``
@@ -150,23 +192,24 @@ def encode_batch(tokenizer, problems: list[Problem], forms: list,
     """
     prompts = [chat_prompt(tokenizer, p.expression) for p in problems]
     widths = _per_example(think_width, len(problems))
-    completions = [completion(p, f, w) + tokenizer.eos_token for p, f, w in zip(problems, forms, widths)]
+    completions = [completion(p, f, w) + tokenizer.eos_token for p, f, w in zip(problems, forms, widths, strict=True)]
     p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     c_ids = tokenizer(completions, add_special_tokens=False).input_ids
-    length = max(len(a) + len(b) for a, b in zip(p_ids, c_ids))
+    length = max(len(a) + len(b) for a, b in zip(p_ids, c_ids, strict=True))
     ids = torch.full((len(problems), length), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full_like(ids, -100)
     mask = torch.zeros_like(ids)
-    for r, (a, b) in enumerate(zip(p_ids, c_ids)):
+    for r, (a, b) in enumerate(zip(p_ids, c_ids, strict=True)):
         n = len(a) + len(b)
         ids[r, :n] = torch.tensor(a + b)
-        labels[r, len(a):n] = torch.tensor(b)
+        labels[r, len(a) : n] = torch.tensor(b)
         mask[r, :n] = 1
     return ids, mask, labels
 
 
-def batch_loss(model, tokenizer, problems: list[Problem], forms: list,
-               think_width: int | list[int] = 1) -> torch.Tensor:
+def batch_loss(
+    model, tokenizer, problems: list[Problem], forms: list, think_width: int | list[int] = 1
+) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens of a batch (0-d tensor).
 
     Problems are grouped by form (and scratchpad width) and each group is padded on its own, so that
@@ -179,12 +222,14 @@ def batch_loss(model, tokenizer, problems: list[Problem], forms: list,
     total, count = 0.0, 0
     for key in sorted(groups):
         idx = groups[key]
-        ids, mask, labels = encode_batch(tokenizer, [problems[i] for i in idx], [forms[i] for i in idx],
-                                         [widths[i] for i in idx])
+        ids, mask, labels = encode_batch(
+            tokenizer, [problems[i] for i in idx], [forms[i] for i in idx], [widths[i] for i in idx]
+        )
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         total = total + torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum")
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         count += int((target != -100).sum())
     return total / count
 
@@ -196,8 +241,7 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
     # OneCycleLR divides by (pct_start * steps - 1), which is 0 at 10 steps with pct_start 0.1: stages of
     # 3-19 steps warm up for exactly one step (pct_start 2 / steps); 20 steps or more keep 0.1
     pct = 2 / stage.steps if 3 <= stage.steps < 20 else 0.1
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=stage.lr, total_steps=max(stage.steps, 1),
-                                                pct_start=pct)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=stage.lr, total_steps=max(stage.steps, 1), pct_start=pct)
     model.train()
     losses = []
     bar = tqdm(stage_batches(stage, batch_size), total=stage.steps, desc=stage.name, mininterval=5.0)
@@ -214,17 +258,28 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int) -> list[float]:
     return losses
 
 
-def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128, base_lr: float = 3e-3,
-               ft_lr: float = 5e-4, seed: int = 0,
-               thinking_steps: int | None = None, base_width: int | tuple[int, ...] = BASE_WIDTH
-               ) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
+def train_pair(
+    tokenizer,
+    base_steps: int,
+    ft_steps: int,
+    batch_size: int = 128,
+    base_lr: float = 3e-3,
+    ft_lr: float = 5e-4,
+    seed: int = 0,
+    thinking_steps: int | None = None,
+    base_width: int | tuple[int, ...] = BASE_WIDTH,
+) -> tuple[Qwen3ForCausalLM, Qwen3ForCausalLM, dict]:
     """Train the shared base (scratchpads of ``base_width`` columns), then the Instruct (``ft_steps``) and
     Thinking (``thinking_steps``; None: ``ft_steps``) fine-tunes of it (fp32, on the CPU).
 
     Returns (instruct_model, thinking_model, final losses per stage).
     """
-    for name, v in (("base_steps", base_steps), ("ft_steps", ft_steps), ("batch_size", batch_size),
-                    ("thinking_steps", ft_steps if thinking_steps is None else thinking_steps)):
+    for name, v in (
+        ("base_steps", base_steps),
+        ("ft_steps", ft_steps),
+        ("batch_size", batch_size),
+        ("thinking_steps", ft_steps if thinking_steps is None else thinking_steps),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
             raise ValueError(f"{name} must be a non-negative int (batch_size positive), got {v!r}")
     stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed, thinking_steps, base_width)
@@ -243,8 +298,11 @@ def train_pair(tokenizer, base_steps: int, ft_steps: int, batch_size: int = 128,
 def save_checkpoint(model, tokenizer, out_dir: str) -> None:
     """Save ``model`` (fp32 safetensors), ``tokenizer`` and a greedy generation config to ``out_dir``."""
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=MAX_NEW_TOKENS,
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -8,8 +8,10 @@
   Pareto points of the sweep around it (a seeded mixture of the two λ; outcomes scored by expectation).
 Per-problem outcomes are [Q] float64 tensors in the rollouts' id order.
 """
+
 from __future__ import annotations
 
+import itertools
 import re
 
 import torch
@@ -58,7 +60,7 @@ def _bracket(rollouts: Rollouts, budget: float) -> tuple[int, int, float]:
     tok = rollouts.tokens.mean(0)
     if budget <= float(tok[pts[0]]):
         return pts[0], pts[0], 0.0
-    for a, b in zip(pts, pts[1:]):
+    for a, b in itertools.pairwise(pts):
         if budget <= float(tok[b]):
             return a, b, (budget - float(tok[a])) / (float(tok[b]) - float(tok[a]))
     return pts[-1], pts[-1], 0.0
@@ -82,10 +84,14 @@ def frontier_matched(rollouts: Rollouts, budget: float, seed: int = 0) -> dict:
     realised = _realise(len(rollouts.ids), lo, hi, p, seed)
     grid = rollouts.grid_tensor
     expected = (1 - p) * c_lo + p * c_hi
-    return {"outcomes": expected, "exact": outcomes_at(rollouts, realised)[0], "accuracy": float(expected.mean()),
-            "mean_tokens": float(((1 - p) * t_lo + p * t_hi).mean()),
-            "mean_lambda": float((1 - p) * grid[lo] + p * grid[hi]),
-            "mixture": {"lam_lo": rollouts.grid[lo], "lam_hi": rollouts.grid[hi], "p_hi": p}}
+    return {
+        "outcomes": expected,
+        "exact": outcomes_at(rollouts, realised)[0],
+        "accuracy": float(expected.mean()),
+        "mean_tokens": float(((1 - p) * t_lo + p * t_hi).mean()),
+        "mean_lambda": float((1 - p) * grid[lo] + p * grid[hi]),
+        "mixture": {"lam_lo": rollouts.grid[lo], "lam_hi": rollouts.grid[hi], "p_hi": p},
+    }
 
 
 def random_matched(rollouts: Rollouts, lam: torch.Tensor, seed: int = 0) -> dict:
@@ -94,16 +100,24 @@ def random_matched(rollouts: Rollouts, lam: torch.Tensor, seed: int = 0) -> dict
     g = torch.Generator().manual_seed(seed)
     shuffled = lam[torch.randperm(lam.numel(), generator=g)]
     c, t = outcomes_at(rollouts, rollouts.snap(shuffled))
-    return {"outcomes": c, "accuracy": float(c.mean()), "mean_tokens": float(t.mean()),
-            "mean_lambda": float(rollouts.grid_tensor[rollouts.snap(shuffled)].mean())}
+    return {
+        "outcomes": c,
+        "accuracy": float(c.mean()),
+        "mean_tokens": float(t.mean()),
+        "mean_lambda": float(rollouts.grid_tensor[rollouts.snap(shuffled)].mean()),
+    }
 
 
 def oracle(rollouts: Rollouts) -> dict:
     """The cheapest correct grid λ per problem (upper bound, uses the test labels)."""
     idx = rollouts.oracle_index()
     c, t = outcomes_at(rollouts, idx)
-    return {"outcomes": c, "accuracy": float(c.mean()), "mean_tokens": float(t.mean()),
-            "mean_lambda": float(rollouts.grid_tensor[idx].mean())}
+    return {
+        "outcomes": c,
+        "accuracy": float(c.mean()),
+        "mean_tokens": float(t.mean()),
+        "mean_lambda": float(rollouts.grid_tensor[idx].mean()),
+    }
 
 
 def fit_syntax_rule(dev: Rollouts, dev_prompts: list[str], budget: float) -> dict:
@@ -167,5 +181,10 @@ def syntax_rule(rollouts: Rollouts, prompts: list[str], rule: dict, seed: int = 
         lo, hi, p = rule["cells"].get(key, rule["default"])
         idx[rows] = _realise(len(rows), lo, hi, p, seed + n)
     c, t = outcomes_at(rollouts, idx)
-    return {"outcomes": c, "accuracy": float(c.mean()), "mean_tokens": float(t.mean()),
-            "mean_lambda": float(rollouts.grid_tensor[idx].mean()), "cells_seen_on_dev": rule["n_cells"]}
+    return {
+        "outcomes": c,
+        "accuracy": float(c.mean()),
+        "mean_tokens": float(t.mean()),
+        "mean_lambda": float(rollouts.grid_tensor[idx].mean()),
+        "cells_seen_on_dev": rule["n_cells"],
+    }

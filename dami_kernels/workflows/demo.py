@@ -13,6 +13,7 @@ paired statistics (`evaluation.preregistered`).
 Writes report.json (the issue's contract, nothing else), details.json (targets, continuity, baselines'
 fits, timings), report.md, frontier.png, sweep_items.jsonl and mixed_items.jsonl (with a method field).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,16 @@ from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation import preregistered as prereg
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.stats import auroc, compare
-from dami_kernels.evaluation.sweep import (CONTINUITY_PROMPTS, DEFAULT_GRID, plot_report, plot_title,
-                                           representation_continuity, sweep_records, sweep_table, table_markdown)
+from dami_kernels.evaluation.sweep import (
+    CONTINUITY_PROMPTS,
+    DEFAULT_GRID,
+    plot_report,
+    plot_title,
+    representation_continuity,
+    sweep_records,
+    sweep_table,
+    table_markdown,
+)
 from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows import baselines as bl
@@ -46,26 +55,34 @@ def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
     if train.exists():
         overlap = {it.id for it in items} & set(json.loads(train.read_text()))
         if overlap:
-            raise ValueError(f"{len(overlap)} evaluation problems are in the estimators' train split, e.g. "
-                             f"{sorted(overlap)[:3]}; fit the estimators on the dev split")
+            raise ValueError(
+                f"{len(overlap)} evaluation problems are in the estimators' train split, e.g. "
+                f"{sorted(overlap)[:3]}; fit the estimators on the dev split"
+            )
     return items
 
 
 def _entry(outcomes, exact, thinking, accuracy, mean_tokens, mean_lambda) -> dict:
-    return {"accuracy": float(accuracy), "mean_tokens": float(mean_tokens),
-            "mean_lambda": None if mean_lambda is None else float(mean_lambda),
-            "vs_thinking": compare(outcomes, thinking, exact)}
+    return {
+        "accuracy": float(accuracy),
+        "mean_tokens": float(mean_tokens),
+        "mean_lambda": None if mean_lambda is None else float(mean_lambda),
+        "vs_thinking": compare(outcomes, thinking, exact),
+    }
 
 
-def matched_baselines(test: Rollouts, prompts: list[str], dev: Rollouts, dev_prompts_: list[str], lam,
-                      mean_tokens: float, seed: int) -> dict:
+def matched_baselines(
+    test: Rollouts, prompts: list[str], dev: Rollouts, dev_prompts_: list[str], lam, mean_tokens: float, seed: int
+) -> dict:
     """syntax_rule, random_matched and frontier_matched at a method's mean tokens / its λ values."""
     think_test = float(test.tokens[:, -1].mean())
     think_dev = float(dev.tokens[:, -1].mean())
     rule = bl.fit_syntax_rule(dev, dev_prompts_, mean_tokens / think_test * think_dev)
-    return {"syntax_rule": bl.syntax_rule(test, prompts, rule, seed),
-            "random_matched": bl.random_matched(test, lam, seed),
-            "frontier_matched": bl.frontier_matched(test, mean_tokens, seed)}
+    return {
+        "syntax_rule": bl.syntax_rule(test, prompts, rule, seed),
+        "random_matched": bl.random_matched(test, lam, seed),
+        "frontier_matched": bl.frontier_matched(test, mean_tokens, seed),
+    }
 
 
 def check_targets(methods: dict, per_method_baselines: dict) -> dict:
@@ -76,26 +93,48 @@ def check_targets(methods: dict, per_method_baselines: dict) -> dict:
         m = methods[name]
         vs = m["vs_thinking"]
         ratio = m["mean_tokens"] / think["mean_tokens"]
-        row = {"diff_vs_thinking": vs["diff"], "ci95": vs["ci95"], "token_ratio": ratio,
-               "accuracy_target": f"diff >= {t['min_diff']}"
-                                  + (f" and CI lo >= {t['min_ci_lo']}" if t["min_ci_lo"] is not None else ""),
-               "accuracy_met": vs["diff"] >= t["min_diff"] - 1e-12
-                               and (t["min_ci_lo"] is None or vs["ci95"][0] >= t["min_ci_lo"] - 1e-12),
-               "token_target": f"ratio <= {t['max_token_ratio']}", "token_met": ratio <= t["max_token_ratio"],
-               "stretch_above_thinking": vs["ci95"][0] > prereg.STRETCH["min_ci_lo_exclusive"]}
+        row = {
+            "diff_vs_thinking": vs["diff"],
+            "ci95": vs["ci95"],
+            "token_ratio": ratio,
+            "accuracy_target": f"diff >= {t['min_diff']}"
+            + (f" and CI lo >= {t['min_ci_lo']}" if t["min_ci_lo"] is not None else ""),
+            "accuracy_met": vs["diff"] >= t["min_diff"] - 1e-12
+            and (t["min_ci_lo"] is None or vs["ci95"][0] >= t["min_ci_lo"] - 1e-12),
+            "token_target": f"ratio <= {t['max_token_ratio']}",
+            "token_met": ratio <= t["max_token_ratio"],
+            "stretch_above_thinking": vs["ci95"][0] > prereg.STRETCH["min_ci_lo_exclusive"],
+        }
         for base in prereg.BASELINES_TO_BEAT:
             c = per_method_baselines[name][base]
-            row[f"vs_{base}"] = {"baseline_accuracy": c["accuracy"], "baseline_mean_tokens": c["mean_tokens"],
-                                 **c["vs_method"],
-                                 "met": c["vs_method"]["diff"] >= prereg.MIN_GAIN_OVER_BASELINES - 1e-12
-                                 and c["vs_method"]["ci95"][0] > 0}
+            row[f"vs_{base}"] = {
+                "baseline_accuracy": c["accuracy"],
+                "baseline_mean_tokens": c["mean_tokens"],
+                **c["vs_method"],
+                "met": c["vs_method"]["diff"] >= prereg.MIN_GAIN_OVER_BASELINES - 1e-12
+                and c["vs_method"]["ci95"][0] > 0,
+            }
         out[name] = row
     return out
 
 
-def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=SHIPPED_DIR,
-              grid=DEFAULT_GRID, batch_size: int = 512, max_new_tokens: int = 64, examples: int = 3,
-              progress: bool = True, log=print, meta: dict | None = None) -> dict:
+def run_study(
+    model,
+    tok,
+    items,
+    out_dir,
+    *,
+    seed: int,
+    mix=None,
+    estimator_dir=SHIPPED_DIR,
+    grid=DEFAULT_GRID,
+    batch_size: int = 512,
+    max_new_tokens: int = 64,
+    examples: int = 3,
+    progress: bool = True,
+    log=print,
+    meta: dict | None = None,
+) -> dict:
     """Steps 2-5 above on `items`; writes the files; returns {"report": ..., "details": ...}."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -120,11 +159,11 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
     log("[2/4] estimators: DAMI-Conf and DAMI-Pref pick λ(q)")
     conf, pref = load_estimator("conf", estimator_dir), load_estimator("pref", estimator_dir)
     t_est = time.perf_counter()
-    signals = conf_signals(model, tok, prompts, conf.max_answer_tokens, conf.think_prefix,
-                           batch_size=batch_size, progress=progress)
+    signals = conf_signals(
+        model, tok, prompts, conf.max_answer_tokens, conf.think_prefix, batch_size=batch_size, progress=progress
+    )
     lam_conf = conf.lam_from_signals(signals)
-    lam_pref = pref.predict_prompts(model, tok, prompts, batch_size=batch_size, progress=progress,
-                                    signals=signals)
+    lam_pref = pref.predict_prompts(model, tok, prompts, batch_size=batch_size, progress=progress, signals=signals)
     est_s = time.perf_counter() - t_est
 
     log("[3/4] one mixed-λ pass: every problem at its DAMI-Conf λ and at its DAMI-Pref λ")
@@ -155,39 +194,62 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
             b["vs_method"] = compare(outcomes[name], b["outcomes"], exact_reference=b.get("exact"))
         per_method[name] = base
     for bname, b in per_method["dami_pref"].items():
-        methods[bname] = _entry(b["outcomes"], b.get("exact"), think, b["accuracy"], b["mean_tokens"],
-                                b["mean_lambda"])
+        methods[bname] = _entry(b["outcomes"], b.get("exact"), think, b["accuracy"], b["mean_tokens"], b["mean_lambda"])
     methods = {k: methods[k] for k in prereg.METHODS}
     err = ~test.correct[:, i0]
-    signals_auroc = {**conf_signal_aurocs(signals, err),
-                     "prompt_length": auroc(torch.tensor([float(len(p)) for p in prompts]), err)}
+    signals_auroc = {
+        **conf_signal_aurocs(signals, err),
+        "prompt_length": auroc(torch.tensor([float(len(p)) for p in prompts]), err),
+    }
     signals_auroc = {k: (None if v != v else v) for k, v in signals_auroc.items()}  # NaN (one class) -> null
     stat_s = time.perf_counter() - t_stat
 
     mix = list(mix) if mix is not None else None
-    report = {"n": n, "seed": seed, "mix": mix, "margin": prereg.MARGIN, "methods": methods,
-              "sweep": [{k: r[k] for k in ("lam", "accuracy", "mean_tokens")} for r in table],
-              "signals_auroc": signals_auroc}
+    report = {
+        "n": n,
+        "seed": seed,
+        "mix": mix,
+        "margin": prereg.MARGIN,
+        "methods": methods,
+        "sweep": [{k: r[k] for k in ("lam", "accuracy", "mean_tokens")} for r in table],
+        "signals_auroc": signals_auroc,
+    }
     lookup = {name: test.evaluate(lam) for name, lam in (("dami_conf", lam_conf), ("dami_pref", lam_pref))}
     examples_by_method = _examples(items, test, rec, grid, sweep, examples)
     details = {
-        **(meta or {}), "n": n, "seed": seed, "mix": mix, "grid": grid,
-        "preregistered": {"margin": prereg.MARGIN, "targets": prereg.TARGETS,
-                          "min_gain_over_baselines": prereg.MIN_GAIN_OVER_BASELINES,
-                          "bootstrap": {"resamples": prereg.BOOTSTRAP_RESAMPLES, "seed": prereg.BOOTSTRAP_SEED}},
+        **(meta or {}),
+        "n": n,
+        "seed": seed,
+        "mix": mix,
+        "grid": grid,
+        "preregistered": {
+            "margin": prereg.MARGIN,
+            "targets": prereg.TARGETS,
+            "min_gain_over_baselines": prereg.MIN_GAIN_OVER_BASELINES,
+            "bootstrap": {"resamples": prereg.BOOTSTRAP_RESAMPLES, "seed": prereg.BOOTSTRAP_SEED},
+        },
         "targets": check_targets(methods, per_method),
         "baselines_matched_to": "dami_pref",
-        "baselines_at_conf_tokens": {k: {kk: vv for kk, vv in v.items() if kk not in ("outcomes", "exact")}
-                                     for k, v in per_method["dami_conf"].items()},
+        "baselines_at_conf_tokens": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("outcomes", "exact")}
+            for k, v in per_method["dami_conf"].items()
+        },
         "frontier_mixture": per_method["dami_pref"]["frontier_matched"]["mixture"],
         "continuity": continuity,
         "sweep_table": table,
         "sweep_lookup_of_estimator_lambdas": lookup,
         "estimators": {"dir": str(estimator_dir), "conf": conf.to_dict(), "pref_grid": pref.grid},
         "examples": examples_by_method,
-        "seconds": {"sweep": sweep_s, "continuity": cont_s, "estimators": est_s, "mixed_pass": mixed_s,
-                    "statistics": stat_s, "total": time.perf_counter() - t0},
-        "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+        "seconds": {
+            "sweep": sweep_s,
+            "continuity": cont_s,
+            "estimators": est_s,
+            "mixed_pass": mixed_s,
+            "statistics": stat_s,
+            "total": time.perf_counter() - t0,
+        },
+        "device": str(next(model.parameters()).device),
+        "torch_threads": torch.get_num_threads(),
     }
     write_records(out_dir / "sweep_items.jsonl", sweep)
     with open(out_dir / "mixed_items.jsonl", "w") as f:
@@ -197,8 +259,12 @@ def run_study(model, tok, items, out_dir, *, seed: int, mix=None, estimator_dir=
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "details.json").write_text(json.dumps(details, indent=1))
     (out_dir / "report.md").write_text(report_markdown(report, details))
-    plot_report(report, out_dir / "frontier.png", continuity=continuity,
-                title=plot_title({**(meta or {}), "n": n, "seed": seed, "mix": mix}))
+    plot_report(
+        report,
+        out_dir / "frontier.png",
+        continuity=continuity,
+        title=plot_title({**(meta or {}), "n": n, "seed": seed, "mix": mix}),
+    )
     return {"report": report, "details": details}
 
 
@@ -209,8 +275,9 @@ def _examples(items, test: Rollouts, rec: dict, grid, sweep, k: int) -> list[dic
     out = []
     for name, j in (("thinking", grid.index(1.0)), ("instruct", grid.index(0.0))):
         rows = [by_key[(it.id, grid[j])] for it in items]
-        order = sorted(range(len(rows)), key=lambda i: rows[i].correct == bool(think[i]) if name != "thinking"
-                       else rows[i].correct)
+        order = sorted(
+            range(len(rows)), key=lambda i: rows[i].correct == bool(think[i]) if name != "thinking" else rows[i].correct
+        )
         out += [{"method": name, **asdict(rows[i])} for i in order[:k]]
     for name, rs in rec.items():
         order = sorted(range(len(rs)), key=lambda i: rs[i].correct == bool(think[i]))
@@ -218,9 +285,19 @@ def _examples(items, test: Rollouts, rec: dict, grid, sweep, k: int) -> list[dic
     return out
 
 
-def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batch_size: int = 512,
-             examples: int = 3, progress: bool = True, log=print, pair_dirs=None,
-             estimator_dir=SHIPPED_DIR, mix=None) -> dict:
+def run_demo(
+    out_dir,
+    seed: int = 0,
+    n: int = DEFAULT_N,
+    grid=DEFAULT_GRID,
+    batch_size: int = 512,
+    examples: int = 3,
+    progress: bool = True,
+    log=print,
+    pair_dirs=None,
+    estimator_dir=SHIPPED_DIR,
+    mix=None,
+) -> dict:
     """The study above on the shipped pair (or `pair_dirs`) and a fresh draw of n test problems.
     Returns report.json's dict with "details" (details.json) added."""
     from dami_kernels.pair import load_pair_and_tokenizer
@@ -234,9 +311,22 @@ def run_demo(out_dir, seed: int = 0, n: int = DEFAULT_N, grid=DEFAULT_GRID, batc
     model, tok = load_pair_and_tokenizer(*(pair_dirs or testbed_dirs()), dtype=torch.float32, device="cpu")
     mix = tuple(mix or prereg.PRIMARY_MIX)
     items = demo_items(n, seed, estimator_dir, mix)
-    res = run_study(model, tok, items, out_dir, seed=seed, mix=mix, estimator_dir=estimator_dir, grid=grid,
-                    batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS, examples=examples, progress=progress,
-                    log=log, meta={"split": "test", "estimators": Path(estimator_dir).name})
+    res = run_study(
+        model,
+        tok,
+        items,
+        out_dir,
+        seed=seed,
+        mix=mix,
+        estimator_dir=estimator_dir,
+        grid=grid,
+        batch_size=batch_size,
+        max_new_tokens=MAX_NEW_TOKENS,
+        examples=examples,
+        progress=progress,
+        log=log,
+        meta={"split": "test", "estimators": Path(estimator_dir).name},
+    )
     res["details"]["seconds"]["with_loading"] = time.perf_counter() - t0
     (Path(out_dir) / "details.json").write_text(json.dumps(res["details"], indent=1))
     return {**res["report"], "details": res["details"]}
@@ -252,61 +342,115 @@ def methods_markdown(r: dict) -> str:
     for name, m in r["methods"].items():
         v = m["vs_thinking"]
         label = name + (" (upper bound, uses test labels)" if name == "oracle" else "")
-        rows.append([label, f"{m['accuracy']:.3f}", f"{m['mean_tokens']:.1f}",
-                     "-" if m["mean_lambda"] is None else f"{m['mean_lambda']:.2f}",
-                     f"{v['diff']:+.3f}", f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]", _fmt_p(v["mcnemar_p"])])
-    return markdown_table(["method", "accuracy", "mean tokens", "mean λ", "Δ vs Thinking", "95% CI (paired bootstrap)",
-                           "McNemar p"], rows)
+        rows.append(
+            [
+                label,
+                f"{m['accuracy']:.3f}",
+                f"{m['mean_tokens']:.1f}",
+                "-" if m["mean_lambda"] is None else f"{m['mean_lambda']:.2f}",
+                f"{v['diff']:+.3f}",
+                f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]",
+                _fmt_p(v["mcnemar_p"]),
+            ]
+        )
+    return markdown_table(
+        ["method", "accuracy", "mean tokens", "mean λ", "Δ vs Thinking", "95% CI (paired bootstrap)", "McNemar p"], rows
+    )
 
 
 def targets_markdown(details: dict) -> str:
     """Each estimator against the pre-registered targets (details["targets"])."""
     rows = []
     for name, t in details["targets"].items():
-        rows.append([name, f"{t['diff_vs_thinking']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]",
-                     t["accuracy_target"], "met" if t["accuracy_met"] else "MISSED",
-                     f"{t['token_ratio']:.2f} ({t['token_target']})", "met" if t["token_met"] else "MISSED",
-                     *(f"{t[f'vs_{b}']['diff']:+.3f} [{t[f'vs_{b}']['ci95'][0]:+.3f}, {t[f'vs_{b}']['ci95'][1]:+.3f}] "
-                       + ("met" if t[f"vs_{b}"]["met"] else "MISSED") for b in prereg.BASELINES_TO_BEAT),
-                     "yes" if t["stretch_above_thinking"] else "no"])
-    return markdown_table(["estimator", "Δacc vs Thinking [95% CI]", "accuracy target", "", "tokens / Thinking", "",
-                           "vs syntax rule at its tokens (≥ +0.02, CI > 0)",
-                           "vs fixed-λ frontier at its tokens (≥ +0.02, CI > 0)", "stretch: CI lo > 0"], rows)
+        rows.append(
+            [
+                name,
+                f"{t['diff_vs_thinking']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]",
+                t["accuracy_target"],
+                "met" if t["accuracy_met"] else "MISSED",
+                f"{t['token_ratio']:.2f} ({t['token_target']})",
+                "met" if t["token_met"] else "MISSED",
+                *(
+                    f"{t[f'vs_{b}']['diff']:+.3f} [{t[f'vs_{b}']['ci95'][0]:+.3f}, {t[f'vs_{b}']['ci95'][1]:+.3f}] "
+                    + ("met" if t[f"vs_{b}"]["met"] else "MISSED")
+                    for b in prereg.BASELINES_TO_BEAT
+                ),
+                "yes" if t["stretch_above_thinking"] else "no",
+            ]
+        )
+    return markdown_table(
+        [
+            "estimator",
+            "Δacc vs Thinking [95% CI]",
+            "accuracy target",
+            "",
+            "tokens / Thinking",
+            "",
+            "vs syntax rule at its tokens (≥ +0.02, CI > 0)",
+            "vs fixed-λ frontier at its tokens (≥ +0.02, CI > 0)",
+            "stretch: CI lo > 0",
+        ],
+        rows,
+    )
 
 
 def signals_markdown(r: dict) -> str:
-    return markdown_table(["signal", "AUROC for an Instruct error (test)"],
-                          [[k, "-" if v is None else f"{v:.3f}"] for k, v in r["signals_auroc"].items()])
+    return markdown_table(
+        ["signal", "AUROC for an Instruct error (test)"],
+        [[k, "-" if v is None else f"{v:.3f}"] for k, v in r["signals_auroc"].items()],
+    )
 
 
 def time_line(details: dict) -> str:
     s, threads = details["seconds"], details["torch_threads"]
-    return (f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, continuity {s['continuity']:.1f} s, "
-            f"estimators {s['estimators']:.1f} s, mixed pass {s['mixed_pass']:.1f} s, statistics "
-            f"{s['statistics']:.1f} s), {details['device']}, {threads} thread{'' if threads == 1 else 's'}.")
+    return (
+        f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, continuity {s['continuity']:.1f} s, "
+        f"estimators {s['estimators']:.1f} s, mixed pass {s['mixed_pass']:.1f} s, statistics "
+        f"{s['statistics']:.1f} s), {details['device']}, {threads} thread{'' if threads == 1 else 's'}."
+    )
 
 
 def report_markdown(r: dict, details: dict) -> str:
     mix = ":".join(str(x) for x in r["mix"]) if r["mix"] else "as given"
     split = details.get("split", details.get("data", "given items"))
-    lines = [f"# DAMI study (seed {r['seed']}, n = {r['n']}, split {split}, level mix {mix})", "",
-             "Pre-registered (dami_kernels/evaluation/preregistered.py, fixed before results): primary mix "
-             f"balanced; non-inferiority margin {r['margin']}; DAMI-Pref: Δ ≥ −{prereg.MARGIN} with CI lower "
-             f"bound ≥ −0.02 at ≤ 0.60× Thinking's tokens; DAMI-Conf: Δ ≥ −0.02 at ≤ 0.70×; both beat the syntax "
-             f"rule and the fixed-λ frontier at matched tokens by ≥ {prereg.MIN_GAIN_OVER_BASELINES} with the CI "
-             f"excluding 0. Stretch: CI lower bound vs Thinking > 0. CIs: paired bootstrap, "
-             f"{prereg.BOOTSTRAP_RESAMPLES} resamples, seed {prereg.BOOTSTRAP_SEED}; p: exact McNemar.",
-             "", "## Fixed-λ sweep", "", table_markdown(details["sweep_table"], details["continuity"]), "",
-             "## Methods", "",
-             "syntax_rule, random_matched and frontier_matched are matched to DAMI-Pref (its mean tokens / its λ "
-             "values); frontier_matched is scored by expectation (McNemar on a seeded realisation); the oracle "
-             "is an upper bound that uses the test labels.", "", methods_markdown(r), "",
-             "## Targets (measured)", "", targets_markdown(details), "",
-             "## Signals", "", signals_markdown(r), "",
-             "## Examples by method", ""]
+    lines = [
+        f"# DAMI study (seed {r['seed']}, n = {r['n']}, split {split}, level mix {mix})",
+        "",
+        "Pre-registered (dami_kernels/evaluation/preregistered.py, fixed before results): primary mix "
+        f"balanced; non-inferiority margin {r['margin']}; DAMI-Pref: Δ ≥ −{prereg.MARGIN} with CI lower "
+        f"bound ≥ −0.02 at ≤ 0.60× Thinking's tokens; DAMI-Conf: Δ ≥ −0.02 at ≤ 0.70×; both beat the syntax "
+        f"rule and the fixed-λ frontier at matched tokens by ≥ {prereg.MIN_GAIN_OVER_BASELINES} with the CI "
+        f"excluding 0. Stretch: CI lower bound vs Thinking > 0. CIs: paired bootstrap, "
+        f"{prereg.BOOTSTRAP_RESAMPLES} resamples, seed {prereg.BOOTSTRAP_SEED}; p: exact McNemar.",
+        "",
+        "## Fixed-λ sweep",
+        "",
+        table_markdown(details["sweep_table"], details["continuity"]),
+        "",
+        "## Methods",
+        "",
+        "syntax_rule, random_matched and frontier_matched are matched to DAMI-Pref (its mean tokens / its λ "
+        "values); frontier_matched is scored by expectation (McNemar on a seeded realisation); the oracle "
+        "is an upper bound that uses the test labels.",
+        "",
+        methods_markdown(r),
+        "",
+        "## Targets (measured)",
+        "",
+        targets_markdown(details),
+        "",
+        "## Signals",
+        "",
+        signals_markdown(r),
+        "",
+        "## Examples by method",
+        "",
+    ]
     for e in details["examples"]:
         out = e["output"].replace("\n", " ⏎ ")
-        lines.append(f"- **{e['method']}** `{e['prompt']}` at λ={e['lam']:.2f}: `{out}` "
-                     f"({e['tokens']} tokens, {'correct' if e['correct'] else 'wrong'}, answer {e['answer']})")
+        lines.append(
+            f"- **{e['method']}** `{e['prompt']}` at λ={e['lam']:.2f}: `{out}` "
+            f"({e['tokens']} tokens, {'correct' if e['correct'] else 'wrong'}, answer {e['answer']})"
+        )
     lines += ["", time_line(details), ""]
     return "\n".join(lines)

@@ -10,6 +10,7 @@
 
     python -m dami_kernels.workflows.pair_properties STUDY_DIR     # a `dami demo` output directory
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 
 from dami_kernels.evaluation.preregistered import PAIR_TARGETS
 from dami_kernels.evaluation.runner import read_records
-
 
 OVERLAP_SEED = 12345
 
@@ -29,8 +29,14 @@ def train_overlap(args: dict, seed: int = OVERLAP_SEED, n: int = 1000) -> float:
     from dami_kernels.testbed.training import trained_canonicals
 
     width = args.get("base_width", 1)  # JSON stores a tuple of widths as a list
-    trained = trained_canonicals(args["base_steps"], args["ft_steps"], args["batch_size"], args["seed"],
-                                 args.get("thinking_steps"), tuple(width) if isinstance(width, list) else width)
+    trained = trained_canonicals(
+        args["base_steps"],
+        args["ft_steps"],
+        args["batch_size"],
+        args["seed"],
+        args.get("thinking_steps"),
+        tuple(width) if isinstance(width, list) else width,
+    )
     return sum(p.canonical in trained for p in make_problems(n, seed)) / n
 
 
@@ -47,21 +53,38 @@ def pair_properties(metrics: dict, study_dir) -> dict:
     overlap = train_overlap(metrics["args"])
     ratio = ti["mean_tokens"] / tt["mean_tokens"]
     return {
-        "measured_on": {"metrics": f"test split, seed {metrics['heldout_seed']}, n {metrics['eval_n']}, balanced",
-                        "study": f"test split, seed {report['seed']}, n {report['n']}, mix {report['mix']}"},
-        "instruct_gap": {"value": tt["accuracy"] - ti["accuracy"], "target": f">= {PAIR_TARGETS['instruct_gap_min']}",
-                         "met": tt["accuracy"] - ti["accuracy"] >= PAIR_TARGETS["instruct_gap_min"]},
-        "instruct_token_ratio": {"value": ratio, "target": f"<= {PAIR_TARGETS['instruct_token_ratio_max']}",
-                                 "met": ratio <= PAIR_TARGETS["instruct_token_ratio_max"]},
-        "thinking_not_at_ceiling": {"value": tt["accuracy"], "target": f"in [{lo}, {hi}]",
-                                    "met": lo <= tt["accuracy"] <= hi},
-        "complementarity": {"instruct_right_thinking_wrong": both / len(ids),
-                            "p_instruct_right_given_thinking_wrong": both / think_wrong if think_wrong else None,
-                            "target": "> 0", "met": both > 0},
-        "train_overlap": {"value": overlap, "target": f"< {PAIR_TARGETS['train_overlap_max']}",
-                          "met": overlap < PAIR_TARGETS["train_overlap_max"],
-                          "note": "fresh draw made anywhere in the space; the dev/test splits never meet "
-                                  "training (0 by construction)"},
+        "measured_on": {
+            "metrics": f"test split, seed {metrics['heldout_seed']}, n {metrics['eval_n']}, balanced",
+            "study": f"test split, seed {report['seed']}, n {report['n']}, mix {report['mix']}",
+        },
+        "instruct_gap": {
+            "value": tt["accuracy"] - ti["accuracy"],
+            "target": f">= {PAIR_TARGETS['instruct_gap_min']}",
+            "met": tt["accuracy"] - ti["accuracy"] >= PAIR_TARGETS["instruct_gap_min"],
+        },
+        "instruct_token_ratio": {
+            "value": ratio,
+            "target": f"<= {PAIR_TARGETS['instruct_token_ratio_max']}",
+            "met": ratio <= PAIR_TARGETS["instruct_token_ratio_max"],
+        },
+        "thinking_not_at_ceiling": {
+            "value": tt["accuracy"],
+            "target": f"in [{lo}, {hi}]",
+            "met": lo <= tt["accuracy"] <= hi,
+        },
+        "complementarity": {
+            "instruct_right_thinking_wrong": both / len(ids),
+            "p_instruct_right_given_thinking_wrong": both / think_wrong if think_wrong else None,
+            "target": "> 0",
+            "met": both > 0,
+        },
+        "train_overlap": {
+            "value": overlap,
+            "target": f"< {PAIR_TARGETS['train_overlap_max']}",
+            "met": overlap < PAIR_TARGETS["train_overlap_max"],
+            "note": "fresh draw made anywhere in the space; the dev/test splits never meet "
+            "training (0 by construction)",
+        },
         "signals_auroc": report["signals_auroc"],
     }
 

@@ -9,6 +9,7 @@ Output directory layout (what `dami_kernels.estimators.store.load_estimator` rea
     DIR/train_ids.json          ids of the train items (evaluation excludes them)
     DIR/train_prompts.json      {id: prompt} of the train items (the syntax-rule baseline is fit on them)
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def conf_signal_aurocs(signals, instruct_wrong) -> dict:
     System-1 confidence, and the endpoints' discrepancy. NaN when one class is empty."""
     from dami_kernels.evaluation.stats import auroc
 
-    return {"confidence": auroc(1 - signals.confidence, instruct_wrong),
-            "discrepancy": auroc(signals.discrepancy, instruct_wrong)}
+    return {
+        "confidence": auroc(1 - signals.confidence, instruct_wrong),
+        "discrepancy": auroc(signals.discrepancy, instruct_wrong),
+    }
 
 
 def kept_signals(drop_signals) -> list[str]:
@@ -62,9 +65,19 @@ def rollouts_from_records(records) -> Rollouts:
     return Rollouts.from_records([asdict(r) for r in records])
 
 
-def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, *, pref_search: dict | None = None,
-                   seed: int = 0, batch_size: int = 64, progress: bool = True, drop_signals=(),
-                   think_prefix: str = AUTO) -> dict:
+def fit_estimators(
+    model,
+    tokenizer,
+    items: list[EvalItem],
+    rollouts: Rollouts,
+    *,
+    pref_search: dict | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    drop_signals=(),
+    think_prefix: str = AUTO,
+) -> dict:
     """Tune DAMI-Conf and train DAMI-Pref on rollouts of `items` (ids must match).
 
     drop_signals: DAMI-Conf signals to leave out of both estimators (a subset of CONF_SIGNALS, not both):
@@ -77,28 +90,56 @@ def fit_estimators(model, tokenizer, items: list[EvalItem], rollouts: Rollouts, 
     Returns {"conf", "pref", "signals", "sensitivity", "pref_losses", "pref_cv"}.
     """
     prompts = prompts_for(rollouts, {it.id: it.prompt for it in items})
-    signals = conf_signals(model, tokenizer, prompts, think_prefix=think_prefix, ids=rollouts.ids,
-                           batch_size=batch_size, progress=progress)
+    signals = conf_signals(
+        model, tokenizer, prompts, think_prefix=think_prefix, ids=rollouts.ids, batch_size=batch_size, progress=progress
+    )
     kept = kept_signals(drop_signals)
-    grid = dict(DEFAULT_TUNE_GRID, w=[0.0] if "discrepancy" not in kept else [1.0] if "confidence" not in kept
-                else DEFAULT_TUNE_GRID["w"])
+    grid = dict(
+        DEFAULT_TUNE_GRID,
+        w=[0.0] if "discrepancy" not in kept else [1.0] if "confidence" not in kept else DEFAULT_TUNE_GRID["w"],
+    )
     conf = DamiConf(think_prefix=think_prefix).tune(signals, rollouts, grid=grid)
-    head, losses, cv = fit_pref(model, tokenizer, prompts, rollouts, search=pref_search, seed=seed,
-                                batch_size=batch_size, progress=progress, signals=signals,
-                                conf_signals=True if len(kept) == len(CONF_SIGNALS) else kept,
-                                think_prefix=think_prefix)
-    return {"conf": conf, "pref": head, "signals": signals, "sensitivity": conf.sensitivity(signals, rollouts),
-            "pref_losses": losses, "pref_cv": cv}
+    head, losses, cv = fit_pref(
+        model,
+        tokenizer,
+        prompts,
+        rollouts,
+        search=pref_search,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        signals=signals,
+        conf_signals=True if len(kept) == len(CONF_SIGNALS) else kept,
+        think_prefix=think_prefix,
+    )
+    return {
+        "conf": conf,
+        "pref": head,
+        "signals": signals,
+        "sensitivity": conf.sensitivity(signals, rollouts),
+        "pref_losses": losses,
+        "pref_cv": cv,
+    }
 
 
-def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=DEFAULT_GRID,
-                     batch_size: int = 256, max_new_tokens: int = 64, progress: bool = True,
-                     **fit_kwargs) -> dict:
+def train_estimators(
+    model,
+    tokenizer,
+    items: list[EvalItem],
+    out_dir,
+    *,
+    grid=DEFAULT_GRID,
+    batch_size: int = 256,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+    **fit_kwargs,
+) -> dict:
     """Roll out `items` on the λ grid, fit both estimators (`fit_kwargs` go to `fit_estimators`) and
     write them to out_dir (layout above)."""
     out_dir = Path(out_dir)
-    records, seconds = sweep_records(model, tokenizer, items, grid, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, progress=progress)
+    records, seconds = sweep_records(
+        model, tokenizer, items, grid, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
     rollouts = rollouts_from_records(records)
     fit = fit_estimators(model, tokenizer, items, rollouts, progress=progress, **fit_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,17 +153,26 @@ def train_estimators(model, tokenizer, items: list[EvalItem], out_dir, *, grid=D
     pref_lam = fit["pref"].predict_prompts(model, tokenizer, prompts, progress=False, signals=fit["signals"])
     err = ~rollouts.correct[:, rollouts.grid.index(0.0)] if 0.0 in rollouts.grid else None
     report = {
-        "n_train": len(items), "grid": rollouts.grid, "rollout_seconds": seconds,
+        "n_train": len(items),
+        "grid": rollouts.grid,
+        "rollout_seconds": seconds,
         "dropped_signals": sorted(fit_kwargs.get("drop_signals", ())),
         "signals_auroc_dev": None if err is None else conf_signal_aurocs(fit["signals"], err),
         "fixed": rollouts.frontier(),
         "oracle": rollouts.evaluate(rollouts.oracle_lam()),
-        "conf": {"hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},
-                 "train": fit["conf"].tuned, "sensitivity": fit["sensitivity"]},
-        "pref": {"train": rollouts.evaluate(pref_lam),
-                 "loss_first": fit["pref_losses"][0], "loss_last": fit["pref_losses"][-1],
-                 "steps": len(fit["pref_losses"]), "training": fit["pref"].training_record,
-                 "cross_validation": fit["pref_cv"]},
+        "conf": {
+            "hyperparameters": {k: getattr(fit["conf"], k) for k in ("w", "tau", "temperature")},
+            "train": fit["conf"].tuned,
+            "sensitivity": fit["sensitivity"],
+        },
+        "pref": {
+            "train": rollouts.evaluate(pref_lam),
+            "loss_first": fit["pref_losses"][0],
+            "loss_last": fit["pref_losses"][-1],
+            "steps": len(fit["pref_losses"]),
+            "training": fit["pref"].training_record,
+            "cross_validation": fit["pref_cv"],
+        },
     }
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
     return report

@@ -6,6 +6,7 @@ scripts/compile_check_moe.py (the MoE grouped kernel), scripts/count_variants.py
 Every tool imports this package before dami_kernels: the kernels must be defined by the real (not interpreted)
 JITFunction, so TRITON_INTERPRET is turned off here, before they load.
 """
+
 import os
 import sys
 from pathlib import Path

@@ -13,6 +13,7 @@ launches' second kernel (`splitk_reduce_kernel`) is recorded the same way.
 Config sources: the GPU heuristics (for each SM count in --sms) and every tuned table the launcher can
 read (`dami_kernels/ops/tuned/*.json`, or $DAMI_TUNED_TABLE), with the tables' own shapes added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,18 +34,25 @@ from offline_compile import triton_shim
 
 SMEM_LIMITS = {90: 232448, 80: 166912, 86: 101376, 89: 101376}  # opt-in shared memory per block, bytes
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KERNEL_NAMES = {interp_linear_kernel: "interp_linear", splitk_reduce_kernel: "splitk_reduce",
-                interp_grouped_kernel: "interp_grouped"}
+KERNEL_NAMES = {
+    interp_linear_kernel: "interp_linear",
+    splitk_reduce_kernel: "splitk_reduce",
+    interp_grouped_kernel: "interp_grouped",
+}
 PREFILL_SEQUENCES = 4  # per-sequence λ at prefill: this many sequences of M / 4 rows
 
 
 # --- shapes ----------------------------------------------------------------------------------------
 
+
 def _dense(hidden, inter, q_heads, kv_heads, head_dim, vocab) -> dict[str, tuple[int, int]]:
     """The [N, K] weight shapes of a Qwen3 dense decoder's linear layers."""
     return {
-        "q": (q_heads * head_dim, hidden), "k_v": (kv_heads * head_dim, hidden),
-        "o": (hidden, q_heads * head_dim), "gate_up": (inter, hidden), "down": (hidden, inter),
+        "q": (q_heads * head_dim, hidden),
+        "k_v": (kv_heads * head_dim, hidden),
+        "o": (hidden, q_heads * head_dim),
+        "gate_up": (inter, hidden),
+        "down": (hidden, inter),
         "lm_head": (vocab, hidden),
     }
 
@@ -54,8 +62,13 @@ MODELS: dict[str, dict[str, tuple[int, int]]] = {
     "qwen3-8b": _dense(4096, 12288, 32, 8, 128, 151936),
     # MoE: no dense MLP; the router and one expert's MLP (its linears have dense shapes).
     "qwen3-30b-a3b": {
-        "q": (32 * 128, 2048), "k_v": (4 * 128, 2048), "o": (2048, 32 * 128), "router": (128, 2048),
-        "expert_gate_up": (768, 2048), "expert_down": (2048, 768), "lm_head": (151936, 2048),
+        "q": (32 * 128, 2048),
+        "k_v": (4 * 128, 2048),
+        "o": (2048, 32 * 128),
+        "router": (128, 2048),
+        "expert_gate_up": (768, 2048),
+        "expert_down": (2048, 768),
+        "lm_head": (151936, 2048),
     },
 }
 
@@ -111,6 +124,7 @@ def config_sources(sms_list: list[int]) -> tuple[list[ConfigSource], dict[tuple[
 
 # --- the launcher, its launches recorded ------------------------------------------------------------
 
+
 @dataclass
 class Launch:
     kernel: object
@@ -144,8 +158,9 @@ class LauncherHarness:
         common_launch.launch_kernel = record
         self.plan = None
 
-    def run(self, source: int, n: int, k: int, m: int, dtype, bias: bool, lam_form: str,
-            direction: str = "forward") -> tuple[list[Launch], object]:
+    def run(
+        self, source: int, n: int, k: int, m: int, dtype, bias: bool, lam_form: str, direction: str = "forward"
+    ) -> tuple[list[Launch], object]:
         """The launches of one call (plus its plan) for a layer with weights [N, K]; inputs as the layers
         pass them. direction "backward_dx": the autograd backward's dx = dy @ ((1-λ)W_I + λW_T), which
         runs the same launcher on dy [M, N] and the transposed weights (views [K, N], strides (1, K))."""
@@ -178,17 +193,25 @@ class LauncherHarness:
 
 # --- the command line every tool shares ------------------------------------------------------------
 
+
 def base_parser(doc: str, dtypes_default: str) -> argparse.ArgumentParser:
     """A parser with the options every tool takes; its help is the tool's docstring."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc
+    )
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SMEM_LIMITS))
     parser.add_argument("--dtypes", default=None, help=f"comma list of bf16,fp16,fp32 (default: {dtypes_default})")
-    parser.add_argument("--sms", default="132,114",
-                        help="SM counts the GPU heuristics are evaluated for (H100 SXM/H200: 132, H100 PCIe: 114)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="turn TF32 on through torch's switch, so fp32 compiles with precision 'tf32'")
+    parser.add_argument(
+        "--sms",
+        default="132,114",
+        help="SM counts the GPU heuristics are evaluated for (H100 SXM/H200: 132, H100 PCIe: 114)",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="turn TF32 on through torch's switch, so fp32 compiles with precision 'tf32'",
+    )
     return parser
 
 

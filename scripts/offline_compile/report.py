@@ -8,6 +8,7 @@ opt-in limit), the number of TF32 MMA instructions in the PTX, whether the loads
 when it fails to compile, spills, needs more shared memory than the target has (232,448 B on sm_90), or uses
 TF32 for fp32 inputs by default (without --tf32); the tools then exit non-zero.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(triton_shim.CUOBJDUMP), "-res-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [str(triton_shim.CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", out)}
     if "REG" not in usage:
         raise RuntimeError(f"cuobjdump -res-usage gave no register count:\n{out}")
@@ -41,8 +43,11 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 def analyse(facts: triton_shim.CompiledFacts, smem_limit: int) -> dict:
     ptx = facts.ptx
     usage = resource_usage(facts.cubin)
-    mma = "wgmma" if re.search(r"^\s*wgmma\.mma_async", ptx, re.M) else (
-        "mma.sync" if re.search(r"^\s*mma\.sync", ptx, re.M) else "none")
+    mma = (
+        "wgmma"
+        if re.search(r"^\s*wgmma\.mma_async", ptx, re.M)
+        else ("mma.sync" if re.search(r"^\s*mma\.sync", ptx, re.M) else "none")
+    )
     return {
         "registers": usage["REG"],
         "spill_bytes": usage.get("STACK", 0) + usage.get("LOCAL", 0),
@@ -80,12 +85,17 @@ def variant_of(launch: Launch, device: str, ck) -> str:
 def _describe(row: dict) -> str:
     """One line naming a row's kernel build: dtype, tile config, split-K, bias and an example problem."""
     cfg = row["config"]
-    where = (f"{row['experts']}x{row['shape'][0]}x{row['shape'][1]} T={row['m']} ({row['rows']} rows)"
-             if "experts" in row else f"{row['shape'][0]}x{row['shape'][1]} M={row['m']}")
-    return (f"{row['kernel']}{' backward_dx' if row['direction'] != 'forward' else ''} {row['dtype']} "
-            f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} w{cfg['num_warps']} s{cfg['num_stages']} "
-            f"swap={cfg['swap_ab']} split={row['split_k']} bias={row['has_bias']} int64={row['int64_offsets']} "
-            f"for {where}")
+    where = (
+        f"{row['experts']}x{row['shape'][0]}x{row['shape'][1]} T={row['m']} ({row['rows']} rows)"
+        if "experts" in row
+        else f"{row['shape'][0]}x{row['shape'][1]} M={row['m']}"
+    )
+    return (
+        f"{row['kernel']}{' backward_dx' if row['direction'] != 'forward' else ''} {row['dtype']} "
+        f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} w{cfg['num_warps']} s{cfg['num_stages']} "
+        f"swap={cfg['swap_ab']} split={row['split_k']} bias={row['has_bias']} int64={row['int64_offsets']} "
+        f"for {where}"
+    )
 
 
 class Collector:
@@ -109,15 +119,25 @@ class Collector:
             ck = triton_shim.compile_launch(launch.kernel, launch.grid, launch.args, launch.kwargs)
             if id(ck) in self.analyses:
                 return self.analyses[id(ck)], False
-            self.analyses[id(ck)] = dict(analyse(triton_shim.compiled_facts(ck), self.smem_limit), kernel=name,
-                                         variant=variant_of(launch, self.device, ck))
+            self.analyses[id(ck)] = dict(
+                analyse(triton_shim.compiled_facts(ck), self.smem_limit),
+                kernel=name,
+                variant=variant_of(launch, self.device, ck),
+            )
             return self.analyses[id(ck)], True
         except Exception as err:  # report every variant, then fail
             self.errors += 1
-            return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
-                    "variant": "error", "kernel": name, "registers": -1, "spill_bytes": -1,
-                    "shared_bytes": -1, "shared_limit": self.smem_limit, "tf32_instructions": -1,
-                    "uses_cp_async": False}, False
+            return {
+                "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
+                "variant": "error",
+                "kernel": name,
+                "registers": -1,
+                "spill_bytes": -1,
+                "shared_bytes": -1,
+                "shared_limit": self.smem_limit,
+                "tf32_instructions": -1,
+                "uses_cp_async": False,
+            }, False
 
     def add(self, launch: Launch, row: dict, lam_form: str, source: str) -> None:
         """Compile one launch and merge it into the rows; `row` holds the problem's fields (everything
@@ -129,17 +149,25 @@ class Collector:
         key = (name, problem, info["variant"])
         merged = self.rows.get(key)
         if merged is None:
-            merged = self.rows[key] = {"kernel": name, **row,
-                                       "precision": launch.kwargs.get("PRECISION", "n/a"),
-                                       "lam_forms": [], "config_sources": [], **info}
+            merged = self.rows[key] = {
+                "kernel": name,
+                **row,
+                "precision": launch.kwargs.get("PRECISION", "n/a"),
+                "lam_forms": [],
+                "config_sources": [],
+                **info,
+            }
         if lam_form not in merged["lam_forms"]:
             merged["lam_forms"].append(lam_form)
         if source not in merged["config_sources"]:
             merged["config_sources"].append(source)
         if new and not self.quiet:
-            print(f"compiled {_describe(merged)}: {info.get('registers')} regs, spill {info.get('spill_bytes')} B, "
-                  f"smem {info.get('shared_bytes')} B, {info.get('mma')}, cp.async={info.get('uses_cp_async')}, "
-                  f"tf32={info.get('tf32_instructions')} ({time.time() - t0:.1f} s)", flush=True)
+            print(
+                f"compiled {_describe(merged)}: {info.get('registers')} regs, spill {info.get('spill_bytes')} B, "
+                f"smem {info.get('shared_bytes')} B, {info.get('mma')}, cp.async={info.get('uses_cp_async')}, "
+                f"tf32={info.get('tf32_instructions')} ({time.time() - t0:.1f} s)",
+                flush=True,
+            )
 
     def finish(self, json_path: str | None) -> int:
         """Print the summary and the failures, write the JSON report; the exit status (1: a problem)."""
@@ -150,11 +178,14 @@ class Collector:
             out_rows.append(row)
         failed = [r for r in out_rows if r["problems"]]
         variants = {r["variant"] for r in out_rows}
-        per_kernel = ", ".join(f"{sum(1 for a in self.analyses.values() if a['kernel'] == name)} {name}"
-                               for name in KERNEL_NAMES.values())
+        per_kernel = ", ".join(
+            f"{sum(1 for a in self.analyses.values() if a['kernel'] == name)} {name}" for name in KERNEL_NAMES.values()
+        )
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{len(out_rows)} rows, {len(variants)} distinct compiled variants ({per_kernel}), "
-              f"{elapsed:.0f} s, peak RSS {peak_rss_mb:.0f} MB")
+        print(
+            f"{len(out_rows)} rows, {len(variants)} distinct compiled variants ({per_kernel}), "
+            f"{elapsed:.0f} s, peak RSS {peak_rss_mb:.0f} MB"
+        )
         seen = set()
         for r in failed:
             sig = (r["variant"], tuple(r["problems"]))

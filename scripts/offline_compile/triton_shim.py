@@ -16,6 +16,7 @@ How cache keys are counted without compiling: `knobs.runtime.jit_cache_hook` rec
 `JITFunction.run` on a cache miss and skips the compilation; a placeholder is then cached under it, so a later
 launch with the same key is a cache hit that returns it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -81,9 +82,14 @@ class CompiledFacts:
 
 
 def compiled_facts(ck) -> CompiledFacts:
-    return CompiledFacts(ptx=ck.asm["ptx"], cubin=ck.asm["cubin"], shared_bytes=int(ck.metadata.shared),
-                         num_warps=ck.metadata.num_warps, num_stages=ck.metadata.num_stages,
-                         specialization=specialization_of(ck.src))
+    return CompiledFacts(
+        ptx=ck.asm["ptx"],
+        cubin=ck.asm["cubin"],
+        shared_bytes=int(ck.metadata.shared),
+        num_warps=ck.metadata.num_warps,
+        num_stages=ck.metadata.num_stages,
+        specialization=specialization_of(ck.src),
+    )
 
 
 def specialization_of(src) -> dict[str, str]:
@@ -106,6 +112,7 @@ def specialization_of(src) -> dict[str, str]:
 @dataclass(frozen=True)
 class _Counted:
     """A placeholder stored in the kernel cache under a counted key (never compiled, never launched)."""
+
     key: str
 
 

@@ -1,4 +1,5 @@
 """`dami generate` and `dami merge`: results, progress and one-line errors."""
+
 import json
 
 import torch
@@ -6,11 +7,22 @@ import torch
 from dami_kernels.cli import main
 from numerics import rel_err
 from tiny_pairs import cached_pair, load_side, merged_fp64_model
+
+
 def test_cli_merge(tmp_path, capsys):
     paths = cached_pair("qwen3")
     out = tmp_path / "m"
-    argv = ["merge", "--instruct", str(paths.instruct), "--thinking", str(paths.thinking), "--lam", "0.25",
-            "--out", str(out)]
+    argv = [
+        "merge",
+        "--instruct",
+        str(paths.instruct),
+        "--thinking",
+        str(paths.thinking),
+        "--lam",
+        "0.25",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "merging" in captured.err  # progress bar on stderr
@@ -30,8 +42,20 @@ def test_cli_merge(tmp_path, capsys):
 
 def test_cli_generate_per_prompt_lambda(capsys):
     paths = cached_pair("qwen3")
-    base = ["generate", "--instruct", str(paths.instruct), "--thinking", str(paths.thinking), "--device", "cpu",
-            "--backend", "torch", "--max-new-tokens", "5", "--json"]
+    base = [
+        "generate",
+        "--instruct",
+        str(paths.instruct),
+        "--thinking",
+        str(paths.thinking),
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]
     assert main(base + ["--lam", "0", "--lam", "1", "hello", "2+2="]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
@@ -49,7 +73,15 @@ def test_cli_generate_errors(tmp_path, capsys):
     assert "--lam was given 2 times for 3 prompts" in capsys.readouterr().err
     assert main(base + ["--lam", "nan", "a"]) == 2
     assert "finite" in capsys.readouterr().err
-    other = ["generate", "--instruct", str(paths.instruct), "--thinking", str(tmp_path / "missing"),
-             "--lam", "0.5", "a"]
+    other = [
+        "generate",
+        "--instruct",
+        str(paths.instruct),
+        "--thinking",
+        str(tmp_path / "missing"),
+        "--lam",
+        "0.5",
+        "a",
+    ]
     assert main(other) == 2
     assert "does not exist" in capsys.readouterr().err

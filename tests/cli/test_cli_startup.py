@@ -1,6 +1,7 @@
 """`dami` start-up and argument handling: `--help` and `import dami_kernels` load no heavy module,
 `dami lm-eval` is listed, a --grid value may start with a minus sign, every option's help states its
 default, and `dami bench` errors name `dami bench`."""
+
 import argparse
 import json
 import os
@@ -18,8 +19,10 @@ HEAVY = ("torch", "transformers", "lm_eval", "math_verify", "matplotlib")
 
 
 def test_help_and_import_load_no_heavy_module():
-    code = ("import sys, dami_kernels, dami_kernels.cli as c; c.build_parser().format_help(); "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys, dami_kernels, dami_kernels.cli as c; c.build_parser().format_help(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
@@ -30,7 +33,7 @@ def test_lazy_public_names_still_resolve():
 
     assert dk.interp_linear is interp_linear and callable(dk.load_pair) and callable(dk.estimate)
     with pytest.raises(AttributeError, match="no_such_name"):
-        dk.no_such_name
+        _ = dk.no_such_name
 
 
 def test_help_lists_every_command(capsys):
@@ -42,12 +45,15 @@ def test_help_lists_every_command(capsys):
         assert command in out
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["sweep", "--grid", "-0.5,0,0.5"], ["sweep", "--grid=-0.5,0,0.5"]),
-    (["sweep", "--grid", "-0.5:1:0.5", "--n", "4"], ["sweep", "--grid=-0.5:1:0.5", "--n", "4"]),
-    (["sweep", "--grid", "0,0.5"], ["sweep", "--grid", "0,0.5"]),
-    (["generate", "--lam", "-0.5", "--json", "-3+4"], ["generate", "--lam", "-0.5", "--json", "-3+4"]),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["sweep", "--grid", "-0.5,0,0.5"], ["sweep", "--grid=-0.5,0,0.5"]),
+        (["sweep", "--grid", "-0.5:1:0.5", "--n", "4"], ["sweep", "--grid=-0.5:1:0.5", "--n", "4"]),
+        (["sweep", "--grid", "0,0.5"], ["sweep", "--grid", "0,0.5"]),
+        (["generate", "--lam", "-0.5", "--json", "-3+4"], ["generate", "--lam", "-0.5", "--json", "-3+4"]),
+    ],
+)
 def test_attach_dash_values(argv, expected):
     assert attach_dash_values(argv) == expected
 
@@ -64,11 +70,21 @@ def test_negative_grid_needs_no_equals_sign(capsys, tmp_path):
 def test_bench_tiny_runs_without_triton_interpret(tmp_path):
     """The CPU smoke run sets TRITON_INTERPRET itself, through `dami bench` and through the script."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DAMI_BACKEND")}
-    for i, cmd in enumerate(([sys.executable, "-m", "dami_kernels.cli", "bench"],
-                             [sys.executable, str(ROOT / "bench" / "interp_linear_bench.py")])):
+    for i, cmd in enumerate(
+        (
+            [sys.executable, "-m", "dami_kernels.cli", "bench"],
+            [sys.executable, str(ROOT / "bench" / "interp_linear_bench.py")],
+        )
+    ):
         out = tmp_path / f"bench{i}.json"
-        run = subprocess.run(cmd + ["--tiny", "--m", "1", "--shapes", "down", "--out", str(out)],
-                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        run = subprocess.run(
+            cmd + ["--tiny", "--m", "1", "--shapes", "down", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert "Triton kernel through the interpreter" in run.stdout
         assert run.stdout.rstrip().endswith(f"wrote {out}")
@@ -96,8 +112,12 @@ def test_every_option_states_its_default():
         parser.format_help()  # every help string formats (no stray %)
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if (not action.option_strings or action.nargs == 0 or action.default is None
-                    or action.default is argparse.SUPPRESS):
+            if (
+                not action.option_strings
+                or action.nargs == 0
+                or action.default is None
+                or action.default is argparse.SUPPRESS
+            ):
                 continue
             checked += 1
             text = formatter._expand_help(action)
@@ -115,7 +135,8 @@ def test_descriptions_are_whole_sentences():
 
 
 def test_bench_errors_name_dami_bench_and_budget_is_documented(capsys, tmp_path):
-    from dami_kernels.benchmarks.kernel import M_DEFAULTS_TEXT, main as kernel_main
+    from dami_kernels.benchmarks.kernel import M_DEFAULTS_TEXT
+    from dami_kernels.benchmarks.kernel import main as kernel_main
 
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
@@ -123,10 +144,11 @@ def test_bench_errors_name_dami_bench_and_budget_is_documented(capsys, tmp_path)
     assert "--budget-s BUDGET_S" in help_text and "(default: no limit)" in help_text
     assert f"(default: {M_DEFAULTS_TEXT})" in help_text
     out = str(tmp_path / "b.json")
-    for argv, message in ((["--tiny", "--shapes", "q"], "--shapes q: unknown q; the --tiny shapes are gate_up, down"),
-                          (["--tiny", "--m", "0,1"], "--m 0,1: expected comma-separated positive integers"),
-                          (["--tiny", "--budget-s", "-5"],
-                           "--budget-s must be a positive number of seconds, got -5.0")):
+    for argv, message in (
+        (["--tiny", "--shapes", "q"], "--shapes q: unknown q; the --tiny shapes are gate_up, down"),
+        (["--tiny", "--m", "0,1"], "--m 0,1: expected comma-separated positive integers"),
+        (["--tiny", "--budget-s", "-5"], "--budget-s must be a positive number of seconds, got -5.0"),
+    ):
         assert main(["bench", "--out", out, *argv]) == 2
         assert capsys.readouterr().err == f"dami bench: error: {message}\n"
         # The benchmark's own parser, under `dami bench`, says the same with the sub-command's usage.

@@ -1,5 +1,6 @@
 """`dami demo` on a small N (report schema; numbers agree with the per-item logs) and
 `dami estimate train` on a small train split (files, round trip, falling loss)."""
+
 import contextlib
 import io
 import json
@@ -9,8 +10,16 @@ import pytest
 from dami_kernels.cli import main
 from dami_kernels.evaluation.runner import read_records
 
-METHOD_KEYS = {"thinking", "instruct", "dami_conf", "dami_pref", "oracle", "syntax_rule", "random_matched",
-               "frontier_matched"}
+METHOD_KEYS = {
+    "thinking",
+    "instruct",
+    "dami_conf",
+    "dami_pref",
+    "oracle",
+    "syntax_rule",
+    "random_matched",
+    "frontier_matched",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,12 @@ def test_demo_prints_its_tables(demo_run):
     out, printed = demo_run
     r = json.loads((out / "report.json").read_text())
     d = json.loads((out / "details.json").read_text())
-    for table in (table_markdown(d["sweep_table"], d["continuity"]), methods_markdown(r), targets_markdown(d),
-                  signals_markdown(r)):
+    for table in (
+        table_markdown(d["sweep_table"], d["continuity"]),
+        methods_markdown(r),
+        targets_markdown(d),
+        signals_markdown(r),
+    ):
         assert table in printed
     conf = r["methods"]["dami_conf"]
     assert f"| dami_conf | {conf['accuracy']:.3f} | {conf['mean_tokens']:.1f} | {conf['mean_lambda']:.2f} |" in printed
@@ -104,8 +117,25 @@ def test_estimate_train_drops_a_signal(tmp_path, capsys):
     """--drop-signal discrepancy: DAMI-Conf is tuned with w = 0 and DAMI-Pref's features keep only the
     confidence; the report records it. Dropping both signals is a one-line error before anything runs."""
     est = tmp_path / "est"
-    assert main(["estimate", "train", "--n", "24", "--grid", "0,0.5,1", "--pref-steps", "30",
-                 "--drop-signal", "discrepancy", "--out", str(est)]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                "train",
+                "--n",
+                "24",
+                "--grid",
+                "0,0.5,1",
+                "--pref-steps",
+                "30",
+                "--drop-signal",
+                "discrepancy",
+                "--out",
+                str(est),
+            ]
+        )
+        == 0
+    )
     report = json.loads((est / "train_report.json").read_text())
     assert report["dropped_signals"] == ["discrepancy"]
     assert json.loads((est / "conf.json").read_text())["w"] == 0.0
@@ -113,8 +143,23 @@ def test_estimate_train_drops_a_signal(tmp_path, capsys):
     pref = json.loads((est / "pref" / "config.json").read_text())
     assert pref["feature_spec"]["conf_signals"] == ["confidence"]
     capsys.readouterr()
-    assert main(["estimate", "train", "--n", "24", "--drop-signal", "discrepancy", "--drop-signal", "confidence",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "estimate",
+                "train",
+                "--n",
+                "24",
+                "--drop-signal",
+                "discrepancy",
+                "--drop-signal",
+                "confidence",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "drop_signals must name at most one" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
@@ -124,10 +169,16 @@ def test_estimate_train_and_predict(tmp_path, capsys):
     from dami_kernels.estimators.store import load_estimator
 
     est = tmp_path / "est"
-    assert main(["estimate", "train", "--n", "24", "--grid", "0,0.5,1", "--pref-steps", "30",
-                 "--out", str(est)]) == 0
-    for name in ("conf.json", "pref/config.json", "pref/head.safetensors", "rollouts.jsonl",
-                 "train_report.json", "train_ids.json", "train_prompts.json"):
+    assert main(["estimate", "train", "--n", "24", "--grid", "0,0.5,1", "--pref-steps", "30", "--out", str(est)]) == 0
+    for name in (
+        "conf.json",
+        "pref/config.json",
+        "pref/head.safetensors",
+        "rollouts.jsonl",
+        "train_report.json",
+        "train_ids.json",
+        "train_prompts.json",
+    ):
         assert (est / name).is_file(), name
     report = json.loads((est / "train_report.json").read_text())
     assert report["n_train"] == 24 and report["grid"] == [0.0, 0.5, 1.0]

@@ -1,5 +1,6 @@
 """`dami eval` and `dami sweep` on the shipped testbed pair with a small N: the summaries agree with the
 per-item logs, the logs agree with the grader, and the printed tables hold the summaries' numbers."""
+
 import json
 import math
 
@@ -44,8 +45,7 @@ def test_eval_with_estimator_and_data_file(tmp_path):
     data = tmp_path / "items.jsonl"
     write_items(data, eval_items(make_problems(8, seed=11)))
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(data), "--estimator", "conf", "--out", str(out),
-                 "--max-new-tokens", "64"]) == 0
+    assert main(["eval", "--data", str(data), "--estimator", "conf", "--out", str(out), "--max-new-tokens", "64"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     records = check_log_and_summary(out / "items.jsonl", summary)
     assert all(0.0 <= r.lam <= 1.0 for r in records)
@@ -87,13 +87,16 @@ def test_sweep_table_matches_log(tmp_path, capsys):
     assert "| 0.5 |" in (out / "sweep.md").read_text()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["eval", "--n", "4", "--lam", "0.3", "--out", "X", "--instruct", "only-one"], "give both --instruct"),
-    (["eval", "--n", "0", "--lam", "0.3", "--out", "X"], "--n must be a positive integer"),
-    (["sweep", "--n", "4", "--grid", "0,a", "--out", "X"], "--grid"),
-    (["eval", "--data", "/nonexistent.jsonl", "--lam", "0.3", "--out", "X"], "nonexistent"),
-    (["eval", "--n", "4", "--estimator", "pref", "--estimator-dir", "/nonexistent", "--out", "X"], "not found"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--n", "4", "--lam", "0.3", "--out", "X", "--instruct", "only-one"], "give both --instruct"),
+        (["eval", "--n", "0", "--lam", "0.3", "--out", "X"], "--n must be a positive integer"),
+        (["sweep", "--n", "4", "--grid", "0,a", "--out", "X"], "--grid"),
+        (["eval", "--data", "/nonexistent.jsonl", "--lam", "0.3", "--out", "X"], "nonexistent"),
+        (["eval", "--n", "4", "--estimator", "pref", "--estimator-dir", "/nonexistent", "--out", "X"], "not found"),
+    ],
+)
 def test_user_mistakes_print_one_line(argv, message, capsys, tmp_path):
     argv = [str(tmp_path / "o") if a == "X" else a for a in argv]
     assert main(argv) == 2

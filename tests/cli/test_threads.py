@@ -1,9 +1,10 @@
 """torch intra-op threads: one on the tiny testbed pair by default, --threads and DAMI_THREADS override."""
+
 import pytest
 import torch
 
-from dami_kernels.cli import main
 from dami_kernels import testbed
+from dami_kernels.cli import main
 from dami_kernels.testbed.threads import ENV_VAR, configure_threads, is_testbed_pair, requested_threads
 
 
@@ -23,11 +24,14 @@ def test_requested_threads_precedence(threads_restored, monkeypatch):
     assert requested_threads(3) == 3  # the option beats the variable
 
 
-@pytest.mark.parametrize("value,env,message", [
-    (0, None, "--threads must be a positive integer"),
-    (None, "two", "DAMI_THREADS='two' is not an integer"),
-    (None, "-1", "DAMI_THREADS must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "value,env,message",
+    [
+        (0, None, "--threads must be a positive integer"),
+        (None, "two", "DAMI_THREADS='two' is not an integer"),
+        (None, "-1", "DAMI_THREADS must be a positive integer"),
+    ],
+)
 def test_bad_thread_counts(value, env, message, threads_restored, monkeypatch):
     if env is not None:
         monkeypatch.setenv(ENV_VAR, env)

@@ -1,4 +1,5 @@
 """DAMI-Conf without a model: tuning on synthetic signals and rollouts, sensitivity, JSON round trip."""
+
 import json
 import math
 
@@ -66,8 +67,10 @@ def test_tune_objectives_and_errors():
     with pytest.raises(ValueError, match="ids"):
         DamiConf().tune(ConfSignals(signals.confidence, signals.discrepancy, signals.answer_tokens), rollouts)
     with pytest.raises(ValueError, match="not in the rollouts"):
-        DamiConf().tune(ConfSignals(signals.confidence, signals.discrepancy, signals.answer_tokens,
-                                    [f"x{i}" for i in range(120)]), rollouts)
+        DamiConf().tune(
+            ConfSignals(signals.confidence, signals.discrepancy, signals.answer_tokens, [f"x{i}" for i in range(120)]),
+            rollouts,
+        )
 
 
 def test_sensitivity_table():
@@ -105,8 +108,11 @@ def test_validation_and_json_round_trip(tmp_path):
     assert back == tuned and back.tuned == tuned.tuned
     assert torch.equal(back.lam_from_signals(signals), tuned.lam_from_signals(signals))
     data = json.loads(path.read_text())
-    for bad, match in (({**data, "format": "x"}, "format"), ({**data, "version": 7}, "version"),
-                       ({**data, "beta": 1}, "unknown fields")):
+    for bad, match in (
+        ({**data, "format": "x"}, "format"),
+        ({**data, "version": 7}, "version"),
+        ({**data, "beta": 1}, "unknown fields"),
+    ):
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=match):
             DamiConf.load(path)

@@ -1,27 +1,29 @@
 """Estimators on a real (tiny, random) interpolated pair: DAMI-Conf's 2B-row endpoint batch and the
 DAMI-Pref query features equal separate runs of the two endpoint checkpoints."""
+
 import pytest
 import torch
 
 from dami_kernels import load_pair, set_lambda
 from dami_kernels.estimators import (
     DamiConf,
+    PrefHead,
     Rollouts,
-    fit_conf,
-    fit_pref,
-    prompts_for,
     conf_signals,
     conf_trace,
     estimate,
-    PrefHead,
+    fit_conf,
+    fit_pref,
     js_divergence,
+    prompts_for,
     query_features,
     train_pref_head,
 )
 from dami_kernels.estimators.conf import resolve_think_prefix
-from dami_kernels.pair import lambda_state
 from dami_kernels.hf import load_tokenizer
+from dami_kernels.pair import lambda_state
 from tiny_pairs import load_side, make_pair
+
 QUESTIONS = ["what is 2+3?", "12+7", "a much longer question: 123+456+789=?", "hi"]
 
 
@@ -39,8 +41,10 @@ def pair(request, tmp_path_factory):
 
 
 def _formatted(tok, questions):
-    return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-            for q in questions]
+    return [
+        tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
 
 
 def _reference_logits(side_model, prompt_ids, answer_ids, steps):
@@ -49,14 +53,15 @@ def _reference_logits(side_model, prompt_ids, answer_ids, steps):
     with torch.no_grad():
         logits = side_model(input_ids=seq).logits[0].float()
     start = len(prompt_ids) - 1
-    return logits[start:start + steps]
+    return logits[start : start + steps]
 
 
 def test_one_batched_forward_per_step_equals_separate_endpoint_runs(pair):
     model, tok, prompts, side_i, side_t = pair
     calls = []
     handle = model.register_forward_pre_hook(
-        lambda mod, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        lambda mod, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     set_lambda(model, 0.3)
     try:
         trace = conf_trace(model, tok, prompts, max_answer_tokens=5, think_prefix="ok: ", keep_logits=True)
@@ -108,16 +113,21 @@ def test_signals_do_not_depend_on_batching_and_estimate_conf(pair):
     model, tok, prompts, _, _ = pair
     assert resolve_think_prefix(tok, "auto") == ""  # this tokenizer has no <think> tokens
     whole = conf_signals(model, tok, prompts, max_answer_tokens=3, think_prefix="ok: ", progress=False)
-    split = conf_signals(model, tok, prompts, max_answer_tokens=3, think_prefix="ok: ", batch_size=1,
-                         progress=False)
+    split = conf_signals(model, tok, prompts, max_answer_tokens=3, think_prefix="ok: ", batch_size=1, progress=False)
     torch.testing.assert_close(whole.confidence, split.confidence, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(whole.discrepancy, split.discrepancy, rtol=1e-3, atol=1e-6)
-    raw = conf_signals(model, tok, _formatted(tok, prompts), max_answer_tokens=3, think_prefix="ok: ",
-                       chat_template=False, progress=False)  # text already formatted: same signals
+    raw = conf_signals(
+        model,
+        tok,
+        _formatted(tok, prompts),
+        max_answer_tokens=3,
+        think_prefix="ok: ",
+        chat_template=False,
+        progress=False,
+    )  # text already formatted: same signals
     torch.testing.assert_close(raw.confidence, whole.confidence, rtol=1e-4, atol=1e-6)
     assert bool((whole.discrepancy > 0).all()) and bool((whole.confidence > 0).all())
-    conf = DamiConf(w=0.6, tau=0.2, temperature=0.1, max_answer_tokens=3, think_prefix="ok: ",
-                    lam_grid=[0.0, 0.5, 1.0])
+    conf = DamiConf(w=0.6, tau=0.2, temperature=0.1, max_answer_tokens=3, think_prefix="ok: ", lam_grid=[0.0, 0.5, 1.0])
     lam = estimate(model, tok, prompts, method="conf", estimator=conf, progress=False)
     assert lam.shape == (len(prompts),)
     assert torch.equal(lam, conf.lam_from_signals(whole))
@@ -157,7 +167,7 @@ def test_query_features_append_the_named_conf_signals(pair, tmp_path):
     h2 = 2 * model.config.hidden_size
     assert both.shape[1] == h2 + 2 and conf_only.shape[1] == disc_only.shape[1] == h2 + 1
     torch.testing.assert_close(conf_only, both[:, : h2 + 1])
-    torch.testing.assert_close(disc_only, torch.cat([both[:, :h2], both[:, h2 + 1:]], dim=1))
+    torch.testing.assert_close(disc_only, torch.cat([both[:, :h2], both[:, h2 + 1 :]], dim=1))
     assert torch.equal(both[:, h2 + 1], sig.discrepancy.float())
     spec = {"kind": "endpoint_hidden", "pooling": "mean", "conf_signals": ["confidence"]}
     head = PrefHead(h2 + 1, [0.0, 1.0], feature_spec=spec)
@@ -178,7 +188,7 @@ def test_fit_both_estimators_from_prompts_and_rollouts(pair, tmp_path):
     ids = [f"q{i}" for i in range(len(prompts))]
     correct = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
     rollouts = Rollouts(ids, grid, correct, torch.tensor([[3.0, 9.0, 20.0]]).expand(len(ids), 3))
-    by_id = dict(zip(ids, prompts))
+    by_id = dict(zip(ids, prompts, strict=True))
     assert prompts_for(rollouts.select(ids[::-1]), by_id) == prompts[::-1]
     with pytest.raises(ValueError, match="no entry"):
         prompts_for(rollouts, {"q0": prompts[0]})
@@ -188,14 +198,20 @@ def test_fit_both_estimators_from_prompts_and_rollouts(pair, tmp_path):
     assert conf.lam_grid == grid and conf.tuned["n_train"] == 4
     lam = estimate(model, tok, prompts, method="conf", estimator=conf, progress=False)
     assert rollouts.evaluate(lam)["accuracy"] == pytest.approx(conf.tuned["train_accuracy"])
-    head, losses, cv = fit_pref(model, tok, prompts, rollouts, pooling="last",
-                                search={"steps": [60], "accuracy_weight": [4.0], "hidden": [64]},
-                                lr=1e-2, progress=False)
+    head, losses, cv = fit_pref(
+        model,
+        tok,
+        prompts,
+        rollouts,
+        pooling="last",
+        search={"steps": [60], "accuracy_weight": [4.0], "hidden": [64]},
+        lr=1e-2,
+        progress=False,
+    )
     assert losses[-1] < losses[0] and head.training_record["accuracy_weight"] == 4.0 and cv == []
     assert head.feature_spec["conf_signals"] and head.feature_dim == 2 * model.config.hidden_size + 2
     lam = estimate(model, tok, prompts, method="pref", estimator=head, progress=False)
     assert lam.tolist() == rollouts.oracle_lam().tolist()  # 4 training queries: learnt exactly
     head.save(tmp_path / "pref")
-    again = estimate(model, tok, prompts, method="pref", estimator=PrefHead.load(tmp_path / "pref"),
-                     progress=False)
+    again = estimate(model, tok, prompts, method="pref", estimator=PrefHead.load(tmp_path / "pref"), progress=False)
     assert torch.equal(again, lam)

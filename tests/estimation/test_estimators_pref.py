@@ -1,4 +1,5 @@
 """DAMI-Pref head: Bradley–Terry training on synthetic rollouts, prediction, and the save/load round trip."""
+
 import json
 
 import pytest
@@ -69,8 +70,16 @@ def test_accuracy_weight_moves_the_decision_threshold():
     probe = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # class A, class B
     plain, _ = train_pref_head(feats, pairs, r.grid, steps=150, lr=1e-2, hidden=8, progress=False)
     assert plain.predict(probe).tolist() == [0.0, 1.0]
-    careful, _ = train_pref_head(feats, pairs, r.grid, steps=150, lr=1e-2, hidden=8, progress=False,
-                                 weights=pair_weights(r, pairs, accuracy_weight=9.0))
+    careful, _ = train_pref_head(
+        feats,
+        pairs,
+        r.grid,
+        steps=150,
+        lr=1e-2,
+        hidden=8,
+        progress=False,
+        weights=pair_weights(r, pairs, accuracy_weight=9.0),
+    )
     assert careful.predict(probe).tolist() == [1.0, 1.0]
     assert careful.training_record["weighted"] and not plain.training_record["weighted"]
     with pytest.raises(ValueError, match="weights"):

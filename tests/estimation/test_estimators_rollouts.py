@@ -1,4 +1,5 @@
 """Rollouts on a λ grid: files, scoring a λ choice, the fixed-λ frontier, the oracle, preference pairs."""
+
 import json
 
 import pytest
@@ -26,8 +27,10 @@ def test_jsonl_round_trip_and_record_errors(tmp_path):
     assert torch.equal(back.correct, r.correct) and torch.equal(back.tokens, r.tokens)
     recs = r.to_records()
     # λ written with float noise maps to the same grid point; other keys and field names are honoured
-    alt = [{"qid": x["id"], "lambda": x["lam"] + 1e-12, "correct": x["correct"], "tokens": x["tokens"], "o": "x"}
-           for x in recs]
+    alt = [
+        {"qid": x["id"], "lambda": x["lam"] + 1e-12, "correct": x["correct"], "tokens": x["tokens"], "o": "x"}
+        for x in recs
+    ]
     again = Rollouts.from_records(alt, id_key="qid", lam_key="lambda")
     assert again.grid == GRID and torch.equal(again.correct, r.correct)
     with pytest.raises(ValueError, match="duplicate"):
@@ -109,8 +112,12 @@ def test_oracle_is_the_cheapest_correct_lambda():
     assert out["mean_tokens"] == pytest.approx((4 + 20 + 3 + 12) / 4)
     # on random rollouts the oracle is never beaten on accuracy and is cheapest among correct choices
     q, g = 50, 6
-    rr = Rollouts([f"r{i}" for i in range(q)], [i / (g - 1) for i in range(g)],
-                  torch.rand(q, g) < 0.5, torch.randint(1, 40, (q, g)).float())
+    rr = Rollouts(
+        [f"r{i}" for i in range(q)],
+        [i / (g - 1) for i in range(g)],
+        torch.rand(q, g) < 0.5,
+        torch.randint(1, 40, (q, g)).float(),
+    )
     o = rr.oracle_index()
     rows = torch.arange(q)
     assert torch.equal(rr.correct[rows, o], rr.correct.any(dim=1))
@@ -126,12 +133,17 @@ def test_preference_pairs_follow_each_rule():
     got = {tuple(p) for p in pairs.tolist()}
     expected = {
         # q0, all correct: fewer tokens wins
-        (0, 0, 1), (0, 0, 2), (0, 1, 2),
+        (0, 0, 1),
+        (0, 0, 2),
+        (0, 1, 2),
         # q1: correct beats wrong; between the two correct ones, 20 tokens beats 25
-        (1, 1, 0), (1, 2, 0), (1, 2, 1),
+        (1, 1, 0),
+        (1, 2, 0),
+        (1, 2, 1),
         # q2: wrong vs wrong -> no pair
         # q3: correct beats wrong; equal tokens -> no pair
-        (3, 1, 0), (3, 2, 0),
+        (3, 1, 0),
+        (3, 2, 0),
     }
     assert got == expected and len(got) == pairs.shape[0]
     assert pairs.tolist() == sorted(pairs.tolist())

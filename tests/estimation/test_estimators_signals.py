@@ -1,4 +1,5 @@
 """Estimator math on hand-made distributions: masked mean, confidence, JSD, and the DAMI-Conf λ mapping."""
+
 import math
 
 import pytest

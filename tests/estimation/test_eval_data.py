@@ -1,4 +1,5 @@
 """Loading GSM8K-, MATH- and testbed-style JSONL files, and the errors for bad records."""
+
 import json
 from pathlib import Path
 
@@ -13,14 +14,14 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 def test_gsm8k_fixture():
     items = load_items(FIXTURES / "gsm8k_small.jsonl")
     assert [i.answer for i in items] == ["72", "14,400", "-5"]
-    assert items[0].id == "gsm8k_small-1" and items[2].id == "neg-1"   # blank line 3 skipped, ids keep line no.
+    assert items[0].id == "gsm8k_small-1" and items[2].id == "neg-1"  # blank line 3 skipped, ids keep line no.
     assert items[0].prompt.startswith("Natalia") and items[0].difficulty is None
     assert answers_match("14400", items[1].answer)
 
 
 def test_math_fixture():
     items = load_items(FIXTURES / "math_small.jsonl")
-    assert [i.answer for i in items] == [r"\frac{3}{4}", "4", r"\{1,2\}"]   # 'answer' field beats 'solution'
+    assert [i.answer for i in items] == [r"\frac{3}{4}", "4", r"\{1,2\}"]  # 'answer' field beats 'solution'
     assert [i.difficulty for i in items] == [1, 2, 3]
     assert items[2].id == "test/algebra/1.json"
     assert answers_match("0.75", items[0].answer)
@@ -40,17 +41,20 @@ def _write(tmp_path, lines):
     return p
 
 
-@pytest.mark.parametrize("lines, match", [
-    (['{"question": "q", "answer": "#### 1"}', "{not json"], r"bad.jsonl:2: invalid JSON"),
-    (['{"question": "q", "answer": "#### 1"}', '{"problem": "p", "answer": "2"}'], r"bad.jsonl:2: .*math-style"),
-    (['{"question": "q", "answer": "no marker"}'], r"bad.jsonl:1: .*####"),
-    (['{"problem": "p", "solution": "no box"}'], r"bad.jsonl:1: .*boxed"),
-    (['{"text": "hello"}'], r"bad.jsonl:1: record has keys \['text'\]"),
-    (['[1, 2]'], r"bad.jsonl:1: .*JSON object"),
-    (['{"prompt": "", "answer": "1"}'], r"bad.jsonl:1: field 'prompt' is empty"),
-    (['{"prompt": "p", "answer": null}'], r"bad.jsonl:1: field 'answer' must be"),
-    (['', ''], r"no records"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (['{"question": "q", "answer": "#### 1"}', "{not json"], r"bad.jsonl:2: invalid JSON"),
+        (['{"question": "q", "answer": "#### 1"}', '{"problem": "p", "answer": "2"}'], r"bad.jsonl:2: .*math-style"),
+        (['{"question": "q", "answer": "no marker"}'], r"bad.jsonl:1: .*####"),
+        (['{"problem": "p", "solution": "no box"}'], r"bad.jsonl:1: .*boxed"),
+        (['{"text": "hello"}'], r"bad.jsonl:1: record has keys \['text'\]"),
+        (["[1, 2]"], r"bad.jsonl:1: .*JSON object"),
+        (['{"prompt": "", "answer": "1"}'], r"bad.jsonl:1: field 'prompt' is empty"),
+        (['{"prompt": "p", "answer": null}'], r"bad.jsonl:1: field 'answer' must be"),
+        (["", ""], r"no records"),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path, lines, match):
     with pytest.raises(ValueError, match=match):
         load_items(_write(tmp_path, lines))

@@ -2,6 +2,7 @@
 another label, a plotted point (the fixed-λ points and the method markers) or the legend: checked on the
 label boxes as drawn (Agg, display coordinates), for the shipped testbed reports and for random
 frontiers."""
+
 import json
 import random
 from pathlib import Path
@@ -9,12 +10,11 @@ from pathlib import Path
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.text import Text
+matplotlib.use("Agg")  # before pyplot is imported: the imports below must follow it
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
-from dami_kernels.evaluation.sweep import (LABEL_GID, PLOTTED_METHODS, frontier_figure,
-                                           frontier_point_boxes, plot_report)
+from dami_kernels.evaluation.sweep import LABEL_GID, PLOTTED_METHODS, frontier_figure, frontier_point_boxes, plot_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "cpu" / "testbed_v5"
 REPORTS = sorted(RESULTS.glob("report_seed*.json"))
@@ -52,7 +52,7 @@ def check_figure(table, methods, continuity=None):
         marker_boxes = frontier_point_boxes(ax, renderer)
         legend = ax.get_legend().get_window_extent(renderer)
         frame = ax.get_window_extent(renderer)
-        for name, box in zip(names, boxes):
+        for name, box in zip(names, boxes, strict=True):
             assert not any(_contains(box, c) for c in centres), name
             assert not any(_overlap(box, type(box).from_extents(*m)) for m in marker_boxes), name
             assert not _overlap(box, legend), name
@@ -81,10 +81,16 @@ def test_shipped_report_small_n_and_sweep_only():
     """Coarser numbers (n = 100: accuracies on a 0.01 grid, so more coinciding points) and the sweep's
     plot (no methods)."""
     report = json.loads(REPORTS[0].read_text())
-    coarse = [{**r, "accuracy": round(r["accuracy"], 2), "mean_tokens": round(r["mean_tokens"], 1)}
-              for r in report["sweep"]]
-    methods = {k: {"accuracy": round(report["methods"][k]["accuracy"], 2),
-                   "mean_tokens": round(report["methods"][k]["mean_tokens"], 1)} for k in PLOTTED_METHODS}
+    coarse = [
+        {**r, "accuracy": round(r["accuracy"], 2), "mean_tokens": round(r["mean_tokens"], 1)} for r in report["sweep"]
+    ]
+    methods = {
+        k: {
+            "accuracy": round(report["methods"][k]["accuracy"], 2),
+            "mean_tokens": round(report["methods"][k]["mean_tokens"], 1),
+        }
+        for k in PLOTTED_METHODS
+    }
     check_figure(coarse, methods)
     check_figure(report["sweep"], {})
 
@@ -96,7 +102,7 @@ def test_random_frontiers(seed):
     rng = random.Random(seed)
     table, acc, tok = [], rng.uniform(0.0, 0.6), rng.uniform(2, 10)
     for lam in GRID:
-        if lam > 0 and rng.random() < 0.3:      # coincides with the previous point
+        if lam > 0 and rng.random() < 0.3:  # coincides with the previous point
             acc, tok = acc + rng.uniform(-0.003, 0.003), tok + rng.uniform(0, 0.05)
         else:
             acc = min(1.0, max(0.0, acc + rng.uniform(-0.15, 0.2)))
@@ -107,7 +113,7 @@ def test_random_frontiers(seed):
     methods = {}
     anchor = (rng.uniform(min(xs), max(xs)), rng.uniform(min(ys), max(ys)))
     for k, name in enumerate(PLOTTED_METHODS):
-        if k and rng.random() < 0.4:             # on (nearly) the same spot as another method
+        if k and rng.random() < 0.4:  # on (nearly) the same spot as another method
             x, y = anchor[0] + rng.uniform(-0.1, 0.1), anchor[1] + rng.uniform(-0.002, 0.002)
         else:
             x, y = rng.uniform(min(xs), max(xs)), rng.uniform(min(ys), max(ys))
@@ -128,6 +134,10 @@ def test_fully_random_points():
 def test_plot_report_writes_png(tmp_path):
     """plot_report redraws a demo's frontier.png from its report.json (and details.json's continuity)."""
     report = json.loads(REPORTS[0].read_text())
-    plot_report(report, tmp_path / "f.png", continuity=[{"lam": g, "cka_instruct": 1 - g, "cka_thinking": g,
-                                                          "position": g} for g in GRID], title="t")
+    plot_report(
+        report,
+        tmp_path / "f.png",
+        continuity=[{"lam": g, "cka_instruct": 1 - g, "cka_thinking": g, "position": g} for g in GRID],
+        title="t",
+    )
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

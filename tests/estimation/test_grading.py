@@ -1,12 +1,12 @@
 """Grading: math-verify for MATH/AIME answers, the exact checker for testbed and GSM8K answers."""
+
 import re
 import threading
 from pathlib import Path
 
 import pytest
 
-from dami_kernels.evaluation import EvalItem, grade, load_items, write_items
-from dami_kernels.evaluation import runner
+from dami_kernels.evaluation import EvalItem, grade, load_items, runner, write_items
 from dami_kernels.generation import GenerationResult
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -31,8 +31,8 @@ EQUIVALENT = [
 # (reference, boxed model answer): different as mathematics, yet equal once a string compare drops
 # LaTeX markup, brackets and spaces.
 WRONG_BUT_STRING_EQUAL = [
-    (r"(0,1]", r"[0,1)"),        # another interval
-    (r"\{1,2\}", r"[1,2]"),      # a closed interval is not a two-element set
+    (r"(0,1]", r"[0,1)"),  # another interval
+    (r"\{1,2\}", r"[1,2]"),  # a closed interval is not a two-element set
     (r"2^{10}", r"210"),
     (r"\sqrt{2}", r"2"),
     (r"23", r"2 3"),
@@ -41,8 +41,10 @@ WRONG_BUT_STRING_EQUAL = [
 
 def string_compare(a: str, b: str) -> bool:
     """What a plain string compare after stripping LaTeX markup accepts."""
+
     def strip(s):
         return re.sub(r"\\[a-zA-Z]+|[\\{}()\[\]^\s$]", "", s)
+
     return strip(a) == strip(b)
 
 
@@ -74,14 +76,17 @@ def test_math_grading_works_off_the_main_thread():
     assert out["r"][1] is True
 
 
-@pytest.mark.parametrize("output,reference,expected", [
-    ("<think>12+34=46\n</think>46", "46", ("46", True)),
-    ("46", "46", ("46", True)),
-    ("<think>12+34=46\n</think>47", "46", ("47", False)),
-    ("<think>12+34=46\n", "46", (None, False)),
-    ("12 * 1,200 = 14,400\n#### 14,400", "14,400", ("14,400", True)),
-    ("She has -5 now.", "-5", ("-5", True)),
-])
+@pytest.mark.parametrize(
+    "output,reference,expected",
+    [
+        ("<think>12+34=46\n</think>46", "46", ("46", True)),
+        ("46", "46", ("46", True)),
+        ("<think>12+34=46\n</think>47", "46", ("47", False)),
+        ("<think>12+34=46\n", "46", (None, False)),
+        ("12 * 1,200 = 14,400\n#### 14,400", "14,400", ("14,400", True)),
+        ("She has -5 now.", "-5", ("-5", True)),
+    ],
+)
 def test_exact_grading_for_testbed_and_gsm8k(output, reference, expected):
     assert grade(output, reference, "exact") == expected
     assert grade(output, reference) == expected  # exact is the default
@@ -111,8 +116,11 @@ def test_bad_grader_is_a_value_error(tmp_path):
 
 
 def test_run_items_grades_each_item_with_its_grader(monkeypatch):
-    items = [EvalItem("m", "half?", r"\frac{1}{2}", grader="math"), EvalItem("e", "1+1", "2"),
-             EvalItem("s", "a set?", r"\{1,2\}", grader="math")]
+    items = [
+        EvalItem("m", "half?", r"\frac{1}{2}", grader="math"),
+        EvalItem("e", "1+1", "2"),
+        EvalItem("s", "a set?", r"\{1,2\}", grader="math"),
+    ]
     outputs = [r"\boxed{0.5}", "<think>1+1=2\n</think>2", r"\boxed{[1,2]}"]
 
     def fake_generate(model, tokenizer, prompts, lams, **kwargs):

@@ -1,5 +1,6 @@
 """The testbed: the generator (one surface form, difficulty from carries), its splits, the checker, the
 scratchpad, the tokenizer and chat template, and its eval items."""
+
 import collections
 import math
 import random
@@ -8,13 +9,33 @@ import pytest
 from transformers import AutoTokenizer
 
 from dami_kernels import testbed
-from dami_kernels.testbed import (LEVELS, Problem, build_tokenizer, carries, chat_prompt, check_answer, direct_answer,
-                                  eval_items, heldout_items, level_size, make_problem, make_problems, no_think_answer,
-                                  scratchpad, split_of)
+from dami_kernels.testbed import (
+    LEVELS,
+    Problem,
+    build_tokenizer,
+    carries,
+    chat_prompt,
+    check_answer,
+    direct_answer,
+    eval_items,
+    heldout_items,
+    level_size,
+    make_problem,
+    make_problems,
+    no_think_answer,
+    scratchpad,
+    split_of,
+)
 from dami_kernels.testbed.tasks import DIGITS, THINKING_WIDTH, undecided_columns
-from dami_kernels.testbed.training import BASE_WIDTH
-from dami_kernels.testbed.training import (completion, encode_batch, heldout_problems, pair_stages, stage_batches,
-                                           train_pair)
+from dami_kernels.testbed.training import (
+    BASE_WIDTH,
+    completion,
+    encode_batch,
+    heldout_problems,
+    pair_stages,
+    stage_batches,
+    train_pair,
+)
 
 
 def _seed():
@@ -25,25 +46,25 @@ def test_generator_is_deterministic_by_seed():
     seed = _seed()
     a, b = make_problems(200, seed), make_problems(200, seed)
     assert a == b
-    assert make_problems(50, seed) == a[:50]                 # prefix-stable
+    assert make_problems(50, seed) == a[:50]  # prefix-stable
     assert make_problems(200, seed + 1) != a
 
 
 def _undecided(a: int, b: int) -> int:
     """Columns whose two digits sum to 9, counted on the decimal strings (independent of tasks.py)."""
-    return sum(int(x) + int(y) == 9 for x, y in zip(str(a), str(b)))
+    return sum(int(x) + int(y) == 9 for x, y in zip(str(a), str(b), strict=False))
 
 
 def test_one_surface_form_difficulty_from_undecided_columns():
     """Every level has the same surface (2 operands of DIGITS digits, same prompt length); the level is
     the number of columns whose digits sum to 9 (0, 1, 2, 3+), computed independently here."""
     problems = make_problems(400, _seed())
-    assert len({p.canonical for p in problems}) == 400      # distinct, commutative variants counted
+    assert len({p.canonical for p in problems}) == 400  # distinct, commutative variants counted
     bins = {1: (0,), 2: (1,), 3: (2,), 4: tuple(range(3, DIGITS + 1))}
     for i, p in enumerate(problems):
         assert p.level == sorted(LEVELS)[i % len(LEVELS)]
         assert len(p.operands) == 2 and p.ops == ("+",)
-        assert all(10 ** (DIGITS - 1) <= x < 10 ** DIGITS for x in p.operands)
+        assert all(10 ** (DIGITS - 1) <= x < 10**DIGITS for x in p.operands)
         assert len(p.expression) == 2 * DIGITS + 1
         assert _undecided(*p.operands) in bins[p.level] and undecided_columns(p.operands) == _undecided(*p.operands)
         assert p.answer == sum(p.operands)
@@ -68,7 +89,7 @@ def test_level_sizes_and_uniform_draws():
 
     size = collections.Counter()
     for lead in (0, 1):
-        for k in range(DIGITS):                       # undecided lower columns
+        for k in range(DIGITS):  # undecided lower columns
             n = math.comb(DIGITS - 1, k) * 10**k * 90 ** (DIGITS - 1 - k) * (8 if lead else 73)
             size[min(k + lead, 3)] += n
     assert [level_size(lv) for lv in sorted(LEVELS)] == [size[c] for c in range(4)]
@@ -77,8 +98,11 @@ def test_level_sizes_and_uniform_draws():
     direct = [make_problem(rng, 2) for _ in range(3000)]
     rejected = [p for p in (testbed.draw_problem(rng) for _ in range(15000)) if p.level == 2][:3000]
     assert len(rejected) == 3000
-    for stat in (lambda p: p.operands[0] % 10, lambda p: p.operands[1] // 10 ** (DIGITS - 1),
-                 lambda p: p.answer / 10 ** DIGITS):
+    for stat in (
+        lambda p: p.operands[0] % 10,
+        lambda p: p.operands[1] // 10 ** (DIGITS - 1),
+        lambda p: p.answer / 10**DIGITS,
+    ):
         a = sum(map(stat, direct)) / len(direct)
         b = sum(map(stat, rejected)) / len(rejected)
         assert abs(a - b) < 0.25, (a, b)
@@ -108,8 +132,13 @@ def test_fresh_draw_overlap_with_training_is_measured_and_recorded():
     a = m["args"]
     trained = set()
     width = a.get("base_width", 1)
-    for stage in pair_stages(a["base_steps"], a["ft_steps"], seed=a["seed"], thinking_steps=a.get("thinking_steps"),
-                             base_width=tuple(width) if isinstance(width, list) else width).values():
+    for stage in pair_stages(
+        a["base_steps"],
+        a["ft_steps"],
+        seed=a["seed"],
+        thinking_steps=a.get("thinking_steps"),
+        base_width=tuple(width) if isinstance(width, list) else width,
+    ).values():
         for problems, *_ in stage_batches(stage, a["batch_size"]):
             trained.update(p.canonical for p in problems)
             assert all(split_of(p) == "train" for p in problems[:4])
@@ -132,7 +161,9 @@ def test_training_forms():
     assert (stages["base"].think_width, stages["thinking"].think_width) == (BASE_WIDTH, THINKING_WIDTH) == ((1, 2), 2)
     assert testbed.THINK_PREFIX == ""
     assert pair_stages(10, 200, thinking_steps=7)["thinking"].steps == 7 and stages["thinking"].steps == 200
-    assert {w for _, fs, ws in stage_batches(stages["thinking"], 64) for f, w in zip(fs, ws) if f == "think"} == {2}
+    assert {
+        w for _, fs, ws in stage_batches(stages["thinking"], 64) for f, w in zip(fs, ws, strict=True) if f == "think"
+    } == {2}
 
 
 def test_short_stages_train():
@@ -146,8 +177,9 @@ def test_short_stages_train():
     tok = build_tokenizer()
     for steps in (1, 3, 10):
         torch.manual_seed(0)
-        model = Qwen3ForCausalLM(model_config(tok, hidden=16, layers=1, heads=2, kv_heads=1, head_dim=8,
-                                              intermediate=32))
+        model = Qwen3ForCausalLM(
+            model_config(tok, hidden=16, layers=1, heads=2, kv_heads=1, head_dim=8, intermediate=32)
+        )
         losses = train_stage(model, tok, Stage("short", steps, 1e-3, 0.5, 0), 2)
         assert len(losses) == steps and all(math.isfinite(x) for x in losses)
 
@@ -157,11 +189,13 @@ def test_base_widths():
     nothing, so its problems and forms are exactly those of a stage without widths; bad widths are refused."""
     one, mixed = pair_stages(20, 1, base_width=1)["base"], pair_stages(20, 1, base_width=(1, 2))["base"]
     assert pair_stages(20, 1, base_width=2)["base"].think_width == 2
-    widths = collections.Counter(w for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws) if f == "think")
+    widths = collections.Counter(
+        w for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws, strict=True) if f == "think"
+    )
     assert set(widths) == {1, 2} and 0.4 < widths[2] / sum(widths.values()) < 0.6
-    assert all(w == 1 for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws) if f != "think")
+    assert all(w == 1 for _, fs, ws in stage_batches(mixed, 64) for f, w in zip(fs, ws, strict=True) if f != "think")
     rng = random.Random(one.seed)  # a single-width stage replays the plain draws: problems, then one u per form
-    for (problems, forms, ws), _ in zip(stage_batches(one, 8), range(3)):
+    for (problems, forms, ws), _ in zip(stage_batches(one, 8), range(3), strict=False):
         assert [p.canonical for p in problems] == [testbed.draw_problem(rng, "train").canonical for _ in range(8)]
         assert forms == ["think" if rng.random() < 0.5 else "direct" for _ in range(8)] and set(ws) == {1}
     for bad in (0, (1, 0), (), True, 1.5):
@@ -178,8 +212,12 @@ def test_base_widths():
     assert completion(p, "think", 2) == scratchpad(p, 2) and completion(p, True) == scratchpad(p)
     assert completion(p, "direct", 2) == "171064" and completion(p, "nothink") == "<think></think>171064"
     # bad step counts are refused before anything is trained (bools are not step counts)
-    for kwargs, name in (({"thinking_steps": -1}, "thinking_steps"), ({"thinking_steps": True}, "thinking_steps"),
-                         ({"ft_steps": -2}, "ft_steps"), ({"batch_size": 0}, "batch_size")):
+    for kwargs, name in (
+        ({"thinking_steps": -1}, "thinking_steps"),
+        ({"thinking_steps": True}, "thinking_steps"),
+        ({"ft_steps": -2}, "ft_steps"),
+        ({"batch_size": 0}, "batch_size"),
+    ):
         with pytest.raises(ValueError, match=name):
             train_pair(build_tokenizer(), **{"base_steps": 1, "ft_steps": 1, **kwargs})
 
@@ -190,12 +228,13 @@ def test_checker_is_exact():
     assert scratchpad(p) == "<think>4+8+0=12\n3+7+1=11\n2+6+1=09\n1+5+0=06\n</think>6912"
     assert scratchpad(Problem((9999, 1001), ("+",), 4)).endswith("9+1+1=11\n</think>11000")
     # the Thinking model's lines: blocks of 2 columns, zero-padded, the sum one digit wider
-    assert (scratchpad(Problem((87305, 83759), ("+",), 5), 2)
-            == "<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064")
+    assert (
+        scratchpad(Problem((87305, 83759), ("+",), 5), 2) == "<think>05+59+0=064\n73+37+0=110\n8+8+1=17\n</think>171064"
+    )
     assert scratchpad(Problem((9999, 1001), ("+",), 4), 2) == "<think>99+01+0=100\n99+10+1=110\n</think>11000"
-    for q in make_problems(200, _seed()):   # at every width the lines add up to the answer
+    for q in make_problems(200, _seed()):  # at every width the lines add up to the answer
         for w in (1, 2, 3, 5):
-            lines = scratchpad(q, w)[len("<think>"):].split("</think>")[0].splitlines()
+            lines = scratchpad(q, w)[len("<think>") :].split("</think>")[0].splitlines()
             totals = [line.split("=")[1] for line in lines]
             assert len(totals) == -(-DIGITS // w) and all(len(t) == len(totals[0]) for t in totals[:-1])
             assert int(totals[-1] + "".join(t[1:] for t in reversed(totals[:-1]))) == q.answer
@@ -236,8 +275,9 @@ def test_tokenizer_round_trip_and_chat_template(tmp_path):
     ids_t, _, labels = encode_batch(loaded, [p], ["think"])
     assert list(templ) == ids_t[0, : len(templ)].tolist()
     assert (labels[0, : len(templ)] == -100).all() and labels[0, -1] == loaded.eos_token_id
-    full = loaded.apply_chat_template([{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "3"}],
-                                      tokenize=False)
+    full = loaded.apply_chat_template(
+        [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "3"}], tokenize=False
+    )
     assert full == "<|bos|><|user|>1+2<|assistant|>3<|eos|>"
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
     assert loaded.padding_side == "left"

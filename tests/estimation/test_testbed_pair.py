@@ -1,5 +1,6 @@
 """The shipped testbed pair through `load_pair`: at λ=0 and λ=1 it reproduces its own endpoint
 checkpoints (logits and greedy generations); a mixed batch equals separate runs."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -14,8 +15,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def pair():
     instruct, thinking = testbed.testbed_dirs()
     model, tok = dk.load_pair_and_tokenizer(instruct, thinking, dtype=torch.float32, device="cpu")
-    plain = {lam: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-             for lam, d in ((0.0, instruct), (1.0, thinking))}
+    plain = {
+        lam: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        for lam, d in ((0.0, instruct), (1.0, thinking))
+    }
     return model, tok, plain
 
 
@@ -36,9 +39,10 @@ def test_endpoints_reproduce_checkpoints(pair):
         ref = ref_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), f"λ={lam}"
         res = dk.generate(model, tok, prompts, lam, max_new_tokens=64, do_sample=False, progress=False)
-        out = ref_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        want = [tok.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
+        out = ref_model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        want = [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
         assert [r.text for r in res] == want, f"λ={lam}"
 
 
@@ -49,8 +53,9 @@ def test_mixed_batch_equals_separate_runs(pair):
     mixed = dk.generate(model, tok, prompts, lams, max_new_tokens=64, do_sample=False, progress=False)
     for lam in (0.0, 0.5, 1.0):
         idx = [i for i, v in enumerate(lams) if v == lam]
-        alone = dk.generate(model, tok, [prompts[i] for i in idx], lam, max_new_tokens=64, do_sample=False,
-                            progress=False)
+        alone = dk.generate(
+            model, tok, [prompts[i] for i in idx], lam, max_new_tokens=64, do_sample=False, progress=False
+        )
         assert [mixed[i].text for i in idx] == [r.text for r in alone]
     assert any("</think>" in r.text for r in mixed if r.lam == 1.0)
     assert all("<think>" not in r.text for r in mixed if r.lam == 0.0)

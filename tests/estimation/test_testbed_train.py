@@ -1,4 +1,5 @@
 """A smoke run of scripts/train_testbed.py, and the shipped pair: loads with plain transformers, meets targets."""
+
 import glob
 import json
 import os
@@ -18,8 +19,14 @@ from dami_kernels.testbed.training import heldout_problems
 pytestmark = pytest.mark.slow  # trains the testbed models in subprocesses
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-         "chat_template.jinja"}
+FILES = {
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+}
 
 
 def _check_checkpoint(d):
@@ -32,14 +39,28 @@ def _check_checkpoint(d):
     assert model.generation_config.eos_token_id == tok.eos_token_id
     assert model.generation_config.pad_token_id == tok.pad_token_id
     assert json.loads((d / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
-    assert all(p.stat().st_mode & 0o444 == 0o444 for p in d.iterdir())   # world-readable package data
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in d.iterdir())  # world-readable package data
     return model, tok
 
 
 def test_train_script_smoke(tmp_path):
     out = tmp_path / "tb"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(out), "--base-steps", "4",
-           "--ft-steps", "2", "--thinking-steps", "3", "--batch-size", "16", "--eval-n", "8"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train_testbed.py"),
+        "--out",
+        str(out),
+        "--base-steps",
+        "4",
+        "--ft-steps",
+        "2",
+        "--thinking-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--eval-n",
+        "8",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "thinking" in res.stdout and "accuracy" in res.stdout
@@ -49,7 +70,7 @@ def test_train_script_smoke(tmp_path):
     for side in ("instruct", "thinking"):
         assert 0.0 <= metrics[side]["accuracy"] <= 1.0 and metrics[side]["mean_tokens"] >= 1
         assert sum(v["n"] for v in metrics[side]["per_level"].values()) == 8
-    (mi, tok), (mt, _) = _check_checkpoint(out / "instruct"), _check_checkpoint(out / "thinking")
+    (mi, _), (mt, _) = _check_checkpoint(out / "instruct"), _check_checkpoint(out / "thinking")
     # two different fine-tunes of one base: same shapes, different weights
     si, st = mi.state_dict(), mt.state_dict()
     assert si.keys() == st.keys()
@@ -65,14 +86,22 @@ def test_train_script_base_width_option(tmp_path):
         sys.path.pop(0)
     assert widths("2") == 2 and widths("1,2") == (1, 2)
     for bad in ("0", "1,x", ""):
-        res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(tmp_path),
-                              "--base-width", bad], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(tmp_path), "--base-width", bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 2 and "--base-width" in res.stderr, bad
 
 
 def test_train_script_rejects_bad_eval_n(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(tmp_path),
-                          "--eval-n", "0"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_testbed.py"), "--out", str(tmp_path), "--eval-n", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "--eval-n" in res.stderr
 
 
@@ -86,7 +115,7 @@ def test_shipped_pair_loads_and_is_small():
     for d in (instruct_dir, thinking_dir):
         for name in FILES:
             assert (Path(d) / name).relative_to(pkg) in shipped
-    (mi, _), (mt, _) = _check_checkpoint(instruct_dir), _check_checkpoint(thinking_dir)
+    (mi, _), _ = _check_checkpoint(instruct_dir), _check_checkpoint(thinking_dir)
     assert sum(p.numel() for p in mi.parameters()) < 2_000_000
 
 
@@ -117,7 +146,7 @@ def test_shipped_metrics_reproduce():
     """Greedy re-scoring of the held-out set with plain transformers gives the recorded numbers."""
     m = json.loads(METRICS_FILE.read_text())
     problems = heldout_problems(m["eval_n"])
-    for side, d in zip(("instruct", "thinking"), testbed.testbed_dirs()):
+    for side, d in zip(("instruct", "thinking"), testbed.testbed_dirs(), strict=True):
         model = AutoModelForCausalLM.from_pretrained(d).eval()
         tok = AutoTokenizer.from_pretrained(d)
         got = score(model, tok, problems)

@@ -1,5 +1,6 @@
 """GPU-only checks (skipped without CUDA; run by scripts/gpu_check.sh): bf16 on real Qwen3-4B shapes
 against an fp32 reference, CUDA-graph capture and replay with λ updated in place, torch.compile."""
+
 import math
 
 import pytest
@@ -31,8 +32,13 @@ def test_bf16_real_shapes(n, k, lead):
     if n == 151936 and math.prod(lead) > 64:
         pytest.skip("lm_head prefill: covered by the smaller shapes, keeps the check short")
     x, w_i, w_t = make(lead, n, k)
-    for lam in (torch.rand(lead, device="cuda"), torch.rand(lead[:1], device="cuda"), 0.3,
-                torch.zeros(lead[:1], device="cuda"), torch.ones(lead, device="cuda")):
+    for lam in (
+        torch.rand(lead, device="cuda"),
+        torch.rand(lead[:1], device="cuda"),
+        0.3,
+        torch.zeros(lead[:1], device="cuda"),
+        torch.ones(lead, device="cuda"),
+    ):
         out = dk.interp_linear(x, w_i, w_t, lam, backend="triton")
         err = rel_err(out, interp_linear_fp64(x, w_i, w_t, lam))
         assert err <= 1e-2, f"relative error {err:.2e}"

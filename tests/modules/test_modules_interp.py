@@ -1,12 +1,21 @@
 """Interpolating layers and the shared λ state, against fp64 math."""
+
 import pytest
 import torch
 from torch import nn
 
-from dami_kernels.modules import (InterpEmbedding, InterpLayerNorm, InterpLinear, InterpRMSNorm, LambdaState,
-                                  swap_modules)
+from dami_kernels.modules import (
+    InterpEmbedding,
+    InterpLayerNorm,
+    InterpLinear,
+    InterpRMSNorm,
+    LambdaState,
+    swap_modules,
+)
 from dami_kernels.ops import interp_linear_fp64
 from numerics import rel_err
+
+
 def test_lambda_state_updates_in_place_and_grows_only_when_needed():
     state = LambdaState(torch.rand(4))
     ptr = state.lam.data_ptr()
@@ -22,8 +31,20 @@ def test_lambda_state_updates_in_place_and_grows_only_when_needed():
     assert state.lam.shape == (6,) and state.lam.data_ptr() != ptr
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5, torch.tensor([0.2, float("nan")]),
-                                 torch.tensor([0.5, 1.01]), torch.zeros(2, 2), "0.5", torch.tensor([1, 0])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        float("nan"),
+        float("inf"),
+        -0.1,
+        1.5,
+        torch.tensor([0.2, float("nan")]),
+        torch.tensor([0.5, 1.01]),
+        torch.zeros(2, 2),
+        "0.5",
+        torch.tensor([1, 0]),
+    ],
+)
 def test_lambda_state_rejects_bad_values(bad):
     state = LambdaState(0.5)
     with pytest.raises(ValueError, match="lam"):
@@ -113,7 +134,8 @@ def test_interp_layernorm_per_sequence():
     lv = lam.double().view(2, 1, 1)
     h = torch.nn.functional.layer_norm(x.double(), (12,), eps=norm.eps)
     ref = h * ((1 - lv) * norm.weight.double() + lv * layer.weight_t.double()) + (
-        (1 - lv) * norm.bias.double() + lv * layer.bias_t.double())
+        (1 - lv) * norm.bias.double() + lv * layer.bias_t.double()
+    )
     assert rel_err(layer(x), ref) < 1e-6
 
 

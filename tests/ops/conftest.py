@@ -1,4 +1,5 @@
 """Fixtures of the op tier."""
+
 import math
 
 import pytest
@@ -15,5 +16,7 @@ def poison_outputs(monkeypatch):
     from dami_kernels.ops.common import launch as common_launch
 
     monkeypatch.setattr(
-        common_launch, "alloc_output", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
+        common_launch,
+        "alloc_output",
+        lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device),
     )

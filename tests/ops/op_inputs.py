@@ -1,4 +1,5 @@
 """Random inputs of the op tests: x, both weights and both biases on the test device."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ bucket (M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); 
 gate/up at M=256, once by default and once with --tf32; scripts/count_variants.py; and
 scripts/compile_check_moe.py (the grouped experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token
 (split-K decode) and 4096 tokens."""
+
 import json
 import os
 import subprocess
@@ -20,14 +21,38 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 SMEM_LIMIT_SM90 = 232448
-ROW_KEYS = {"shape": list, "m_bucket": int, "dtype": str, "config": dict, "registers": int, "spill_bytes": int,
-            "shared_bytes": int, "tf32_instructions": int, "int64_offsets": bool, "uses_cp_async": bool}
+ROW_KEYS = {
+    "shape": list,
+    "m_bucket": int,
+    "dtype": str,
+    "config": dict,
+    "registers": int,
+    "spill_bytes": int,
+    "shared_bytes": int,
+    "tf32_instructions": int,
+    "int64_offsets": bool,
+    "uses_cp_async": bool,
+}
 
 
 FP32 = ("--quiet", "--shapes", "qwen3-4b:gate_up", "--dtypes", "fp32", "--m-buckets", "256", "--sms", "132")
 RUNS = {  # name: (script, arguments)
-    "check": ("compile_check.py", ("--quiet", "--shapes", "qwen3-4b:gate_up,qwen3-4b:lm_head", "--dtypes", "bf16",
-                                   "--m-buckets", "4,256", "--lm-head-m", "16384", "--sms", "132")),
+    "check": (
+        "compile_check.py",
+        (
+            "--quiet",
+            "--shapes",
+            "qwen3-4b:gate_up,qwen3-4b:lm_head",
+            "--dtypes",
+            "bf16",
+            "--m-buckets",
+            "4,256",
+            "--lm-head-m",
+            "16384",
+            "--sms",
+            "132",
+        ),
+    ),
     "fp32": ("compile_check.py", FP32),  # fp32 compiles are slow (FMA products): one bucket, by default and TF32
     "tf32": ("compile_check.py", ("--tf32", *FP32)),
     "count": ("count_variants.py", ()),
@@ -97,8 +122,11 @@ def test_int64_exactly_for_the_long_lm_head(report):
 
 def test_no_spills_no_smem_overflow_no_default_tf32(report):
     _, _, rows = report
-    bad = [(r["kernel"], r["dtype"], r["config"], r["split_k"], r["has_bias"], r["problems"]) for r in rows
-           if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")]
+    bad = [
+        (r["kernel"], r["dtype"], r["config"], r["split_k"], r["has_bias"], r["problems"])
+        for r in rows
+        if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")
+    ]
     assert not bad, bad
     assert all(r["tf32_instructions"] == 0 for r in rows if r["dtype"] == "fp32")
 

@@ -1,5 +1,6 @@
 """The torch backend's fast paths (the CPU path): an endpoint pair is the plain model, a uniform λ is
 one blended GEMM, and every fast path gives the general path's logits."""
+
 import copy
 import importlib
 
@@ -12,6 +13,7 @@ from dami_kernels.ops.interp_linear import torch_path
 from dami_kernels.ops.interp_linear.torch_path import BLEND_MIN_ROWS, interp_linear_torch
 from numerics import rel_err
 from tiny_pairs import perturbed, random_base
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -108,5 +110,5 @@ def test_mixed_batch_equals_separate_runs_through_the_fast_paths(models):
         together = _logits(pair, ids)
     for r in range(3):
         with dk.lambda_scope(pair, float(lams[r])):
-            alone = _logits(pair, ids[r:r + 1])
-        assert rel_err(together[r:r + 1], alone) <= 1e-5, f"row {r}"
+            alone = _logits(pair, ids[r : r + 1])
+        assert rel_err(together[r : r + 1], alone) <= 1e-5, f"row {r}"

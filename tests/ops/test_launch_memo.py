@@ -1,15 +1,16 @@
 """The eager decode fast path: an InterpLinear replays its last Triton launch (`LaunchMemo`) while the
 input's shape/strides/dtype and the weight and λ tensors are unchanged. Every replay must equal the fp64
 reference on fresh data, and anything that changes the launch must leave the memo (outputs NaN-poisoned)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from op_inputs import DEVICE
 from torch import nn
 
 from dami_kernels.modules import InterpLinear, LambdaState
 from dami_kernels.ops.interp_linear.reference import interp_linear_fp64
-from op_inputs import DEVICE
 from numerics import rel_err
 
 pytest.importorskip("triton")
@@ -17,7 +18,7 @@ pytest.importorskip("triton")
 
 def _layer(state, n=24, k=40, bias=True, dtype=torch.float32):
     lin = nn.Linear(k, n, bias=bias, device=DEVICE, dtype=dtype)
-    w_t = nn.Parameter(torch.randn(n, k, device=DEVICE, dtype=dtype) / k ** 0.5, requires_grad=False)
+    w_t = nn.Parameter(torch.randn(n, k, device=DEVICE, dtype=dtype) / k**0.5, requires_grad=False)
     b_t = nn.Parameter(torch.randn(n, device=DEVICE, dtype=dtype), requires_grad=False) if bias else None
     return InterpLinear.from_linear(lin, state, w_t, b_t, backend="triton")
 

@@ -1,15 +1,16 @@
 """The interpolated experts op: the torch backend against fp64 math, the grouped Triton kernel (under
 TRITON_INTERPRET=1 on the CPU) against the same oracle in fp32/fp16/bf16 on odd shapes, every λ form and
 every per-tile path, with NaN-poisoned outputs; bad inputs."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from op_inputs import DEVICE
 
 from dami_kernels.ops import interp_experts, interp_experts_fp64, triton_available
 from dami_kernels.ops.common.configs import KernelConfig
-from op_inputs import DEVICE
 from numerics import rel_err
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
@@ -28,8 +29,14 @@ def make_moe(t=11, h=19, i=13, e=5, k=2, dtype=torch.float32):
 def lam_forms(t, seqs):
     """Every λ form: number, endpoints, 0-d tensor, per token [T], per sequence [S] (mixed, with 0 and 1)."""
     per_seq = torch.tensor([0.0, 1.0, 0.3, 0.8, 0.55][:seqs], device=DEVICE)
-    return {"float": 0.3, "zero": 0.0, "one": 1.0, "0d": torch.tensor(0.7, device=DEVICE),
-            "token": torch.rand(t, device=DEVICE) * 1.4 - 0.2, "seq": per_seq}
+    return {
+        "float": 0.3,
+        "zero": 0.0,
+        "one": 1.0,
+        "0d": torch.tensor(0.7, device=DEVICE),
+        "token": torch.rand(t, device=DEVICE) * 1.4 - 0.2,
+        "seq": per_seq,
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -124,19 +131,22 @@ def test_grouped_launch_is_one_interpolated_linear_per_row(dtype):
 CONFIGS = {
     "small_tiles": (KernelConfig(16, 16, 16, num_stages=1), KernelConfig(16, 16, 16, num_stages=1)),
     "split_k": (KernelConfig(16, 32, 16, split_k=2, num_stages=1), KernelConfig(16, 16, 16, split_k=3, num_stages=1)),
-    "swap_ab": (KernelConfig(16, 16, 16, swap_ab=True, num_stages=1),
-                KernelConfig(16, 32, 16, split_k=2, swap_ab=True, num_stages=1)),
+    "swap_ab": (
+        KernelConfig(16, 16, 16, swap_ab=True, num_stages=1),
+        KernelConfig(16, 32, 16, split_k=2, swap_ab=True, num_stages=1),
+    ),
 }
 
 
 @needs_triton
-@pytest.mark.parametrize("cfg,dtype", [("small_tiles", torch.bfloat16), ("split_k", torch.float32),
-                                       ("swap_ab", torch.float32)])
+@pytest.mark.parametrize(
+    "cfg,dtype", [("small_tiles", torch.bfloat16), ("split_k", torch.float32), ("swap_ab", torch.float32)]
+)
 @pytest.mark.slow
 def test_triton_paths_and_configs(cfg, dtype):
     """Every per-tile path is taken where it should be (recorded per program) and gives the right result."""
-    from dami_kernels.ops.interp_experts.op import lam_tokens_form
     from dami_kernels.ops.interp_experts.launch import interp_experts_triton
+    from dami_kernels.ops.interp_experts.op import lam_tokens_form
 
     # 2 sequences of 24 tokens, both experts for every token: each expert's 48 sorted rows form three
     # tiles of 16: inside sequence 0, straddling both, inside sequence 1.
@@ -148,8 +158,22 @@ def test_triton_paths_and_configs(cfg, dtype):
         lam_vec, rpl, _ = lam_tokens_form(lam, t, x.device)
         for skip_blend in ((True, True), (False, False)) if lam_case in (0.0, "mixed") else ((True, True),):
             paths = (torch.empty(0, dtype=torch.int32, device=DEVICE), torch.empty(0, dtype=torch.int32, device=DEVICE))
-            out = interp_experts_triton(x, gu_i, gu_t, dn_i, dn_t, idx, w, lam_vec, rpl, F.silu, configs=CONFIGS[cfg],
-                                        skip=skip_blend[0], blend=skip_blend[1], record_paths=paths)
+            out = interp_experts_triton(
+                x,
+                gu_i,
+                gu_t,
+                dn_i,
+                dn_t,
+                idx,
+                w,
+                lam_vec,
+                rpl,
+                F.silu,
+                configs=CONFIGS[cfg],
+                skip=skip_blend[0],
+                blend=skip_blend[1],
+                record_paths=paths,
+            )
             ref = interp_experts_fp64(x, gu_i, gu_t, dn_i, dn_t, idx, w, lam)
             assert rel_err(out, ref) < mlp_tol((x, gu_i, gu_t, dn_i, dn_t, idx, w), lam, dtype)
             for p in paths:
@@ -185,15 +209,14 @@ def test_gradients_flow_on_both_backends():
     for p in tensors:
         p.requires_grad_(True)
     lam = torch.tensor([0.2, 0.9, 0.5, 0.0, 1.0], dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda *ts: interp_experts(*ts, idx, w, lam, backend="torch"), tuple(tensors))
+    assert torch.autograd.gradcheck(lambda *ts: interp_experts(*ts, idx, w, lam, backend="torch"), tuple(tensors))
     if triton_available():
         f32 = [p.detach().float().requires_grad_(True) for p in tensors]
         out = interp_experts(*f32, idx, w.float(), lam.float(), backend="triton")
         out.square().sum().backward()
         ref = [p.detach().requires_grad_(True) for p in tensors]
         interp_experts_fp64(*ref, idx, w, lam).square().sum().backward()
-        for a, b in zip(f32, ref):
+        for a, b in zip(f32, ref, strict=True):
             assert rel_err(a.grad, b.grad) < 1e-5
 
 
@@ -201,13 +224,22 @@ def test_bad_inputs_name_the_argument():
     x, gu_i, gu_t, dn_i, dn_t, idx, w = make_moe(t=4)
     good = dict(x=x, gate_up_i=gu_i, gate_up_t=gu_t, down_i=dn_i, down_t=dn_t, top_k_index=idx, top_k_weights=w)
     bad = {
-        "x": x[None], "gate_up_i": gu_i[:, :-1], "gate_up_t": gu_t[:-1], "down_i": dn_i[..., :-1],
-        "down_t": dn_t.half(), "top_k_index": idx.float(), "top_k_weights": w[:, :1],
+        "x": x[None],
+        "gate_up_i": gu_i[:, :-1],
+        "gate_up_t": gu_t[:-1],
+        "down_i": dn_i[..., :-1],
+        "down_t": dn_t.half(),
+        "top_k_index": idx.float(),
+        "top_k_weights": w[:, :1],
     }
     for name, value in bad.items():
         with pytest.raises(ValueError, match=name):
             interp_experts(**{**good, name: value}, lam=0.5, backend="torch")
-    for lam, match in ((float("nan"), "finite"), (torch.tensor([0.1, math.inf, 0.2, 0.3]), "finite"),
-                       (torch.rand(3), "lam holds 3"), (torch.rand(2, 2), "lam must")):
+    for lam, match in (
+        (float("nan"), "finite"),
+        (torch.tensor([0.1, math.inf, 0.2, 0.3]), "finite"),
+        (torch.rand(3), "lam holds 3"),
+        (torch.rand(2, 2), "lam must"),
+    ):
         with pytest.raises(ValueError, match=match):
             interp_experts(**good, lam=lam, backend="torch")

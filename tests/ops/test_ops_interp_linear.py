@@ -3,18 +3,19 @@
 On a CPU-only machine the Triton kernels run through the interpreter (conftest sets TRITON_INTERPRET=1).
 Outputs are poisoned with NaN before every kernel run, so an unwritten tile fails.
 """
+
 import math
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from op_inputs import DEVICE, make
 
 import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
 from dami_kernels.ops.common.backend import resolve_backend
 from dami_kernels.ops.common.configs import KernelConfig, m_bucket, pick_config
-from op_inputs import DEVICE, make
 from numerics import rel_err
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -87,6 +88,7 @@ def test_empty_batch(backend):
 
 # --- the kernel paths, each reached on purpose -------------------------------------------------
 
+
 def run_kernel(x2d, w_i, w_t, lam_rows, b_i, b_t, seg_len, **kw):
     """The launcher with λ given per row ([M], rows_per_lam=1) unless kw says otherwise."""
     from dami_kernels.ops.interp_linear.launch import launch_interp_linear
@@ -123,8 +125,11 @@ def test_dual_accumulator_path(dtype, swap_ab):
     """Mixed λ, and uniform λ with skip/blend disabled, go through the two-accumulator path."""
     x, w_i, w_t, b_i, b_t = make((45,), 38, 90, dtype)
     cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1, swap_ab=swap_ab)
-    for lam, flags in ((torch.rand(45), {}), (torch.full((45,), 0.25), dict(blend=False)),
-                       (torch.zeros(45), dict(skip=False, blend=False))):
+    for lam, flags in (
+        (torch.rand(45), {}),
+        (torch.full((45,), 0.25), dict(blend=False)),
+        (torch.zeros(45), dict(skip=False, blend=False)),
+    ):
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
         out = run_kernel(x, w_i, w_t, lam, b_i, b_t, 1, config=cfg, record_path=paths, **flags)
         assert rel_err(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= TOL[dtype]
@@ -177,8 +182,7 @@ def test_split_k_decode_path(dtype, m, swap_ab):
     """Small M: one row tile covers all rows and K is split; fp32 partials are summed."""
     k = 200
     x, w_i, w_t, b_i, b_t = make((m,), 41, k, dtype)
-    cfg = KernelConfig(max(16, 1 << (m - 1).bit_length()), 32, 32, split_k=3, group_m=1, num_stages=1,
-                       swap_ab=swap_ab)
+    cfg = KernelConfig(max(16, 1 << (m - 1).bit_length()), 32, 32, split_k=3, group_m=1, num_stages=1, swap_ab=swap_ab)
     for lam, path in ((torch.rand(m), 3), (torch.full((m,), 0.6), 2), (torch.zeros(m), 0), (torch.ones(m), 1)):
         if m == 1 and path == 3:
             path = 2  # one row is always uniform
@@ -222,6 +226,7 @@ def test_property_shapes_and_lambda(b, t, n, k, form, lam_scale, bias):
 
 
 # --- torch.library op, torch.compile, dispatch ----------------------------------------------------
+
 
 @needs_triton
 def test_custom_op_opcheck():
@@ -286,6 +291,7 @@ def test_import_without_triton_uses_torch(tmp_path):
 
 # --- bad input --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "mutate,match",
     [
@@ -309,12 +315,14 @@ def test_import_without_triton_uses_torch(tmp_path):
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(mutate, match):
-    args = dict(x=torch.randn(4, 8), w_i=torch.randn(5, 8), w_t=torch.randn(5, 8), lam=torch.rand(4),
-                bias_i=None, bias_t=None)
+    args = dict(
+        x=torch.randn(4, 8), w_i=torch.randn(5, 8), w_t=torch.randn(5, 8), lam=torch.rand(4), bias_i=None, bias_t=None
+    )
     mutate(args)
     with pytest.raises(ValueError, match=match):
-        dk.interp_linear(args["x"], args["w_i"], args["w_t"], args["lam"], args["bias_i"], args["bias_t"],
-                         backend="torch")
+        dk.interp_linear(
+            args["x"], args["w_i"], args["w_t"], args["lam"], args["bias_i"], args["bias_t"], backend="torch"
+        )
 
 
 def test_tuned_table_overrides_heuristics(tmp_path, monkeypatch):
@@ -326,8 +334,9 @@ def test_tuned_table_overrides_heuristics(tmp_path, monkeypatch):
 
     tuned = KernelConfig(16, 32, 64, split_k=2, group_m=1, num_warps=4, num_stages=2, swap_ab=True)
     path = tmp_path / "table.json"
-    path.write_text(json.dumps({"device": "test", "configs": {
-        table_key(48, 96, 16, torch.float32): config_to_json(tuned)}}))
+    path.write_text(
+        json.dumps({"device": "test", "configs": {table_key(48, 96, 16, torch.float32): config_to_json(tuned)}})
+    )
     monkeypatch.setenv("DAMI_TUNED_TABLE", str(path))
     for fn in (configs._tuned_table, configs._cached_config):
         fn.cache_clear()

@@ -1,26 +1,28 @@
 """Kernel readiness: exact fp32 unless TF32 is switched on, 64-bit offsets, autograd, edge cases,
 path-independent results and the number of kernels per call. Triton runs through the interpreter on
 the CPU (conftest), so what only the sm_90 build can show is in tests/ops/test_compile_check.py."""
+
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from op_inputs import DEVICE, make
 
 import dami_kernels as dk
 from dami_kernels.ops import interp_linear_fp64, triton_available
-from op_inputs import DEVICE, make
 from numerics import rel_err as rel
+
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
 
 
 # --- 1. fp32 is exact fp32; TF32 only through torch's own switch -------------------------------------
+
 
 @needs_triton
 def test_fp32_uses_ieee_products_unless_torch_tf32_switch_is_on():
@@ -65,6 +67,7 @@ def test_fp32_uses_ieee_products_unless_torch_tf32_switch_is_on():
 
 
 # --- 2. 64-bit offsets --------------------------------------------------------------------------------
+
 
 def test_int64_offsets_are_chosen_exactly_when_an_offset_can_reach_2_31():
     from dami_kernels.ops.interp_linear.launch import needs_int64, plan_launch
@@ -151,7 +154,7 @@ def test_triton_gradients_equal_torch_gradients(form, bias):
         y = dk.interp_linear(*leaves[:4], *(leaves[4:] or (None, None)), backend=backend, check_finite=False)
         y.backward(dy)
         grads[backend] = [t.grad for t in leaves]
-    for name, g_ref, g in zip(("x", "w_i", "w_t", "lam", "b_i", "b_t"), grads["torch"], grads["triton"]):
+    for name, g_ref, g in zip(("x", "w_i", "w_t", "lam", "b_i", "b_t"), grads["torch"], grads["triton"], strict=True):
         assert g is not None and g.shape == g_ref.shape, name
         assert rel(g, g_ref) <= 1e-5, f"d{name}: {rel(g, g_ref):.2e}"
 
@@ -170,6 +173,7 @@ def test_lora_style_training_step_through_triton_op():
 
 
 # --- 6. edge cases ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_k_zero_gives_the_blended_bias(backend):
@@ -226,11 +230,12 @@ def test_sequence_alone_equals_sequence_in_mixed_batch(dtype, tokens):
     lam = torch.tensor([0.3, 0.8, 0.55])
     batch = dk.interp_linear(x, w_i, w_t, lam, b_i, b_t, backend="triton")
     for s in range(3):
-        alone = dk.interp_linear(x[s:s + 1], w_i, w_t, lam[s:s + 1], b_i, b_t, backend="triton")
+        alone = dk.interp_linear(x[s : s + 1], w_i, w_t, lam[s : s + 1], b_i, b_t, backend="triton")
         assert rel(alone[0], batch[s]) <= ALONE_VS_BATCH_TOL[dtype], f"sequence {s}"
 
 
 # --- host side: kernels per call -----------------------------------------------------------------------
+
 
 @needs_triton
 @pytest.mark.parametrize("m,expected", [(4, 2), (100, 1)])

@@ -2,6 +2,7 @@
 
 `interp_linear` on small tensors; `load_pair` and `generate` on the shipped testbed pair.
 """
+
 from __future__ import annotations
 
 import doctest

@@ -8,6 +8,7 @@ Qwen3 pair.
 Recompilations are counted with dynamo's own counter (unique_graphs) and forbidden with
 torch._dynamo.config.error_on_recompile; test_new_batch_size_recompiles shows both checks can fail.
 """
+
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from dami_kernels.cli import main
 from dami_kernels.generation import compile_config_for, resolve_compile
 from dami_kernels.pair import lambda_state
 from tiny_pairs import cached_pair
+
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # slow: torch.compile
 
 # dynamic=False: every new shape is a recompilation (stricter than the default automatic dynamic shapes)
@@ -29,9 +31,11 @@ RUNS = {"graph": 0}
 
 def counting_eager(gm, example_inputs):
     """A dynamo backend like "eager" that counts how often a compiled graph runs."""
+
     def run(*args):
         RUNS["graph"] += 1
         return gm.forward(*args)
+
     return run
 
 
@@ -94,8 +98,9 @@ def test_new_batch_size_recompiles(pair):
     with torch._dynamo.config.patch(error_on_recompile=True):
         with pytest.raises(torch._dynamo.exc.RecompileError):
             run(model, tok, OTHER[:2], prompts=PROMPTS[:2], compile=FAST)
-    assert run(model, tok, OTHER[:2], prompts=PROMPTS[:2], compile=FAST) == run(model, tok, OTHER[:2],
-                                                                                  prompts=PROMPTS[:2])
+    assert run(model, tok, OTHER[:2], prompts=PROMPTS[:2], compile=FAST) == run(
+        model, tok, OTHER[:2], prompts=PROMPTS[:2]
+    )
     assert graphs() > before
 
 
@@ -126,16 +131,19 @@ def test_compiled_sampling_with_return_sequences_equals_eager(pair):
     assert len(outs[0][0]) == 6
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_beams=2), "num_beams"),
-    (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
-    (dict(cache_implementation="dynamic"), "cache_implementation"),
-    (dict(use_cache=False), "use_cache"),
-    (dict(compile_config=CompileConfig()), "compile_config"),
-    (dict(disable_compile=True), "disable_compile"),
-    (dict(compile=3), "compile must be"),
-    (dict(compile=""), "backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_beams=2), "num_beams"),
+        (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
+        (dict(cache_implementation="dynamic"), "cache_implementation"),
+        (dict(use_cache=False), "use_cache"),
+        (dict(compile_config=CompileConfig()), "compile_config"),
+        (dict(disable_compile=True), "disable_compile"),
+        (dict(compile=3), "compile must be"),
+        (dict(compile=""), "backend"),
+    ],
+)
 def test_unsupported_options_are_value_errors(pair, kwargs, match):
     model, tok = pair
     kwargs.setdefault("compile", True)
@@ -163,8 +171,14 @@ def test_default_configs_and_what_generate_passes(pair, monkeypatch):
 
     monkeypatch.setattr(model, "generate", fake_generate)
     run(model, tok, MIXED, compile=True, batch_size=2)
-    longest = max(len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=True)["input_ids"]) for p in PROMPTS)
+    longest = max(
+        len(
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for p in PROMPTS
+    )
     assert len(seen) == 2
     for kw in seen:
         assert kw["cache_implementation"] == "static" and kw["compile_config"] == cpu
@@ -173,8 +187,26 @@ def test_default_configs_and_what_generate_passes(pair, monkeypatch):
 
 def test_cli_generate_compile(capsys):
     paths = cached_pair("qwen3")
-    base = ["generate", "--instruct", str(paths.instruct), "--thinking", str(paths.thinking), "--device", "cpu",
-            "--backend", "torch", "--max-new-tokens", "6", "--json", "--lam", "0", "--lam", "1", "hello", "2+2="]
+    base = [
+        "generate",
+        "--instruct",
+        str(paths.instruct),
+        "--thinking",
+        str(paths.thinking),
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--lam",
+        "0",
+        "--lam",
+        "1",
+        "hello",
+        "2+2=",
+    ]
     assert main(base) == 0
     eager = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert main(base + ["--compile", "--compile-backend", "eager"]) == 0

@@ -1,4 +1,5 @@
 """λ through HF generate (greedy, sampling, beams, num_return_sequences, left padding) and dk.generate."""
+
 import pytest
 import torch
 
@@ -6,6 +7,7 @@ import dami_kernels as dk
 from dami_kernels.generation import count_generated
 from dami_kernels.pair import generation_expand_size, lambda_state
 from tiny_pairs import EOS_ID, PAD_ID, cached_pair, merged_fp64_model
+
 LAMS = [0.0, 0.4, 1.0]
 
 
@@ -60,8 +62,8 @@ def test_beams_and_return_sequences_need_and_get_expanded_lambda(pair):
         mixed = _gen(model, ids, **kw)
     assert mixed.shape[0] == 6
     for k, value in enumerate(LAMS):
-        sep = _separate(model, ids[k:k + 1], value, **kw)
-        assert torch.equal(mixed[2 * k:2 * k + 2], sep)
+        sep = _separate(model, ids[k : k + 1], value, **kw)
+        assert torch.equal(mixed[2 * k : 2 * k + 2], sep)
 
 
 def test_sampling_num_return_sequences(pair):
@@ -82,13 +84,13 @@ def test_left_padded_mixed_batch_equals_unpadded_single_runs(pair):
     mask = torch.zeros(3, width, dtype=torch.long)
     rows = [torch.randint(4, 70, (n,)) for n in lengths]
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
     with dk.lambda_scope(model, torch.tensor(LAMS)):
         mixed = _gen(model, ids, mask)
     for i, r in enumerate(rows):
         sep = _separate(model, r[None], LAMS[i])
-        assert torch.equal(mixed[i, width:], sep[0, len(r):])
+        assert torch.equal(mixed[i, width:], sep[0, len(r) :])
 
 
 def test_generate_api_mixed_lambda_and_token_counts(pair):
@@ -107,26 +109,29 @@ def test_generate_api_mixed_lambda_and_token_counts(pair):
     stop = res[0].token_ids[2]
     first = res[0].token_ids.index(stop)
     res_eos = dk.generate(model, tok, prompts[:1], 0.0, max_new_tokens=6, progress=False, eos_token_id=stop)
-    assert res_eos[0].num_tokens == first + 1 and res_eos[0].token_ids == res[0].token_ids[:first + 1]
+    assert res_eos[0].num_tokens == first + 1 and res_eos[0].token_ids == res[0].token_ids[: first + 1]
 
 
 def test_generate_api_beams_return_sequences_and_template_switch(pair):
     _, model, tok = pair
-    res = dk.generate(model, tok, ["ab", "cd"], [0.2, 0.8], max_new_tokens=4, num_beams=2,
-                      num_return_sequences=2, progress=False)
+    res = dk.generate(
+        model, tok, ["ab", "cd"], [0.2, 0.8], max_new_tokens=4, num_beams=2, num_return_sequences=2, progress=False
+    )
     assert [(r.prompt_index, r.sequence_index) for r in res] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert lambda_state(model).get() == 0.0  # λ restored after generate
     for switch in (False, None):
-        res = dk.generate(model, tok, ["ab"], 0.2, max_new_tokens=4, chat_template=switch, progress=False,
-                          eos_token_id=None)
+        res = dk.generate(
+            model, tok, ["ab"], 0.2, max_new_tokens=4, chat_template=switch, progress=False, eos_token_id=None
+        )
         if switch is False:
             prompt_ids = tok("ab")["input_ids"]
         else:
-            text = tok.apply_chat_template([{"role": "user", "content": "ab"}], tokenize=False,
-                                           add_generation_prompt=True)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": "ab"}], tokenize=False, add_generation_prompt=True
+            )
             prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
         manual = _separate(model, torch.tensor([prompt_ids]), 0.2, max_new_tokens=4)
-        assert res[0].token_ids == manual[0, len(prompt_ids):].tolist()
+        assert res[0].token_ids == manual[0, len(prompt_ids) :].tolist()
     tok_plain = type(tok).from_pretrained(pair[0].instruct)
     tok_plain.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):

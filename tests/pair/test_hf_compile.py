@@ -1,9 +1,12 @@
 """λ updated in place stays valid inside a torch.compile'd model (dynamo, CPU)."""
+
 import torch
 
 import dami_kernels as dk
 from numerics import rel_err
 from tiny_pairs import cached_pair
+
+
 def test_compiled_forward_sees_in_place_lambda_updates():
     paths = cached_pair("qwen3")
     model = dk.load_pair(paths.instruct, paths.thinking, backend="torch", progress=False)

@@ -1,5 +1,6 @@
 """Dense families through `load_pair` (transformers' own loading): tiny random pairs saved with
 save_pretrained, λ=0.3 logits against an fp64-merged plain model, and a mixed-λ batch against separate runs."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,7 @@ import dami_kernels as dk
 from dami_kernels.modules import INTERP_MODULES
 from numerics import rel_err
 from tiny_pairs import cached_pair, merged_fp64_model
+
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
 
 
@@ -25,7 +27,7 @@ def family(request):
 
 def test_every_tensor_is_interpolated(family):
     arch, _, model = family
-    for name, p in model.named_parameters():
+    for name, _p in model.named_parameters():
         owner = model.get_submodule(name.rsplit(".", 1)[0])
         assert isinstance(owner, INTERP_MODULES), f"{arch}: {name} sits in a {type(owner).__name__}"
 
@@ -48,8 +50,8 @@ def test_mixed_batch_equals_separate_runs(family):
             mixed = model(ids).logits
         for b, lam in enumerate(lams):
             with dk.lambda_scope(model, lam):
-                alone = model(ids[b:b + 1]).logits
-            assert rel_err(mixed[b:b + 1], alone) < 1e-5, (arch, lam)
+                alone = model(ids[b : b + 1]).logits
+            assert rel_err(mixed[b : b + 1], alone) < 1e-5, (arch, lam)
 
 
 def test_save_pretrained_refuses(family):
@@ -59,13 +61,28 @@ def test_save_pretrained_refuses(family):
 
 
 def _split_map(elsewhere):
-    return {"model.embed_tokens": "cpu", "model.layers": elsewhere, "model.norm": "cpu", "model.rotary_emb": "cpu",
-            "lm_head": "cpu"}
+    return {
+        "model.embed_tokens": "cpu",
+        "model.layers": elsewhere,
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
 
 
-@pytest.mark.parametrize("device_map", [_split_map("meta"), _split_map("disk"), _split_map("cuda:0"), _split_map(0),
-                                        "meta", torch.device("meta"), {"": "disk"}],
-                         ids=["meta-layers", "disk-layers", "cpu+cuda", "cpu+index", "meta", "meta-device", "disk"])
+@pytest.mark.parametrize(
+    "device_map",
+    [
+        _split_map("meta"),
+        _split_map("disk"),
+        _split_map("cuda:0"),
+        _split_map(0),
+        "meta",
+        torch.device("meta"),
+        {"": "disk"},
+    ],
+    ids=["meta-layers", "disk-layers", "cpu+cuda", "cpu+index", "meta", "meta-device", "disk"],
+)
 def test_device_map_over_several_devices_is_refused(device_map, monkeypatch):
     # Refused by our check before transformers is asked to load (transformers 5.25 itself rejects a map naming
     # "meta", with its own message, once the weights are loaded), so no CUDA device is needed for "cpu+cuda".
@@ -82,7 +99,17 @@ def test_device_map_over_several_devices_is_refused(device_map, monkeypatch):
 
 def test_device_map_on_one_device_loads():
     paths = cached_pair("llama")
-    model = dk.load_pair(paths.instruct, paths.thinking, dtype=torch.float32, progress=False,
-                         device_map={"model.embed_tokens": "cpu", "model.layers": "cpu",
-                                     "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    model = dk.load_pair(
+        paths.instruct,
+        paths.thinking,
+        dtype=torch.float32,
+        progress=False,
+        device_map={
+            "model.embed_tokens": "cpu",
+            "model.layers": "cpu",
+            "model.norm": "cpu",
+            "model.rotary_emb": "cpu",
+            "lm_head": "cpu",
+        },
+    )
     assert {p.device.type for p in model.parameters()} == {"cpu"}

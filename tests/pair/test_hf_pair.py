@@ -1,4 +1,5 @@
 """Whole-model pairs loaded from two checkpoints: equivalence with plain HF models, ties, sharding, errors."""
+
 import json
 import warnings
 
@@ -7,10 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dami_kernels as dk
-from dami_kernels.pair import lambda_state
 from dami_kernels.modules import InterpEmbedding, InterpLinear, InterpRMSNorm
+from dami_kernels.pair import lambda_state
 from numerics import rel_err
 from tiny_pairs import build_tokenizer, cached_pair, load_side, make_pair, merged_fp64_model
+
 ARCHS = ["qwen3", "llama", "qwen2"]
 
 
@@ -136,8 +138,11 @@ def test_convert_pair_uncovered_tensor():
 
 # --- checkpoint mismatches and bad files ------------------------------------------------------------
 
-@pytest.mark.parametrize("field,value", [("intermediate_size", 48), ("vocab_size", 120), ("num_hidden_layers", 3),
-                                         ("tie_word_embeddings", False)])
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("intermediate_size", 48), ("vocab_size", 120), ("num_hidden_layers", 3), ("tie_word_embeddings", False)],
+)
 def test_config_mismatch_names_the_field(tmp_path, field, value):
     good = cached_pair("qwen3")
     bad = make_pair(tmp_path / "i", tmp_path / "t", "qwen3", **{field: value})

@@ -1,4 +1,5 @@
 """The whole-model equivalence tests through the Triton kernels (TRITON_INTERPRET=1 on the CPU)."""
+
 import pytest
 import torch
 
@@ -7,6 +8,7 @@ from dami_kernels.modules import InterpLinear
 from dami_kernels.ops import triton_available
 from numerics import rel_err
 from tiny_pairs import PAD_ID, cached_pair, load_side, merged_fp64_model
+
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
@@ -44,8 +46,9 @@ def test_triton_mixed_greedy_generate_equals_torch_backend(pair):
     paths, model, device = pair
     ids = torch.randint(4, 70, (3, 5), device=device)
     lam = torch.tensor([0.0, 0.6, 1.0])
-    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=PAD_ID, eos_token_id=None,
-              attention_mask=torch.ones_like(ids))
+    kw = dict(
+        max_new_tokens=4, do_sample=False, pad_token_id=PAD_ID, eos_token_id=None, attention_mask=torch.ones_like(ids)
+    )
     with torch.no_grad(), dk.lambda_scope(model, lam):
         fused = model.generate(ids, **kw)
     ref_model = dk.load_pair(paths.instruct, paths.thinking, backend="torch", device=device, progress=False)

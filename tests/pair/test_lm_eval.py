@@ -1,6 +1,7 @@
 """The `dami` model for lm-evaluation-harness, on the shipped testbed pair and a local task over testbed
 problems: lm-eval's exact match equals `dami eval`'s accuracy item by item (greedy, same λ), and
 loglikelihood scores each request of a mixed-λ batch at its own λ."""
+
 import glob
 import importlib.metadata
 import json
@@ -11,13 +12,13 @@ from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
+from dami_kernels import testbed
 from dami_kernels.cli import main
 from dami_kernels.evaluation import write_items
 from dami_kernels.evaluation.runner import read_records
 from dami_kernels.generation import generate
-from dami_kernels.pair import lambda_scope
 from dami_kernels.integrations.lm_eval import DamiAnswerFilter, DamiLM, lambda_spec
-from dami_kernels import testbed
+from dami_kernels.pair import lambda_scope
 from dami_kernels.testbed import heldout_sample
 
 pytestmark = pytest.mark.slow  # lm-evaluation-harness end to end
@@ -85,9 +86,16 @@ def check_same_as_dami_eval(accuracy, samples, summary, records):
 
 @pytest.mark.parametrize("lam", [0, 1])
 def test_fixed_lambda_exact_match_equals_dami_eval(lam, task_dir, tmp_path):
-    res = simple_evaluate(model="dami", model_args=pair_args(lam), tasks=[TASK], apply_chat_template=True,
-                          task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                          batch_size=8, device="cpu", log_samples=True)
+    res = simple_evaluate(
+        model="dami",
+        model_args=pair_args(lam),
+        tasks=[TASK],
+        apply_chat_template=True,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        batch_size=8,
+        device="cpu",
+        log_samples=True,
+    )
     summary, records = dami_eval(task_dir, tmp_path, ["--lam", str(lam)])
     assert {r.lam for r in records.values()} == {float(lam)}
     check_same_as_dami_eval(res["results"][TASK]["exact_match,dami"], res["samples"][TASK], summary, records)
@@ -96,9 +104,30 @@ def test_fixed_lambda_exact_match_equals_dami_eval(lam, task_dir, tmp_path):
 def test_dami_lm_eval_command_with_conf_equals_dami_eval(task_dir, tmp_path):
     """`dami lm-eval` (lm-eval's own command line) with λ(q) from DAMI-Conf, all requests in one batch."""
     out = tmp_path / "lm_eval_out"
-    assert main(["lm-eval", "--model", "dami", "--model_args", pair_args("conf"), "--tasks", TASK,
-                 "--include_path", str(task_dir), "--apply_chat_template", "--device", "cpu",
-                 "--batch_size", str(N_ITEMS), "--output_path", str(out), "--log_samples"]) == 0
+    assert (
+        main(
+            [
+                "lm-eval",
+                "--model",
+                "dami",
+                "--model_args",
+                pair_args("conf"),
+                "--tasks",
+                TASK,
+                "--include_path",
+                str(task_dir),
+                "--apply_chat_template",
+                "--device",
+                "cpu",
+                "--batch_size",
+                str(N_ITEMS),
+                "--output_path",
+                str(out),
+                "--log_samples",
+            ]
+        )
+        == 0
+    )
     results = json.loads(open(glob.glob(f"{out}/**/results_*.json", recursive=True)[0]).read())
     samples = [json.loads(line) for line in open(glob.glob(f"{out}/**/samples_{TASK}_*.jsonl", recursive=True)[0])]
     summary, records = dami_eval(task_dir, tmp_path, ["--estimator", "conf"])
@@ -113,18 +142,22 @@ def test_loglikelihood_scores_each_request_at_its_own_lambda():
     items = heldout_sample(8, seed=3)
     contexts = [lm.apply_chat_template([{"role": "user", "content": it.prompt}]) for it in items]
     wrong = [str(int(it.answer) + 1) for it in items]
-    requests = [Instance("loglikelihood", {}, (ctx, cont), i) for i, (ctx, cont) in
-                enumerate((c, a) for c, it, w in zip(contexts, items, wrong) for a in (it.answer, w))]
+    requests = [
+        Instance("loglikelihood", {}, (ctx, cont), i)
+        for i, (ctx, cont) in enumerate(
+            (c, a) for c, it, w in zip(contexts, items, wrong, strict=True) for a in (it.answer, w)
+        )
+    ]
     got = lm.loglikelihood(requests)
     assert len(set(lm.request_lambdas.values())) >= 2  # one batch of 16 rows with mixed λ
-    for req, (logp, greedy) in zip(requests, got):
+    for req, (logp, greedy) in zip(requests, got, strict=True):
         ctx, cont = req.args
         ctx_ids = lm.tok_encode(ctx)
         ids = lm.tok_encode(ctx + cont)
         with torch.no_grad(), lambda_scope(lm.model, lm.request_lambdas[ctx]):
             logits = lm.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-        targets = torch.tensor(ids[len(ctx_ids):])
-        scored = logits[len(ctx_ids) - 1:-1]
+        targets = torch.tensor(ids[len(ctx_ids) :])
+        scored = logits[len(ctx_ids) - 1 : -1]
         assert logp == pytest.approx(scored.gather(1, targets[:, None]).sum().item(), abs=1e-4)
         assert greedy == bool((scored.argmax(-1) == targets).all())
 
@@ -133,8 +166,9 @@ def test_task_generation_length_beats_the_checkpoint_default():
     """The testbed's generation config says max_new_tokens=96; lm-eval's max_gen_toks must win."""
     lm = DamiLM(*testbed.testbed_dirs(), lam=1, device="cpu")
     ctx = lm.apply_chat_template([{"role": "user", "content": "38471+51628"}])
-    full, short = lm.generate_until([Instance("generate_until", {}, (ctx, {"until": [], "max_gen_toks": n}), 0)
-                                     for n in (64, 5)])
+    full, short = lm.generate_until(
+        [Instance("generate_until", {}, (ctx, {"until": [], "max_gen_toks": n}), 0) for n in (64, 5)]
+    )
     reference = generate(lm.model, lm.tokenizer, ["38471+51628"], 1.0, max_new_tokens=64, progress=False)[0]
     assert full == reference.text and reference.num_tokens > 10
     assert len(lm.tok_encode(short)) == 5 and full.startswith(short)
@@ -185,7 +219,10 @@ def test_answer_filter_extracts_like_dami_eval():
 
 
 def test_plugin_entry_points_name_the_model_and_filter():
-    eps = {(ep.group, ep.name): ep for group in ("lm_eval.models", "lm_eval.filters")
-           for ep in importlib.metadata.entry_points(group=group)}
+    eps = {
+        (ep.group, ep.name): ep
+        for group in ("lm_eval.models", "lm_eval.filters")
+        for ep in importlib.metadata.entry_points(group=group)
+    }
     assert eps[("lm_eval.models", "dami")].load() is DamiLM
     assert eps[("lm_eval.filters", "dami_answer")].load() is DamiAnswerFilter

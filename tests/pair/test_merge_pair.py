@@ -1,4 +1,5 @@
 """merge_pair: a plain HF checkpoint at fixed λ, written atomically."""
+
 import json
 
 import pytest
@@ -8,6 +9,8 @@ from safetensors import safe_open
 import dami_kernels as dk
 from numerics import rel_err
 from tiny_pairs import cached_pair, load_side, make_pair, merged_fp64_model
+
+
 def _logits(model, ids):
     with torch.no_grad():
         return model(ids).logits
@@ -17,8 +20,13 @@ def _logits(model, ids):
 def test_merge_round_trip(tmp_path, arch):
     paths = cached_pair(arch)
     out = dk.merge_pair(paths.instruct, paths.thinking, 0.3, tmp_path / "m", progress=False)
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "model.safetensors"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
     merged = load_side(out)

@@ -2,6 +2,7 @@
 experts included. Tiny random pairs built with `from_config`, converted in memory with `convert_pair`,
 compared with a plain model whose every tensor was merged in fp64; mixed-λ batches against separate
 runs; unsupported MoE modules refused by name."""
+
 import copy
 
 import pytest
@@ -10,25 +11,51 @@ from torch import nn
 from transformers import AutoModelForCausalLM, MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
 
 import dami_kernels as dk
-from dami_kernels.pair import convert_pair
 from dami_kernels.modules import InterpExperts, InterpTopKRouter, covered_names, pair_slots
 from dami_kernels.ops import triton_available
+from dami_kernels.pair import convert_pair
 from numerics import rel_err
 from tiny_pairs import perturbed
-COMMON = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=256, initializer_range=0.2, bos_token_id=1, eos_token_id=3, pad_token_id=0)
+
+COMMON = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    bos_token_id=1,
+    eos_token_id=3,
+    pad_token_id=0,
+)
 
 
 def moe_config(arch: str):
     """Tiny MoE configs: 2 layers, 4 experts, top-2."""
     if arch == "qwen3_moe":
-        return Qwen3MoeConfig(**COMMON, head_dim=8, intermediate_size=64, moe_intermediate_size=24, num_experts=4,
-                              num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=True)
+        return Qwen3MoeConfig(
+            **COMMON,
+            head_dim=8,
+            intermediate_size=64,
+            moe_intermediate_size=24,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            tie_word_embeddings=True,
+        )
     if arch == "mixtral":
         return MixtralConfig(**COMMON, head_dim=8, intermediate_size=24, num_local_experts=4, num_experts_per_tok=2)
     if arch == "qwen2_moe":  # shared expert + its sigmoid gate, no top-k renormalization
-        return Qwen2MoeConfig(**COMMON, intermediate_size=64, moe_intermediate_size=24, num_experts=4,
-                              num_experts_per_tok=2, shared_expert_intermediate_size=40, norm_topk_prob=False)
+        return Qwen2MoeConfig(
+            **COMMON,
+            intermediate_size=64,
+            moe_intermediate_size=24,
+            num_experts=4,
+            num_experts_per_tok=2,
+            shared_expert_intermediate_size=40,
+            norm_topk_prob=False,
+        )
     raise ValueError(arch)
 
 
@@ -73,8 +100,11 @@ def test_every_moe_tensor_is_interpolated(arch):
     assert isinstance(block.gate, type(make_sides(arch)[0].model.layers[0].mlp.gate))  # router_logits recording
     slots = pair_slots(pair)
     assert set(slots) == names
-    for name in ("model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj",
-                 "model.layers.1.mlp.gate.weight"):
+    for name in (
+        "model.layers.1.mlp.experts.gate_up_proj",
+        "model.layers.1.mlp.experts.down_proj",
+        "model.layers.1.mlp.gate.weight",
+    ):
         assert slots[name].t_attr == slots[name].attr + "_t"
         assert slots[name].get_t() is not None and slots[name].get_t().shape == slots[name].get().shape
     assert not any(type(m) is nn.Linear for m in pair.modules())
@@ -113,7 +143,7 @@ def test_router_logits_and_aux_loss_follow_lambda():
     with torch.no_grad():
         out, ref = pair(ids, output_router_logits=True), merged(ids, output_router_logits=True)
     assert len(out.router_logits) == 2
-    for a, b in zip(out.router_logits, ref.router_logits):
+    for a, b in zip(out.router_logits, ref.router_logits, strict=True):
         assert rel_err(a, b) < 1e-5
     assert abs(float(out.aux_loss) - float(ref.aux_loss)) < 1e-5
 
@@ -129,7 +159,7 @@ def test_qwen3_moe_pair_on_the_triton_backend():
     dk.set_lambda(pair, torch.tensor(lams))
     mixed = _logits(pair, ids)
     for k, lam in enumerate(lams):
-        assert rel_err(mixed[k:k + 1], _logits(merged_fp64(ref_i, ref_t, lam), ids[k:k + 1])) < 1e-5
+        assert rel_err(mixed[k : k + 1], _logits(merged_fp64(ref_i, ref_t, lam), ids[k : k + 1])) < 1e-5
 
 
 class OddExperts(nn.Module):
@@ -173,4 +203,4 @@ def test_saved_qwen3_moe_pair_loads_with_load_pair(tmp_path):
     dk.set_lambda(pair, torch.tensor([0.3, 0.0, 0.8]))
     mixed = _logits(pair, ids)
     for r, lam in enumerate((0.3, 0.0, 0.8)):
-        assert rel_err(mixed[r:r + 1], _logits(merged_fp64(model_i, model_t, lam), ids[r:r + 1])) < 1e-5
+        assert rel_err(mixed[r : r + 1], _logits(merged_fp64(model_i, model_t, lam), ids[r : r + 1])) < 1e-5

@@ -4,6 +4,7 @@ The oracle for merging is the unmerged adapter model itself at the same λ: merg
 λ ∈ {0, 0.5, 1} and on a mixed-λ batch (fp32 tolerance). `test_plain_peft_merges_one_side` shows that
 the same check catches PEFT's default behaviour (Δ merged into the Instruct side only).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -17,6 +18,7 @@ import dami_kernels as dk
 from dami_kernels.hf import peft as dk_peft
 from numerics import rel_err
 from tiny_pairs import cached_pair
+
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
@@ -86,7 +88,7 @@ def assert_merge_exact(peft_model) -> None:
     assert rel_err(before[-1], base) > 1e-2, "the adapter should change the logits"
     merged = peft_model.merge_and_unload()
     assert not any("lora" in type(m).__name__.lower() for m in merged.modules())
-    for (ids, lam), ref in zip(cases, before):
+    for (ids, lam), ref in zip(cases, before, strict=True):
         err = rel_err(logits(merged, ids, lam), ref)
         assert err <= TOL, f"λ={lam}: merged pair differs from the adapter model (rel err {err:.2e})"
 
@@ -104,11 +106,14 @@ def test_plain_peft_merges_one_side(no_hook):
     assert rel_err(logits(merged, ids, 0.7), ref7) > 1e-2
 
 
-@pytest.mark.parametrize("arch, targets, extra", [
-    ("qwen3", "all-linear", {}),                                  # tied embeddings, q/k norms
-    ("llama", ATTN_MLP + ["embed_tokens", "lm_head"], {}),        # untied: LoRA on the embedding and lm_head
-    ("qwen2", ["q_proj", "k_proj", "v_proj"], {"lora_bias": True}),  # biases: the LoRA bias goes into both sides
-])
+@pytest.mark.parametrize(
+    "arch, targets, extra",
+    [
+        ("qwen3", "all-linear", {}),  # tied embeddings, q/k norms
+        ("llama", ATTN_MLP + ["embed_tokens", "lm_head"], {}),  # untied: LoRA on the embedding and lm_head
+        ("qwen2", ["q_proj", "k_proj", "v_proj"], {"lora_bias": True}),  # biases: the LoRA bias goes into both sides
+    ],
+)
 def test_merge_and_unload_equals_adapter_model(arch, targets, extra):
     model = lora_model(arch, targets, **extra)
     layers = {type(m) for m in model.modules()}
@@ -121,8 +126,10 @@ def test_merge_unmerge_updates_both_sides_and_restores():
     model = lora_model("llama", ["q_proj", "embed_tokens"])
     q = model.base_model.model.model.layers[1].self_attn.q_proj
     emb = model.base_model.model.model.embed_tokens
-    saved = {n: (l.base_layer.weight.detach().clone(), l.base_layer.weight_t.detach().clone())
-             for n, l in (("q", q), ("emb", emb))}
+    saved = {
+        n: (layer.base_layer.weight.detach().clone(), layer.base_layer.weight_t.detach().clone())
+        for n, layer in (("q", q), ("emb", emb))
+    }
     model.merge_adapter()
     for n, layer in (("q", q), ("emb", emb)):
         delta = layer.get_delta_weight("default")
@@ -157,14 +164,17 @@ def test_register_custom_module_route(no_hook):
     assert_merge_exact(model)
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(use_dora=True), "LoRA variant"),
-    (dict(init_lora_weights="pissa"), "init_lora_weights='pissa'"),
-    (dict(init_lora_weights="olora"), "init_lora_weights='olora'"),
-    (dict(modules_to_save=["lm_head"]), "ModulesToSaveWrapper cannot wrap the pair layer InterpLinear"),
-    (dict(trainable_token_indices=[5, 6]), "TrainableTokensWrapper cannot wrap the pair layer InterpEmbedding"),
-    ("lokr", "cannot wrap the pair layer InterpLinear"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(use_dora=True), "LoRA variant"),
+        (dict(init_lora_weights="pissa"), "init_lora_weights='pissa'"),
+        (dict(init_lora_weights="olora"), "init_lora_weights='olora'"),
+        (dict(modules_to_save=["lm_head"]), "ModulesToSaveWrapper cannot wrap the pair layer InterpLinear"),
+        (dict(trainable_token_indices=[5, 6]), "TrainableTokensWrapper cannot wrap the pair layer InterpEmbedding"),
+        ("lokr", "cannot wrap the pair layer InterpLinear"),
+    ],
+)
 def test_unsupported_configs_raise(config, match):
     """Everything that would act on one side of the pair only is refused, naming what is wrong."""
     if config == "lokr":
@@ -197,8 +207,9 @@ def test_training_same_gradients_on_both_backends():
     targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
     models = {}
     for backend in ("torch", "triton"):
-        model = get_peft_model(pair_model("qwen3", backend=backend),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+        model = get_peft_model(
+            pair_model("qwen3", backend=backend), LoraConfig(r=4, lora_alpha=8, target_modules=targets)
+        )
         randomize_lora(model, 7, scale=0.1)
         model.train()
         models[backend] = model
@@ -248,12 +259,19 @@ def test_adapter_save_and_load(tmp_path):
 def test_load_pair_enables_peft_in_a_fresh_process():
     """The hook needs no user call: load_pair installs it (checked where nothing else could have)."""
     pair = cached_pair("qwen3")
-    code = ("import sys, dami_kernels as dk\n"
-            "from dami_kernels.hf import peft as p\n"
-            "assert not p.peft_enabled()\n"
-            f"dk.load_pair({str(pair.instruct)!r}, {str(pair.thinking)!r}, progress=False)\n"
-            "print('ENABLED', p.peft_enabled())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, dami_kernels as dk\n"
+        "from dami_kernels.hf import peft as p\n"
+        "assert not p.peft_enabled()\n"
+        f"dk.load_pair({str(pair.instruct)!r}, {str(pair.thinking)!r}, progress=False)\n"
+        "print('ENABLED', p.peft_enabled())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ENABLED True" in out.stdout

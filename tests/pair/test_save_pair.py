@@ -1,5 +1,6 @@
 """dk.save_pair: out_dir/instruct + out_dir/thinking as plain HF checkpoints that load_pair reads back
 identically (every tensor, logits at mixed λ), published under the same rules as merge_pair."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,8 @@ from dami_kernels.hf import load_tokenizer
 from dami_kernels.pair.save import side_state_dicts
 from numerics import rel_err
 from tiny_pairs import cached_pair, load_side
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "gemma3", "qwen3_moe"])
 def test_save_pair_round_trip(arch, tmp_path):
     paths = cached_pair(arch)
@@ -23,7 +26,9 @@ def test_save_pair_round_trip(arch, tmp_path):
         for name in orig:
             assert torch.equal(saved[name], orig[name]), (side, name)
     again = dk.load_pair(out / "instruct", out / "thinking", dtype=torch.float32, progress=False)
-    for (n1, a), (n2, b) in zip(sorted(side_state_dicts(model)[1].items()), sorted(side_state_dicts(again)[1].items())):
+    for (n1, a), (n2, b) in zip(
+        sorted(side_state_dicts(model)[1].items()), sorted(side_state_dicts(again)[1].items()), strict=True
+    ):
         assert n1 == n2 and torch.equal(a, b)
     ids = torch.randint(5, 90, (3, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), dk.lambda_scope(model, [0.0, 0.4, 1.0]), dk.lambda_scope(again, [0.0, 0.4, 1.0]):

@@ -3,6 +3,7 @@ tp_plan="auto" and, in the same process, without it; rank 0 writes the differenc
 
 argv: instruct_dir thinking_dir out_json
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def main() -> None:
     prompts = ["abc", "hello world", "1+2="]
     gen_tp = dk.generate(tp, tok, prompts, [0.0, 0.5, 1.0], max_new_tokens=8, do_sample=False, progress=False)
     gen_ref = dk.generate(ref, tok, prompts, [0.0, 0.5, 1.0], max_new_tokens=8, do_sample=False, progress=False)
-    result["generate_equal"] = [x.text == y.text for x, y in zip(gen_tp, gen_ref)]
+    result["generate_equal"] = [x.text == y.text for x, y in zip(gen_tp, gen_ref, strict=True)]
     if rank == 0:
         with open(out_json, "w") as f:
             json.dump(result, f)

@@ -7,6 +7,7 @@ Stages, in the order a merge reaches them:
 - "before_exchange" / "after_exchange": around the atomic swap of an overwrite;
 - "mid_delete": half of the old copy deleted after the swap.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,7 @@ def _content(p: Path):
     from safetensors import safe_open
 
     with safe_open(str(p), "pt") as f:
-        tensors = {k: (str(t.dtype), tuple(t.shape), t.numpy().tobytes())
-                   for k in f.keys() for t in [f.get_tensor(k)]}
+        tensors = {k: (str(t.dtype), tuple(t.shape), t.numpy().tobytes()) for k in f.keys() for t in [f.get_tensor(k)]}
         return f.metadata(), tensors
 
 
@@ -48,13 +48,17 @@ def self_kill() -> None:
 
 def install_kill_hooks(stage: str, at_stage) -> None:
     """Patch merge/outdir internals of THIS process so that at_stage() runs at `stage`."""
-    import dami_kernels.pair.merge as merge
     import dami_kernels.fs.outdir as outdir
+    import dami_kernels.pair.merge as merge
 
     if stage not in STAGES:
         raise ValueError(stage)
-    save_file, noreplace, exchange, remove = (merge.save_file, outdir._rename_noreplace, outdir._rename_exchange,
-                                              outdir._remove_tree)
+    save_file, noreplace, exchange, remove = (
+        merge.save_file,
+        outdir._rename_noreplace,
+        outdir._rename_exchange,
+        outdir._remove_tree,
+    )
     swapped = []
 
     def save_hook(*args, **kwargs):

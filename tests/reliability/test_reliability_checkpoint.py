@@ -1,5 +1,6 @@
 """Issue 12, items 2, 6, 7, 10 (symlinks, integer tensors), 12: checkpoints never run code, never reach
 outside their directory, and every damaged file is a ValueError naming it."""
+
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import dami_kernels as dk
 from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.hf.tokenizer import load_tokenizer
 from tiny_pairs import cached_pair, hub_snapshot
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,15 +29,23 @@ def _sharded():
     return cached_pair("llama", max_shard_size="30KB")
 
 
-EVIL_CODE = "open({sentinel!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n" \
-            "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+EVIL_CODE = (
+    "open({sentinel!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n"
+    "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+)
 
 
 def _custom_code_dir(path: Path, sentinel: Path, model_type="evil") -> Path:
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({
-        "model_type": model_type, "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": model_type,
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
+            }
+        )
+    )
     (path / "evil.py").write_text(EVIL_CODE.format(sentinel=str(sentinel)))
     return path
 
@@ -44,8 +54,20 @@ def test_custom_code_never_prompts_never_runs(tmp_path):
     """A piped "y" must not run the checkpoint's Python file: the CLI refuses with one line, exit 2."""
     sentinel = tmp_path / "RAN"
     evil = _custom_code_dir(tmp_path / "evil", sentinel)
-    cmd = [sys.executable, "-m", "dami_kernels.cli", "merge", "--instruct", str(evil), "--thinking", str(evil),
-           "--lam", "0.5", "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dami_kernels.cli",
+        "merge",
+        "--instruct",
+        str(evil),
+        "--thinking",
+        str(evil),
+        "--lam",
+        "0.5",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, input="y\ny\n", capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 2, res.stderr
@@ -105,12 +127,15 @@ def test_single_weight_symlink_outside_refused_hub_snapshot_allowed(tmp_path):
     assert "model.embed_tokens.weight" in open_checkpoint(snap).specs()
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda f: f.write_text(json.dumps({"weight_map": [["a", "b"]]})), "weight_map' must be an object"),
-    (lambda f: f.write_bytes(b'{"weight_map": {"a": "\xff\xfe.safetensors"}}'), "not UTF-8"),
-    (lambda f: f.write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
-    (lambda f: f.write_text(json.dumps({"weight_map": {"a": 3}})), "must be a string"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda f: f.write_text(json.dumps({"weight_map": [["a", "b"]]})), "weight_map' must be an object"),
+        (lambda f: f.write_bytes(b'{"weight_map": {"a": "\xff\xfe.safetensors"}}'), "not UTF-8"),
+        (lambda f: f.write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+        (lambda f: f.write_text(json.dumps({"weight_map": {"a": 3}})), "must be a string"),
+    ],
+)
 def test_damaged_index_names_the_file(tmp_path, damage, message):
     side = _copy_side(_sharded().instruct, tmp_path / "ckpt")
     damage(side / "model.safetensors.index.json")
@@ -119,13 +144,18 @@ def test_damaged_index_names_the_file(tmp_path, damage, message):
     assert "model.safetensors.index.json" in str(err.value)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda c: '{"model_type": "qwen3", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
-    (lambda c: json.dumps({**c, "layer_types": ["full_attention"] * (c["num_hidden_layers"] + 1)}),
-     "num_hidden_layers.*layer_types"),
-    (lambda c: json.dumps({**c, "model_type": "no_such_model"}), "custom-code models are not supported"),
-    (lambda c: "\xff", "config"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda c: '{"model_type": "qwen3", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (
+            lambda c: json.dumps({**c, "layer_types": ["full_attention"] * (c["num_hidden_layers"] + 1)}),
+            "num_hidden_layers.*layer_types",
+        ),
+        (lambda c: json.dumps({**c, "model_type": "no_such_model"}), "custom-code models are not supported"),
+        (lambda c: "\xff", "config"),
+    ],
+)
 def test_damaged_config_names_the_file(tmp_path, damage, message):
     side = _copy_side(cached_pair("qwen3").instruct, tmp_path / "ckpt")
     cfg = json.loads((side / "config.json").read_text())

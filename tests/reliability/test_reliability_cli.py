@@ -1,6 +1,7 @@
 """Issue 12, items 5, 12, 13: the command line answers mistakes with one line naming the file or flag (exit
 status 2), names CLI flags rather than Python keywords, and prints λ as the user typed it. "A newcomer's
 first hour": every argument is checked before the pair loads, and `dami lm-eval` names model_args."""
+
 import json
 import shutil
 
@@ -10,6 +11,8 @@ import torch
 from dami_kernels.cli import main
 from dami_kernels.hf.device import resolve_device
 from tiny_pairs import cached_pair
+
+
 def _err_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("dami ")]) == 1, err
@@ -22,12 +25,15 @@ def _pair_args():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only torch")
-@pytest.mark.parametrize("device,message", [
-    ("cuda", "--device 'cuda': no cuda device is available"),
-    ("cuda:3", "--device 'cuda:3': no cuda device is available"),
-    ("tpu", "--device 'tpu' is not a device torch knows"),
-    ("gpu0", "--device 'gpu0' is not a device torch knows"),
-])
+@pytest.mark.parametrize(
+    "device,message",
+    [
+        ("cuda", "--device 'cuda': no cuda device is available"),
+        ("cuda:3", "--device 'cuda:3': no cuda device is available"),
+        ("tpu", "--device 'tpu' is not a device torch knows"),
+        ("gpu0", "--device 'gpu0' is not a device torch knows"),
+    ],
+)
 def test_bad_device_is_one_line(capsys, device, message):
     assert main(["generate", *_pair_args(), "--lam", "0.5", "--device", device, "hi"]) == 2
     assert message in _err_line(capsys)
@@ -70,8 +76,17 @@ def test_messages_name_cli_flags(tmp_path, capsys):
         torch.save(load_file(str(d / "model.safetensors")), d / "pytorch_model.bin")
         (d / "model.safetensors").unlink()
         pickled[side] = str(d)
-    argv = ["merge", "--instruct", pickled["instruct"], "--thinking", pickled["thinking"], "--lam", "0.5",
-            "--out", str(tmp_path / "m")]
+    argv = [
+        "merge",
+        "--instruct",
+        pickled["instruct"],
+        "--thinking",
+        pickled["thinking"],
+        "--lam",
+        "0.5",
+        "--out",
+        str(tmp_path / "m"),
+    ]
     assert main(argv) == 2
     line = _err_line(capsys)
     assert "--allow-pickle" in line and "allow_pickle=True" not in line
@@ -88,14 +103,33 @@ def test_messages_name_cli_flags(tmp_path, capsys):
 def test_damaged_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     d = shutil.copytree(cached_pair("qwen3").instruct, tmp_path / "i")
     (d / "config.json").write_text('{"model_type": "qwen3", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    assert main(["merge", "--instruct", str(d), "--thinking", str(d), "--lam", "0.5", "--out",
-                 str(tmp_path / "m")]) == 2
+    assert (
+        main(["merge", "--instruct", str(d), "--thinking", str(d), "--lam", "0.5", "--out", str(tmp_path / "m")]) == 2
+    )
     assert f"{d / 'config.json'}: the config is nested too deeply" in _err_line(capsys)
 
 
 def test_generate_json_records_lambda_as_typed(capsys):
-    assert main(["generate", *_pair_args(), "--lam", "0.2", "--lam", "0.7", "--max-new-tokens", "2", "--json",
-                 "--device", "cpu", "ab", "cd"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                *_pair_args(),
+                "--lam",
+                "0.2",
+                "--lam",
+                "0.7",
+                "--max-new-tokens",
+                "2",
+                "--json",
+                "--device",
+                "cpu",
+                "ab",
+                "cd",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["lam"] for r in rows] == [0.2, 0.7]
 
@@ -136,29 +170,52 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(dami_kernels.pair, "load_pair_and_tokenizer", refuse)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["sweep", "--n", "2", "--grid", "0,1.5"],
-     "dami sweep: error: --grid 0,1.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it"),
-    (["sweep", "--n", "2", "--grid", "0:1.5:0.5"],
-     "dami sweep: error: --grid 0:1.5:0.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it"),
-    (["sweep", "--n", "2", "--grid", "0,nan"], "dami sweep: error: --grid 0,nan: nan is not a finite λ"),
-    (["sweep", "--n", "2", "--grid", "1:0:0.1"],
-     "dami sweep: error: --grid 1:0:0.1: no λ values (stop lies below start)"),
-    (["estimate", "train", "--n", "2", "--grid", "0,1.5"],
-     "dami estimate: error: --grid 0,1.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it"),
-    (["eval", "--n", "2", "--lam", "1.5"],
-     "dami eval: error: --lam 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it"),
-    (["eval", "--n", "2", "--lam", "0.5", "--estimator-dir", "x"],
-     "dami eval: error: --estimator-dir needs --estimator conf|pref or --compare"),
-    (["eval", "--n", "2", "--compare", "--estimator-dir", "/nonexistent"],
-     "dami eval: error: estimator directory not found: /nonexistent"),
-    (["generate", "--lam", "0.5", "--batch-size", "0", "hi"],
-     "dami generate: error: --batch-size must be a positive integer, got 0"),
-    (["generate", "--lam", "0.5", "--do-sample", "--temperature", "0", "hi"],
-     "dami generate: error: --temperature must be a positive number, got 0.0"),
-    (["generate", "--lam", "0.5", "--do-sample", "--top-p", "1.5", "hi"],
-     "dami generate: error: --top-p must lie in (0, 1], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["sweep", "--n", "2", "--grid", "0,1.5"],
+            "dami sweep: error: --grid 0,1.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it",
+        ),
+        (
+            ["sweep", "--n", "2", "--grid", "0:1.5:0.5"],
+            "dami sweep: error: --grid 0:1.5:0.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it",
+        ),
+        (["sweep", "--n", "2", "--grid", "0,nan"], "dami sweep: error: --grid 0,nan: nan is not a finite λ"),
+        (
+            ["sweep", "--n", "2", "--grid", "1:0:0.1"],
+            "dami sweep: error: --grid 1:0:0.1: no λ values (stop lies below start)",
+        ),
+        (
+            ["estimate", "train", "--n", "2", "--grid", "0,1.5"],
+            "dami estimate: error: --grid 0,1.5: 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it",
+        ),
+        (
+            ["eval", "--n", "2", "--lam", "1.5"],
+            "dami eval: error: --lam 1.5 lies outside [0, 1]; pass --allow-extrapolation to accept it",
+        ),
+        (
+            ["eval", "--n", "2", "--lam", "0.5", "--estimator-dir", "x"],
+            "dami eval: error: --estimator-dir needs --estimator conf|pref or --compare",
+        ),
+        (
+            ["eval", "--n", "2", "--compare", "--estimator-dir", "/nonexistent"],
+            "dami eval: error: estimator directory not found: /nonexistent",
+        ),
+        (
+            ["generate", "--lam", "0.5", "--batch-size", "0", "hi"],
+            "dami generate: error: --batch-size must be a positive integer, got 0",
+        ),
+        (
+            ["generate", "--lam", "0.5", "--do-sample", "--temperature", "0", "hi"],
+            "dami generate: error: --temperature must be a positive number, got 0.0",
+        ),
+        (
+            ["generate", "--lam", "0.5", "--do-sample", "--top-p", "1.5", "hi"],
+            "dami generate: error: --top-p must lie in (0, 1], got 1.5",
+        ),
+    ],
+)
 def test_arguments_are_checked_before_the_pair_loads(argv, message, no_loading, tmp_path, capsys):
     if argv[0] == "generate":
         argv = [argv[0], *_pair_args(), *argv[1:]]
@@ -182,30 +239,53 @@ def lm_eval_task(tmp_path):
     (tmp_path / "dami_probe.yaml").write_text(
         "task: dami_probe\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {tmp_path / 'missing.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
-        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: exact_match\n')
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: exact_match\n'
+    )
     return tmp_path
 
 
-@pytest.mark.parametrize("model_args,message", [
-    ("instruct=/nonexistent,thinking=/nonexistent",
-     "dami lm-eval: error: model_args instruct=/nonexistent: no such checkpoint directory"),
-    ("{pair},lam=1.5",
-     "dami lm-eval: error: model_args lam=1.5 lies outside [0, 1]; add allow_extrapolation=true to --model_args "
-     "to accept it"),
-])
+@pytest.mark.parametrize(
+    "model_args,message",
+    [
+        (
+            "instruct=/nonexistent,thinking=/nonexistent",
+            "dami lm-eval: error: model_args instruct=/nonexistent: no such checkpoint directory",
+        ),
+        (
+            "{pair},lam=1.5",
+            "dami lm-eval: error: model_args lam=1.5 lies outside [0, 1]; add allow_extrapolation=true to --model_args "
+            "to accept it",
+        ),
+    ],
+)
 @pytest.mark.slow
-def test_lm_eval_model_args_mistakes_are_one_line(model_args, message, lm_eval_task, no_loading, monkeypatch,
-                                                  capsys):
+def test_lm_eval_model_args_mistakes_are_one_line(model_args, message, lm_eval_task, no_loading, monkeypatch, capsys):
     """lm-eval's own command line: the model's mistakes are one line naming the model_arg (never a dami
     flag such as --allow-extrapolation), before anything loads."""
-    from dami_kernels import testbed
-
     from lm_eval.models.huggingface import HFLM
+
+    from dami_kernels import testbed
 
     monkeypatch.setattr(HFLM, "__init__", refuse)  # HFLM's start: tokenizer, config, then the weights
     monkeypatch.setenv("LMEVAL_LOG_LEVEL", "ERROR")  # lm-eval's INFO lines
     instruct, thinking = testbed.testbed_dirs()
     model_args = model_args.format(pair=f"instruct={instruct},thinking={thinking}")
-    assert main(["lm-eval", "--model", "dami", "--model_args", model_args, "--tasks", "dami_probe",
-                 "--include_path", str(lm_eval_task), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "lm-eval",
+                "--model",
+                "dami",
+                "--model_args",
+                model_args,
+                "--tasks",
+                "dami_probe",
+                "--include_path",
+                str(lm_eval_task),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err == message + "\n"

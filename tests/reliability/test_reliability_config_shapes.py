@@ -1,5 +1,6 @@
 """Issue 12 items 8-10: every stored tensor is checked against the shape the config implies, tied copies
 must agree, and merge_pair makes exactly the checks load_pair makes (each before anything is written)."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import dami_kernels as dk
 from tiny_pairs import both_refuse, copy_pair
+
+
 def _edit_weights(dirs, edit):
     for d in dirs:
         sd = load_file(str(d / "model.safetensors"))
@@ -28,7 +31,9 @@ def test_broadcastable_shapes_are_refused(tmp_path):
 
 def test_embedding_rows_must_match_the_config_vocabulary(tmp_path):
     dirs = copy_pair(tmp_path, names=("i", "t"))
-    _edit_weights(dirs, lambda sd: sd.__setitem__("model.embed_tokens.weight", sd["model.embed_tokens.weight"][:1].clone()))
+    _edit_weights(
+        dirs, lambda sd: sd.__setitem__("model.embed_tokens.weight", sd["model.embed_tokens.weight"][:1].clone())
+    )
     both_refuse(dirs, tmp_path, r"embed_tokens.weight.*shape \[1, 32\]")
 
 

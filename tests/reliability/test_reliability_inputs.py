@@ -1,18 +1,22 @@
 """Inputs that must never be taken as something else: save_pair onto the directories the pair came from, and λ
 lists holding anything but numbers (one validator for set_lambda, lambda_scope and the layers' LambdaState)."""
+
 import pytest
 import torch
 
 import dami_kernels as dk
 from tiny_pairs import cached_pair
+
+
 @pytest.fixture(scope="module")
 def pair():
     paths = cached_pair("qwen3")
     return paths, dk.load_pair(paths.instruct, paths.thinking, progress=False)
 
 
-@pytest.mark.parametrize("bad", [[True, False], ["0.1", "0.9"], [b"0.5", 0.1], [[0.1, 0.2]], [None, 0.1], [],
-                                 [0.1, 10 ** 400], (0.2, "x")])
+@pytest.mark.parametrize(
+    "bad", [[True, False], ["0.1", "0.9"], [b"0.5", 0.1], [[0.1, 0.2]], [None, 0.1], [], [0.1, 10**400], (0.2, "x")]
+)
 def test_bad_lambda_lists_are_value_errors_everywhere(pair, bad):
     """Each was accepted (booleans, strings and bytes read as numbers) or a TypeError (a nested list)."""
     _, model = pair

@@ -4,6 +4,7 @@ Real processes: a `python` subprocess running merge_pair that the test SIGKILLs 
 stage (kill_points), and a hypothesis property test over random sequences of merges, kills (forked
 children that SIGKILL themselves at a stage), overwrites and user-created directories.
 """
+
 import os
 import signal
 import subprocess
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kill_points import STAGES, install_kill_hooks, leftovers, self_kill, tree
 
 import dami_kernels as dk
-from kill_points import STAGES, install_kill_hooks, leftovers, self_kill, tree
 from tiny_pairs import make_pair
+
 pytestmark = pytest.mark.slow  # SIGKILLed subprocesses
 
 HERE = Path(__file__).resolve().parent  # tests/reliability/, where kill_points.py lives
@@ -31,8 +33,10 @@ def sharded(tmp_path_factory):
     """A sharded tiny pair and the reference merges at each λ in LAMS ({λ: {file: bytes}})."""
     root = tmp_path_factory.mktemp("kill")
     paths = make_pair(root / "i", root / "t", "llama", max_shard_size="30KB")
-    refs = {lam: tree(dk.merge_pair(paths.instruct, paths.thinking, lam, root / f"ref{lam}", progress=False))
-            for lam in LAMS}
+    refs = {
+        lam: tree(dk.merge_pair(paths.instruct, paths.thinking, lam, root / f"ref{lam}", progress=False))
+        for lam in LAMS
+    }
     assert len([n for n in refs[0.25] if n.endswith(".safetensors")]) > 2  # several shards: "writing" is mid-way
     assert refs[0.25] != refs[0.75]
     return paths, refs
@@ -83,11 +87,19 @@ def _kill_at(stage, paths, lam, out, overwrite, spawn):
         os.kill(pid, signal.SIGKILL)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
         return
-    code = CHILD.format(tests=str(HERE), stage=stage, i=str(paths.instruct), t=str(paths.thinking), lam=lam,
-                        out=str(out), overwrite=overwrite)
+    code = CHILD.format(
+        tests=str(HERE),
+        stage=stage,
+        i=str(paths.instruct),
+        t=str(paths.thinking),
+        lam=lam,
+        out=str(out),
+        overwrite=overwrite,
+    )
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}  # the repo root
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "AT-STAGE", (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -101,11 +113,17 @@ def _kill_at(stage, paths, lam, out, overwrite, spawn):
 
 # Two cases run in a fresh interpreter (python -c, killed by the test); the rest in forked children (cheaper:
 # no second torch import on a busy machine), also killed by the test with SIGKILL.
-@pytest.mark.parametrize("stage,had_old,expect,spawn", [
-    ("writing", False, None, "exec"), ("before_publish", False, None, "fork"),
-    ("writing", True, "old", "fork"), ("before_exchange", True, "old", "fork"),
-    ("after_exchange", True, "new", "fork"), ("mid_delete", True, "new", "exec"),
-])
+@pytest.mark.parametrize(
+    "stage,had_old,expect,spawn",
+    [
+        ("writing", False, None, "exec"),
+        ("before_publish", False, None, "fork"),
+        ("writing", True, "old", "fork"),
+        ("before_exchange", True, "old", "fork"),
+        ("after_exchange", True, "new", "fork"),
+        ("mid_delete", True, "new", "exec"),
+    ],
+)
 def test_sigkill_keeps_old_or_new(sharded, tmp_path, stage, had_old, expect, spawn):
     paths, refs = sharded
     out = tmp_path / "merged"
@@ -166,7 +184,7 @@ def test_random_merges_kills_overwrites_never_lose_data(sharded, tmp_path_factor
             continue
         kind, lam, overwrite = op[:3]
 
-        def run(stage=op[3] if kind == "kill" else None):
+        def run(stage=op[3] if kind == "kill" else None, lam=lam, overwrite=overwrite):
             if stage is not None:
                 install_kill_hooks(stage, self_kill)
             dk.merge_pair(paths.instruct, paths.thinking, lam, out, overwrite=overwrite, progress=False)

@@ -2,6 +2,7 @@
 weights, no file from outside a checkpoint, one set of dtype checks for load and merge, one tokenizer for both
 sides, and no tokenizer or config file that is not a regular file. Every refusal is a one-line ValueError naming
 the file or tensor; the CLI prints it as one line and exits with status 2."""
+
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from dami_kernels.hf.checkpoint import open_checkpoint
 from dami_kernels.hf.compat import check_pair
 from dami_kernels.hf.tokenizer import load_tokenizer
 from tiny_pairs import CHARS, CHAT_TEMPLATE, SPECIALS, build_tokenizer, cached_pair, hub_snapshot
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
@@ -44,6 +46,7 @@ def _err_line(capsys) -> str:
 
 # ---------------------------------------------------------------- case 1: a weight file and its index together
 
+
 def _single_beside_index(dst: Path) -> Path:
     """A sharded Instruct side plus a `model.safetensors` holding the Thinking side's tensors: transformers loads
     the single file, the index names other weights."""
@@ -62,7 +65,8 @@ def _pickle_beside_index(dst: Path) -> Path:
     (side / "model.safetensors").unlink()
     torch.save(tensors, str(side / "pytorch_model.bin"))
     (side / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {k: "pytorch_model.bin" for k in tensors}}))
+        json.dumps({"metadata": {}, "weight_map": {k: "pytorch_model.bin" for k in tensors}})
+    )
     return side
 
 
@@ -95,8 +99,15 @@ def test_pickle_file_and_index_together_refused(tmp_path):
 
 # ---------------------------------------------------------------- case 5: symlinks out of the checkpoint
 
-SYMLINKED = ["config.json", "generation_config.json", "chat_template.jinja", "tokenizer.json",
-             "tokenizer_config.json", "special_tokens_map.json", "vocab.json"]
+SYMLINKED = [
+    "config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+]
 
 
 def _symlink_out(side: Path, name: str, outside: Path) -> Path:
@@ -117,10 +128,11 @@ def test_symlink_out_of_the_checkpoint_refused_on_load(tmp_path, name, which):
     dirs = {"instruct": pair.instruct, "thinking": pair.thinking}
     side = dirs[which] = _copy(dirs[which], tmp_path / which)
     outside = _symlink_out(side, name, tmp_path / "elsewhere" / name)
-    for load in (lambda: dk.load_pair(dirs["instruct"], dirs["thinking"], backend="torch", progress=False),
-                 lambda: dk.load_pair_and_tokenizer(dirs["instruct"], dirs["thinking"], backend="torch",
-                                                    progress=False),
-                 lambda: dk.merge_pair(dirs["instruct"], dirs["thinking"], 0.5, tmp_path / "m", progress=False)):
+    for load in (
+        lambda: dk.load_pair(dirs["instruct"], dirs["thinking"], backend="torch", progress=False),
+        lambda: dk.load_pair_and_tokenizer(dirs["instruct"], dirs["thinking"], backend="torch", progress=False),
+        lambda: dk.merge_pair(dirs["instruct"], dirs["thinking"], 0.5, tmp_path / "m", progress=False),
+    ):
         with pytest.raises(ValueError, match="points outside the checkpoint directory") as err:
             load()
         assert name in _one_line(err) and str(outside) in str(err.value)
@@ -148,14 +160,17 @@ def test_symlinks_inside_and_hub_snapshot_blobs_still_load(tmp_path):
         (i / name).symlink_to(Path("store") / name)
     model, tok = dk.load_pair_and_tokenizer(i, pair.thinking, backend="torch", progress=False)
     assert tok.chat_template == CHAT_TEMPLATE
-    snaps = [hub_snapshot(src, tmp_path / f"models--x--{which}")  # hub cache layout: snapshots/REV/* -> blobs/
-             for which, src in (("i", pair.instruct), ("t", pair.thinking))]
+    snaps = [
+        hub_snapshot(src, tmp_path / f"models--x--{which}")  # hub cache layout: snapshots/REV/* -> blobs/
+        for which, src in (("i", pair.instruct), ("t", pair.thinking))
+    ]
     model, tok = dk.load_pair_and_tokenizer(*snaps, backend="torch", progress=False)
     assert tok.chat_template == CHAT_TEMPLATE
     assert (dk.merge_pair(*snaps, 0.5, tmp_path / "m", progress=False) / "tokenizer.json").is_file()
 
 
 # ---------------------------------------------------------------- case 6: one set of dtype checks
+
 
 @pytest.mark.parametrize("which", ["instruct", "thinking"])
 def test_integer_tensor_on_one_side_refused_by_load_as_by_merge(tmp_path, which):
@@ -167,9 +182,11 @@ def test_integer_tensor_on_one_side_refused_by_load_as_by_merge(tmp_path, which)
     tensors[name] = torch.arange(tensors[name].numel(), dtype=torch.int32).reshape(tensors[name].shape)
     save_file(tensors, str(side / "model.safetensors"), metadata={"format": "pt"})
     messages = []
-    for run in (lambda: check_pair(open_checkpoint(dirs["instruct"]), open_checkpoint(dirs["thinking"])),
-                lambda: dk.load_pair(dirs["instruct"], dirs["thinking"], backend="torch", progress=False),
-                lambda: dk.merge_pair(dirs["instruct"], dirs["thinking"], 0.5, tmp_path / "m", progress=False)):
+    for run in (
+        lambda: check_pair(open_checkpoint(dirs["instruct"]), open_checkpoint(dirs["thinking"])),
+        lambda: dk.load_pair(dirs["instruct"], dirs["thinking"], backend="torch", progress=False),
+        lambda: dk.merge_pair(dirs["instruct"], dirs["thinking"], 0.5, tmp_path / "m", progress=False),
+    ):
         with pytest.raises(ValueError, match=f"{name}.*int32.*never cast") as err:
             run()
         messages.append(_one_line(err))
@@ -179,14 +196,20 @@ def test_integer_tensor_on_one_side_refused_by_load_as_by_merge(tmp_path, which)
 
 # ---------------------------------------------------------------- case 7: tokenizers that differ
 
+
 def _char_tokenizer(chars=CHARS, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     """build_tokenizer with another character order, end-of-sequence token or chat template."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + list(chars))}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>", eos_token=eos_token,
-                                  unk_token="<unk>", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<|pad|>",
+        eos_token=eos_token,
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+    )
     tok.chat_template = chat_template
     return tok
 
@@ -205,13 +228,20 @@ SWAPPED = ["b", "a"] + CHARS[2:]  # same size, 'a' and 'b' exchanged
 A_ID = len(SPECIALS)  # the id of 'a' in the instruct tokenizer
 
 
-@pytest.mark.parametrize("tok,message", [
-    (_char_tokenizer(SWAPPED), rf"token id {A_ID} is 'a' in .* but 'b' in "),
-    (_char_tokenizer(eos_token="<|endoftext|>"), r"special token 'eos_token' is '<\|im_end\|>' in .* but "
-                                                 r"'<\|endoftext\|>' in "),
-    (_char_tokenizer(chat_template="{{ messages[0]['content'] }}"), "chat templates differ"),
-    (None, "cannot load the tokenizer of"),
-], ids=["vocabulary", "special-tokens", "chat-template", "no-tokenizer"])
+@pytest.mark.parametrize(
+    "tok,message",
+    [
+        (_char_tokenizer(SWAPPED), rf"token id {A_ID} is 'a' in .* but 'b' in "),
+        (
+            _char_tokenizer(eos_token="<|endoftext|>"),
+            r"special token 'eos_token' is '<\|im_end\|>' in .* but "
+            r"'<\|endoftext\|>' in ",
+        ),
+        (_char_tokenizer(chat_template="{{ messages[0]['content'] }}"), "chat templates differ"),
+        (None, "cannot load the tokenizer of"),
+    ],
+    ids=["vocabulary", "special-tokens", "chat-template", "no-tokenizer"],
+)
 def test_differing_tokenizers_refused_unless_allowed(tmp_path, tok, message):
     pair = cached_pair("qwen3")
     t = _with_tokenizer(pair.thinking, tmp_path / "t", tok)
@@ -230,8 +260,9 @@ def test_differing_tokenizers_refused_unless_allowed(tmp_path, tok, message):
         got = load_tokenizer(pair.instruct, t, allow_tokenizer_mismatch=True)
     assert got.get_vocab() == build_tokenizer().get_vocab()
     with pytest.warns(UserWarning, match=message):
-        model, got = dk.load_pair_and_tokenizer(pair.instruct, t, allow_tokenizer_mismatch=True, backend="torch",
-                                                progress=False)
+        model, got = dk.load_pair_and_tokenizer(
+            pair.instruct, t, allow_tokenizer_mismatch=True, backend="torch", progress=False
+        )
     assert got.chat_template == CHAT_TEMPLATE
     with pytest.warns(UserWarning, match=message):
         out = dk.merge_pair(pair.instruct, t, 0.5, tmp_path / "m", allow_tokenizer_mismatch=True, progress=False)
@@ -246,6 +277,7 @@ def test_equal_tokenizers_load_without_warning():
 
 
 # ---------------------------------------------------------------- case 8: tokenizer size and non-regular files
+
 
 def test_tokenizer_larger_than_the_embedding_refused_at_load(tmp_path):
     pair = cached_pair("qwen3")
@@ -332,6 +364,7 @@ def test_tokenizer_json_symlink_to_a_device_refused_without_reading_it(tmp_path,
 
 # ---------------------------------------------------------------- the command line: one line, exit status 2
 
+
 def _case_dirs(case: str, tmp_path: Path) -> tuple[Path, Path]:
     if case == "weights-and-index":
         return _single_beside_index(tmp_path / "i"), cached_pair("llama", max_shard_size="30KB").thinking
@@ -344,9 +377,11 @@ def _case_dirs(case: str, tmp_path: Path) -> tuple[Path, Path]:
     return pair.instruct, _with_tokenizer(pair.thinking, tmp_path / "t", _char_tokenizer(SWAPPED))
 
 
-CLI_MESSAGES = {"weights-and-index": "model.safetensors.index.json",
-                "symlink-out": "chat_template.jinja.*points outside the checkpoint directory",
-                "tokenizer-vocabulary": f"token id {A_ID} is 'a' in .*--allow-tokenizer-mismatch"}
+CLI_MESSAGES = {
+    "weights-and-index": "model.safetensors.index.json",
+    "symlink-out": "chat_template.jinja.*points outside the checkpoint directory",
+    "tokenizer-vocabulary": f"token id {A_ID} is 'a' in .*--allow-tokenizer-mismatch",
+}
 
 
 @pytest.mark.parametrize("command", ["merge", "generate"])
@@ -404,9 +439,11 @@ def test_merge_generate_and_serve_give_the_same_line(tmp_path, capsys, case):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    runs = {"merge": ["merge", *pair, "--lam", "0.5", "--out", str(tmp_path / "m")],
-            "generate": ["generate", *pair, "--lam", "0.5", "--device", "cpu", "--max-new-tokens", "2", "ab"],
-            "serve": ["serve", *pair, "--device", "cpu", "--port", str(port)]}
+    runs = {
+        "merge": ["merge", *pair, "--lam", "0.5", "--out", str(tmp_path / "m")],
+        "generate": ["generate", *pair, "--lam", "0.5", "--device", "cpu", "--max-new-tokens", "2", "ab"],
+        "serve": ["serve", *pair, "--device", "cpu", "--port", str(port)],
+    }
     messages = {}
     capsys.readouterr()  # what building the damaged pair printed
     old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("dami serve started")))
@@ -422,8 +459,11 @@ def test_merge_generate_and_serve_give_the_same_line(tmp_path, capsys, case):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    merge = messages["merge"].replace("refusing to merge it", "refusing to load it").replace(
-        "to merge it anyway", "to load it anyway")
+    merge = (
+        messages["merge"]
+        .replace("refusing to merge it", "refusing to load it")
+        .replace("to merge it anyway", "to load it anyway")
+    )
     assert merge == messages["generate"] == messages["serve"], messages
 
 

@@ -1,17 +1,19 @@
 """Issue 12, items 1-5: write_output_dir checks before any work, publishes atomically, never deletes data it
 did not write (also on the fallback without renameat2), and gives files the user's umask."""
+
 import os
 import stat
 import threading
 import warnings
 
 import pytest
+from kill_points import leftovers, tree
 
 import dami_kernels as dk
 import dami_kernels.fs.outdir as outdir
 from dami_kernels.fs.outdir import MARKER, write_output_dir
-from kill_points import leftovers, tree
 from tiny_pairs import cached_pair
+
 FILES = {"a.txt": b"alpha", "sub/b.bin": b"\x00\x01beta"}
 
 
@@ -59,11 +61,13 @@ def test_new_dir_published_with_marker_and_nothing_left(tmp_path, mode):
 def test_preflight_errors_come_before_any_work(tmp_path, mode):
     (tmp_path / "file").write_text("x")
     ran = []
-    cases = [(tmp_path / "file", {}, NotADirectoryError, "not a directory"),
-             (tmp_path / "file" / "sub", {}, NotADirectoryError, "is a file"),
-             (tmp_path / "inp", {"inputs": [tmp_path / "inp"]}, ValueError, "is the input"),
-             (tmp_path, {"inputs": [tmp_path / "inp"], "overwrite": True}, ValueError, "contains the input"),
-             (tmp_path / "inp" / "x", {"inputs": [tmp_path / "inp"]}, ValueError, "lies inside the input")]
+    cases = [
+        (tmp_path / "file", {}, NotADirectoryError, "not a directory"),
+        (tmp_path / "file" / "sub", {}, NotADirectoryError, "is a file"),
+        (tmp_path / "inp", {"inputs": [tmp_path / "inp"]}, ValueError, "is the input"),
+        (tmp_path, {"inputs": [tmp_path / "inp"], "overwrite": True}, ValueError, "contains the input"),
+        (tmp_path / "inp" / "x", {"inputs": [tmp_path / "inp"]}, ValueError, "lies inside the input"),
+    ]
     (tmp_path / "inp").mkdir()
     for out, kw, exc, msg in cases:
         with pytest.raises(exc, match=msg):

@@ -3,6 +3,7 @@ files and symlinks, on either side. Every case either loads (model and tokenizer
 the fp64 merge of what plain transformers loads from the same two directories (the Instruct config, as the pair
 uses it: a benign config edit changes both alike), or raises a ValueError that names a file, a tensor or a
 config field; never a hang (each case under 10 s) and never another exception type."""
+
 import json
 import os
 import shutil
@@ -19,14 +20,35 @@ import dami_kernels as dk
 from dami_kernels.pair import load_pair_and_tokenizer
 from numerics import rel_err
 from tiny_pairs import cached_pair, merged_fp64_model
+
 pytestmark = pytest.mark.slow  # 200 damaged pairs, each loaded
 
-CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "vocab_size", "head_dim", "max_position_embeddings", "rms_norm_eps",
-               "tie_word_embeddings", "model_type", "architectures", "torch_dtype", "auto_map"]
-CONFIG_VALUES = st.sampled_from([-64, 0, 1, 3, 10 ** 6, 2 ** 40, 1.5, "x", None, [], {}, True, "llama"])
-FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-         "chat_template.jinja", "special_tokens_map.json"]
+CONFIG_KEYS = [
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "head_dim",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "auto_map",
+]
+CONFIG_VALUES = st.sampled_from([-64, 0, 1, 3, 10**6, 2**40, 1.5, "x", None, [], {}, True, "llama"])
+FILES = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+]
 OUTSIDE = ["/etc/hostname", "/etc/passwd", "/dev/null", "/nonexistent/file"]
 
 DAMAGE = st.one_of(
@@ -35,8 +57,13 @@ DAMAGE = st.one_of(
     st.tuples(st.just("config"), st.sampled_from(CONFIG_KEYS), CONFIG_VALUES),
     st.tuples(st.just("config_del"), st.sampled_from(CONFIG_KEYS)),
     st.tuples(st.just("remove"), st.sampled_from(FILES)),
-    st.tuples(st.just("extra"), st.sampled_from(["model.safetensors.index.json", "pytorch_model.bin", "notes.txt",
-                                                 "model-00001-of-00002.safetensors"]), st.binary(max_size=64)),
+    st.tuples(
+        st.just("extra"),
+        st.sampled_from(
+            ["model.safetensors.index.json", "pytorch_model.bin", "notes.txt", "model-00001-of-00002.safetensors"]
+        ),
+        st.binary(max_size=64),
+    ),
     st.tuples(st.just("symlink"), st.sampled_from(FILES), st.sampled_from(OUTSIDE + ["OTHER_SIDE"])),
 )
 
@@ -89,8 +116,9 @@ def _alarm(signum, frame):
 def merged_logits(instruct, thinking, lams, ids) -> torch.Tensor:
     """Row b: the fp64-merged plain model at lams[b] on ids[b]."""
     with torch.no_grad():
-        return torch.cat([merged_fp64_model(instruct, thinking, lam)(ids[b:b + 1]).logits
-                          for b, lam in enumerate(lams)])
+        return torch.cat(
+            [merged_fp64_model(instruct, thinking, lam)(ids[b : b + 1]).logits for b, lam in enumerate(lams)]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +129,12 @@ def reference():
 
 @pytest.mark.filterwarnings("ignore:config fields differ")  # a benign config edit on one side: warned, loaded
 # The same 200 cases every run (CI); DAMI_FRESH_CASES=1 draws fresh ones (with --hypothesis-seed=N to repeat)
-@settings(max_examples=200, derandomize=not os.environ.get("DAMI_FRESH_CASES"), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    derandomize=not os.environ.get("DAMI_FRESH_CASES"),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(damages=st.lists(st.tuples(st.booleans(), DAMAGE), min_size=1, max_size=3))
 def test_damaged_pairs_load_exactly_or_raise_a_value_error_naming_the_culprit(reference, tmp_path_factory, damages):
     paths, lams, ids = reference

@@ -1,15 +1,16 @@
 """Issue 12, item 11: concurrent use of ONE model from real threads. dk.generate and lambda_scope bind λ per
 call (serialized by the model's lambda_lock), and the λ from before is restored afterwards."""
+
 import threading
 import time
 
 import pytest
 
 import dami_kernels as dk
+from dami_kernels.hf.tokenizer import load_tokenizer
 from dami_kernels.pair import lambda_scope, lambda_state, set_lambda
 from dami_kernels.pair.lambdas import lambda_lock
 from tiny_pairs import cached_pair
-from dami_kernels.hf.tokenizer import load_tokenizer
 
 PROMPTS = ["ab", "hello there", "x+y=", "zz top"]
 

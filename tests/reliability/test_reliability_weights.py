@@ -2,6 +2,7 @@
 load_pair and merge_pair (naming tensor and side; check_finite=False / --no-check-finite to accept them); a
 merge whose result is not finite is refused before anything is published; an absurd config (negative sizes,
 a million layers) is one ValueError naming the field, before any model is built."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ import dami_kernels as dk
 from dami_kernels.cli import main
 from dami_kernels.pair import load as hf_load
 from tiny_pairs import both_refuse, cached_pair, copy_pair, make_pair
+
+
 def _set_value(d, name, index, value):
     sd = load_file(str(d / "model.safetensors"))
     sd[name].view(-1)[index] = value
@@ -181,13 +184,22 @@ def test_cli_merge_overflow_is_one_line(tmp_path, capsys):
 # -- item 4: absurd configs -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch,field,value", [
-    ("qwen3", "hidden_size", -64), ("qwen3", "intermediate_size", 0), ("qwen3", "num_attention_heads", -1),
-    ("qwen3", "num_key_value_heads", 0), ("qwen3", "vocab_size", -5), ("qwen3", "head_dim", 0),
-    ("qwen3", "max_position_embeddings", -1), ("llama", "num_hidden_layers", 0),
-    ("qwen3_moe", "moe_intermediate_size", -1), ("qwen3_moe", "num_local_experts", 0),
-    ("qwen3_moe", "num_experts_per_tok", 0),
-])
+@pytest.mark.parametrize(
+    "arch,field,value",
+    [
+        ("qwen3", "hidden_size", -64),
+        ("qwen3", "intermediate_size", 0),
+        ("qwen3", "num_attention_heads", -1),
+        ("qwen3", "num_key_value_heads", 0),
+        ("qwen3", "vocab_size", -5),
+        ("qwen3", "head_dim", 0),
+        ("qwen3", "max_position_embeddings", -1),
+        ("llama", "num_hidden_layers", 0),
+        ("qwen3_moe", "moe_intermediate_size", -1),
+        ("qwen3_moe", "num_local_experts", 0),
+        ("qwen3_moe", "num_experts_per_tok", 0),
+    ],
+)
 def test_non_positive_size_field_names_the_field(tmp_path, arch, field, value):
     dirs = copy_pair(tmp_path, arch)
     _edit_config(dirs, **{field: value})
@@ -199,8 +211,10 @@ def test_layer_count_must_match_the_stored_layers(tmp_path, layers):
     dirs = copy_pair(tmp_path, "llama")  # llama configs have no layer_types list to disagree with
     _edit_config(dirs, num_hidden_layers=layers)
     match = rf"config field 'num_hidden_layers' is {layers}, but the checkpoint stores 2 decoder layers"
-    for call in (lambda: dk.load_pair(*dirs, progress=False),
-                 lambda: dk.merge_pair(*dirs, 0.5, tmp_path / "merged", progress=False)):
+    for call in (
+        lambda: dk.load_pair(*dirs, progress=False),
+        lambda: dk.merge_pair(*dirs, 0.5, tmp_path / "merged", progress=False),
+    ):
         t0 = time.perf_counter()
         with pytest.raises(ValueError, match=match):
             call()
@@ -211,14 +225,21 @@ def test_layer_count_must_match_the_stored_layers(tmp_path, layers):
 def test_embedding_must_be_vocab_by_hidden(tmp_path):
     dirs = copy_pair(tmp_path)
     _edit_config(dirs, hidden_size=64)  # head_dim stays 8: every other shape would still be buildable
-    both_refuse(dirs, tmp_path, r"embed_tokens.weight' has shape \[100, 32\], but the config implies \[100, 64\] "
-                                 r"\(config field 'hidden_size' is 64\)")
+    both_refuse(
+        dirs,
+        tmp_path,
+        r"embed_tokens.weight' has shape \[100, 32\], but the config implies \[100, 64\] "
+        r"\(config field 'hidden_size' is 64\)",
+    )
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"hidden_size": -64}, "config field 'hidden_size' must be a positive integer, got -64"),
-    ({"num_hidden_layers": 1_000_000}, "config field 'num_hidden_layers' is 1000000"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"hidden_size": -64}, "config field 'hidden_size' must be a positive integer, got -64"),
+        ({"num_hidden_layers": 1_000_000}, "config field 'num_hidden_layers' is 1000000"),
+    ],
+)
 def test_cli_absurd_config_is_one_line_exit_2(tmp_path, capsys, fields, match):
     dirs = copy_pair(tmp_path, "llama")
     _edit_config(dirs, **fields)
@@ -232,7 +253,7 @@ def test_cli_absurd_config_is_one_line_exit_2(tmp_path, capsys, fields, match):
     assert not (tmp_path / "m").exists()
 
 
-_TP_WORKER = '''
+_TP_WORKER = """
 import os, sys, torch
 import dami_kernels as dk
 torch.set_num_threads(1)
@@ -243,7 +264,7 @@ try:
 except ValueError as err:
     msg = str(err)
 open(os.path.join(out, "rank%s.txt" % os.environ["RANK"]), "w").write(msg)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -259,8 +280,18 @@ def test_tensor_parallel_ranks_agree_on_the_non_finite_tensor(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(_TP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(dirs[0]), str(dirs[1]), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(worker),
+        str(dirs[0]),
+        str(dirs[1]),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     msgs = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]

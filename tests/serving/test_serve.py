@@ -3,6 +3,7 @@
 `dk.estimate`'s λ; for logprobs, with a forward pass of the model at that λ), computed on a separately loaded copy
 of the pair. Hostile requests (each followed by correct answers from the same server), API keys, metrics and a
 worker that dies and is restarted are tested here too."""
+
 import json
 import threading
 import time
@@ -16,23 +17,27 @@ import transformers
 
 import dami_kernels as dk
 from dami_kernels.estimators.store import load_estimator
-from dami_kernels.pair import load_pair_and_tokenizer
 from dami_kernels.hf.prompts import encode_prompts
+from dami_kernels.pair import load_pair_and_tokenizer
 from dami_kernels.serving import ServerThread, build_app
 from dami_kernels.serving.cb_internals import PAUSE_API, has_engine_pause
-from dami_kernels.testbed import make_problems, testbed_dirs as pair_dirs
+from dami_kernels.testbed import make_problems
+from dami_kernels.testbed import testbed_dirs as pair_dirs
 
 pytestmark = pytest.mark.slow  # a live server and its engine; 128 concurrent requests
 
 
 EFFORTS = {"low": 0.0, "medium": 0.4, "high": 1.0}
-MAX_TOKENS = 72   # a whole scratchpad fits (Thinking: 3 two-column lines; the base form some λ write: 5 one-column lines)
+MAX_TOKENS = (
+    72  # a whole scratchpad fits (Thinking: 3 two-column lines; the base form some λ write: 5 one-column lines)
+)
 # Testbed problems (one surface form at every difficulty), fixed by a seed
 PROMPTS = [p.expression for p in make_problems(12, 2026, split="test")]
 
 HAS_PAUSE = has_engine_pause()  # "lam": "auto" runs the estimator while the engine is paused
-needs_pause = pytest.mark.skipif(not HAS_PAUSE, reason=f'"lam": "auto" needs {PAUSE_API}, which transformers '
-                                 f"{transformers.__version__} lacks")
+needs_pause = pytest.mark.skipif(
+    not HAS_PAUSE, reason=f'"lam": "auto" needs {PAUSE_API}, which transformers {transformers.__version__} lacks'
+)
 
 
 def cli_options(argv: list[str]):
@@ -47,8 +52,19 @@ def cli_options(argv: list[str]):
 def server():
     model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False)
     estimator = ["--estimator", "conf"] if HAS_PAUSE else []  # (without the pause API the server refuses one)
-    options = cli_options([*estimator, "--effort-medium", str(EFFORTS["medium"]), "--cb-page-size", "32",
-                           "--cb-num-blocks", "96", "--cb-max-batch-tokens", "512"])
+    options = cli_options(
+        [
+            *estimator,
+            "--effort-medium",
+            str(EFFORTS["medium"]),
+            "--cb-page-size",
+            "32",
+            "--cb-num-blocks",
+            "96",
+            "--cb-max-batch-tokens",
+            "512",
+        ]
+    )
     assert options.efforts == EFFORTS and (options.estimator[0] == "conf" if HAS_PAUSE else options.estimator is None)
     assert options.cb_max_batch_tokens == 512 and options.api_key is None
     app, served = build_app(model, tok, options)
@@ -87,7 +103,7 @@ def auto_lam(reference, prompt) -> float:
 def split_think(text: str):
     """(reasoning, content) of a testbed reply, as the testbed response template splits it."""
     if text.startswith("<think>") and "</think>" in text:
-        inner, _, rest = text[len("<think>"):].partition("</think>")
+        inner, _, rest = text[len("<think>") :].partition("</think>")
         return inner.strip(), rest
     return None, text
 
@@ -98,13 +114,21 @@ def send(client, reference, kind: str, prompt: str, lam_spec: dict, stream: bool
     if kind == "completion":
         extra = {k: v for k, v in lam_spec.items()}
         if stream:
-            chunks = list(client.completions.create(model="dami-pair", prompt=chat_text(tok, prompt),
-                                                    max_tokens=MAX_TOKENS, stream=True, extra_body=extra))
+            chunks = list(
+                client.completions.create(
+                    model="dami-pair",
+                    prompt=chat_text(tok, prompt),
+                    max_tokens=MAX_TOKENS,
+                    stream=True,
+                    extra_body=extra,
+                )
+            )
             lams = {c.lam for c in chunks}
             assert len(lams) == 1, "every chunk reports the one λ of its request"
             return "".join(c.choices[0].text for c in chunks if c.choices), lams.pop(), None, None
-        raw = client.completions.with_raw_response.create(model="dami-pair", prompt=chat_text(tok, prompt),
-                                                          max_tokens=MAX_TOKENS, extra_body=extra)
+        raw = client.completions.with_raw_response.create(
+            model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS, extra_body=extra
+        )
         body = raw.parse()
         assert body.usage.prompt_tokens == len(encode_prompts(tok, [prompt])[0])  # the tokens dk.generate runs
         return body.choices[0].text, body.lam, float(raw.headers["x-dami-lam"]), None
@@ -155,10 +179,12 @@ def test_eight_concurrent_requests_at_eight_lambdas_match_generate(server, clien
         got = list(pool.map(lambda c: send(client, reference, *c), cases))
     lams = [lam_of(reference, prompt, spec) for _, prompt, spec in cases]
     refs = expected(reference, [c[1] for c in cases], lams)
-    for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs):
+    for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs, strict=True):
         check(reference, kind, prompt, lam, g, ref_text)
     assert len(set(lams)) >= 7
-    assert any(g[3] for (kind, _, _), g in zip(cases, got) if kind == "chat"), "no chat reply had reasoning_content"
+    assert any(g[3] for (kind, _, _), g in zip(cases, got, strict=True) if kind == "chat"), (
+        "no chat reply had reasoning_content"
+    )
     assert rows.mixed_steps > mixed_before, "requests with different λ never shared an engine step"
     assert len(server.served.lambdas) == 0  # every request released its λ
 
@@ -170,13 +196,17 @@ def lam_of(reference, prompt: str, spec: dict) -> float:
 
 
 def test_streaming_gives_the_same_text(client, reference):
-    cases = [("completion", PROMPTS[8], {"lam": 1.0}), ("completion", PROMPTS[9], {"lam": 0.2}),
-             ("chat", PROMPTS[10], {"lam": 0.9}), ("chat", PROMPTS[11], {"lam": 0.55})]
+    cases = [
+        ("completion", PROMPTS[8], {"lam": 1.0}),
+        ("completion", PROMPTS[9], {"lam": 0.2}),
+        ("chat", PROMPTS[10], {"lam": 0.9}),
+        ("chat", PROMPTS[11], {"lam": 0.55}),
+    ]
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(lambda c: send(client, reference, *c, stream=True), cases))
     lams = [s["lam"] for _, _, s in cases]
     refs = expected(reference, [c[1] for c in cases], lams)
-    for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs):
+    for (kind, prompt, _), lam, g, ref_text in zip(cases, lams, got, refs, strict=True):
         check(reference, kind, prompt, lam, g, ref_text)
 
 
@@ -184,21 +214,25 @@ def test_streaming_gives_the_same_text(client, reference):
 def test_auto_requests_run_at_the_estimated_lambda_beside_fixed_ones(server, client, reference):
     """ "lam": "auto" (chat and completion, streaming and not) while fixed-λ requests are in flight: each runs at
     dk.estimate's λ for its prompt and gives dk.generate's text at that λ."""
-    cases = [("chat", PROMPTS[6], {"lam": "auto"}, False), ("completion", PROMPTS[7], {"lam": "auto"}, False),
-             ("chat", PROMPTS[11], {"lam": "auto"}, True), ("completion", PROMPTS[0], {"lam": 0.65}, False),
-             ("chat", PROMPTS[2], {"reasoning_effort": "high"}, True)]
+    cases = [
+        ("chat", PROMPTS[6], {"lam": "auto"}, False),
+        ("completion", PROMPTS[7], {"lam": "auto"}, False),
+        ("chat", PROMPTS[11], {"lam": "auto"}, True),
+        ("completion", PROMPTS[0], {"lam": 0.65}, False),
+        ("chat", PROMPTS[2], {"reasoning_effort": "high"}, True),
+    ]
     calls_before = server.served.auto.calls
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(lambda c: send(client, reference, *c[:3], stream=c[3]), cases))
     lams = [lam_of(reference, prompt, spec) for _, prompt, spec, _ in cases]
     refs = expected(reference, [c[1] for c in cases], lams)
-    for (kind, prompt, _, _), lam, g, ref_text in zip(cases, lams, got, refs):
+    for (kind, prompt, _, _), lam, g, ref_text in zip(cases, lams, got, refs, strict=True):
         check(reference, kind, prompt, lam, g, ref_text)
     assert server.served.auto.calls - calls_before == 3
     assert len(server.served.lambdas) == 0
 
 
-@pytest.mark.skipif(HAS_PAUSE, reason=f"transformers {transformers.__version__} has {PAUSE_API}: \"auto\" is served")
+@pytest.mark.skipif(HAS_PAUSE, reason=f'transformers {transformers.__version__} has {PAUSE_API}: "auto" is served')
 def test_auto_is_refused_at_startup_without_the_engine_pause(capsys):
     """Without the pause API, an estimator (or --default-lam auto) stops `dami serve` at startup with one line
     naming the transformers API it needs, before the pair loads."""
@@ -214,8 +248,12 @@ def test_auto_is_refused_at_startup_without_the_engine_pause(capsys):
 
 def post(server, path: str, body: bytes, headers=None):
     """(status, parsed JSON) of a raw POST (NaN and malformed bodies the openai client refuses to send)."""
-    req = urllib.request.Request(server.base_url + path, data=body, method="POST",
-                                 headers={"content-type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        server.base_url + path,
+        data=body,
+        method="POST",
+        headers={"content-type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -225,18 +263,27 @@ def post(server, path: str, body: bytes, headers=None):
 
 def test_bad_requests_get_400_while_good_ones_in_flight_complete(server, client, reference):
     tok = reference[1]
-    good = [("completion", PROMPTS[4], {"lam": 1.0}), ("chat", PROMPTS[9], {"lam": 1.0}),
-            ("completion", PROMPTS[11], {"lam": 0.6})]
+    good = [
+        ("completion", PROMPTS[4], {"lam": 1.0}),
+        ("chat", PROMPTS[9], {"lam": 1.0}),
+        ("completion", PROMPTS[11], {"lam": 0.6}),
+    ]
     first = [threading.Event() for _ in good]
 
     def run(k):  # a streaming request: signals its first chunk, then reads to the end
         kind, prompt, spec = good[k]
         if kind == "completion":
-            stream = client.completions.create(model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS,
-                                               stream=True, extra_body=spec)
+            stream = client.completions.create(
+                model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS, stream=True, extra_body=spec
+            )
         else:
-            stream = client.chat.completions.create(model="dami-pair", messages=[{"role": "user", "content": prompt}],
-                                                    max_tokens=MAX_TOKENS, stream=True, extra_body=spec)
+            stream = client.chat.completions.create(
+                model="dami-pair",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=MAX_TOKENS,
+                stream=True,
+                extra_body=spec,
+            )
         chunks = []
         for chunk in stream:
             chunks.append(chunk)
@@ -249,12 +296,12 @@ def test_bad_requests_get_400_while_good_ones_in_flight_complete(server, client,
         prompt = chat_text(tok, PROMPTS[0])
         answers = list(pool.map(lambda b: post(server, b[0], b[1]), bad_requests(prompt)))
         results = [r.result(timeout=120) for r in running]
-    for (path, body, field), (status, data) in zip(bad_requests(prompt), answers):
+    for (path, body, field), (status, data) in zip(bad_requests(prompt), answers, strict=True):
         assert status == 400, (path, body, status, data)
         assert_error(data, field)
     lams = [s["lam"] for _, _, s in good]
     refs = expected(reference, [p for _, p, _ in good], lams)
-    for (kind, _, _), chunks, ref_text, lam in zip(good, results, refs, lams):
+    for (kind, _, _), chunks, ref_text, lam in zip(good, results, refs, lams, strict=True):
         assert {c.lam for c in chunks} == {lam}
         if kind == "completion":
             assert "".join(c.choices[0].text for c in chunks if c.choices) == ref_text
@@ -306,8 +353,9 @@ def test_chat_max_completion_tokens_limits_the_reply(client, reference):
     ref = dk.generate(model, tok, [PROMPTS[3]], [1.0], max_new_tokens=3, progress=False)[0]
     assert ref.num_tokens == 3  # (the Thinking side's reply is longer than 3 tokens)
     for extra in ({"max_completion_tokens": 3}, {"max_completion_tokens": 3, "max_tokens": 30}):
-        body = client.chat.completions.create(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[3]}],
-                                              extra_body={"lam": 1.0, **extra})
+        body = client.chat.completions.create(
+            model="dami-pair", messages=[{"role": "user", "content": PROMPTS[3]}], extra_body={"lam": 1.0, **extra}
+        )
         assert body.usage.completion_tokens == 3 and body.lam == 1.0
 
 
@@ -363,8 +411,22 @@ def test_context_is_the_smaller_of_the_model_and_the_kv_cache(server):
 
 
 def test_cli_options():
-    options = cli_options(["--default-lam", "auto", "--estimator", "pref", "--model-name", "m", "--effort-low",
-                           "0.1", "--cuda-graphs", "off", "--context-len", "64"])
+    options = cli_options(
+        [
+            "--default-lam",
+            "auto",
+            "--estimator",
+            "pref",
+            "--model-name",
+            "m",
+            "--effort-low",
+            "0.1",
+            "--cuda-graphs",
+            "off",
+            "--context-len",
+            "64",
+        ]
+    )
     assert options.default_lam == "auto" and options.estimator[0] == "pref" and options.model_id == "m"
     assert options.efforts["low"] == 0.1 and options.cuda_graphs is False and options.context_len == 64
     assert (options.cb_page_size, options.cb_num_blocks, options.cb_max_batch_tokens) == (64, 64, 1024)  # CPU
@@ -401,6 +463,7 @@ def test_cli_serve_rejects_bad_options_before_loading(capsys):
 
 # ---- OpenAI error bodies, hostile requests, n, logprobs ----
 
+
 def assert_error(data: dict, field: str) -> bool:
     """An OpenAI error body whose one-line message starts with the field's name and whose param names it."""
     error = data["error"]
@@ -420,7 +483,7 @@ def hostile_cases() -> list:
         ("/completions", {"prompt": ""}, "prompt"),
         ("/completions", {}, "prompt"),
         ("/completions", {"prompt": ["1+1", "2+2"]}, "prompt"),
-        ("/completions", {"prompt": [10 ** 9]}, "prompt"),
+        ("/completions", {"prompt": [10**9]}, "prompt"),
         ("/chat/completions", {"messages": "hi"}, "messages"),
         ("/chat/completions", {"messages": []}, "messages"),
         ("/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
@@ -433,11 +496,20 @@ def hostile_cases() -> list:
         ("/chat/completions", {"messages": CHAT, "n": -1}, "n"),
         ("/chat/completions", {"messages": CHAT, "n": 1000}, "n"),
         ("/completions", {"prompt": "1+1", "best_of": 3}, "best_of"),
-        ("/chat/completions", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]},
-         "tools"),
+        ("/chat/completions", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ("/chat/completions", {"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format"),
-        ("/chat/completions", {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "messages[0].content[0]"),
+        (
+            "/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
         ("/chat/completions", {"messages": CHAT, "top_logprobs": 3}, "top_logprobs"),
         ("/chat/completions", {"messages": CHAT, "frobnicate": 1}, "frobnicate"),
         ("/chat/completions", {"messages": CHAT, "temperature": 0.7, "seed": 3}, "seed"),
@@ -447,10 +519,11 @@ def hostile_cases() -> list:
     out.append(("/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"))
     out.append(("/completions", b'{"prompt": "1+1", "lam": 1' + b"0" * 400 + b"}", "lam"))
     out.append(("/completions", b'{"prompt": "1+1", "lam": ', "body"))
-    out.append(("/completions", b'[1, 2]', "body"))
+    out.append(("/completions", b"[1, 2]", "body"))
     out.append(("/completions", b"[" * 100000 + b"]" * 100000, "body"))  # RecursionError in the JSON parser
-    out.append(("/completions", b'{"prompt": "1+1", "stream_options": {"include_usage": 1}}',
-                "stream_options.include_usage"))
+    out.append(
+        ("/completions", b'{"prompt": "1+1", "stream_options": {"include_usage": 1}}', "stream_options.include_usage")
+    )
     return out
 
 
@@ -461,8 +534,9 @@ def test_hostile_request_gets_400_and_the_server_answers_the_next_one(server, cl
     assert status == 400, (path, body[:200], status, data)
     assert_error(data, field)
     prompt, lam = GOOD
-    got = client.completions.create(model="dami-pair", prompt=chat_text(reference[1], prompt), max_tokens=MAX_TOKENS,
-                                    extra_body={"lam": lam})
+    got = client.completions.create(
+        model="dami-pair", prompt=chat_text(reference[1], prompt), max_tokens=MAX_TOKENS, extra_body={"lam": lam}
+    )
     assert got.choices[0].text == expected(reference, [prompt], [lam])[0]
 
 
@@ -474,14 +548,26 @@ def test_the_official_client_shows_the_message(client):
 
 def test_n_gives_n_choices_at_the_request_lambda(client, reference):
     tok = reference[1]
-    body = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[2]), max_tokens=MAX_TOKENS, n=3,
-                                     extra_body={"lam": 0.35})
+    body = client.completions.create(
+        model="dami-pair", prompt=chat_text(tok, PROMPTS[2]), max_tokens=MAX_TOKENS, n=3, extra_body={"lam": 0.35}
+    )
     ref = expected(reference, [PROMPTS[2]], [0.35])[0]
     assert [c.index for c in body.choices] == [0, 1, 2] and all(c.text == ref for c in body.choices)  # greedy
-    assert body.usage.completion_tokens == 3 * dk.generate(reference[0], tok, [PROMPTS[2]], [0.35],
-                                                           max_new_tokens=MAX_TOKENS, progress=False)[0].num_tokens
-    chunks = list(client.chat.completions.create(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[3]}],
-                                                 max_tokens=MAX_TOKENS, n=2, stream=True, extra_body={"lam": 0.8}))
+    assert (
+        body.usage.completion_tokens
+        == 3
+        * dk.generate(reference[0], tok, [PROMPTS[2]], [0.35], max_new_tokens=MAX_TOKENS, progress=False)[0].num_tokens
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="dami-pair",
+            messages=[{"role": "user", "content": PROMPTS[3]}],
+            max_tokens=MAX_TOKENS,
+            n=2,
+            stream=True,
+            extra_body={"lam": 0.8},
+        )
+    )
     for index in (0, 1):
         content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == index)
         assert content == split_think(expected(reference, [PROMPTS[3]], [0.8])[0])[1]
@@ -493,7 +579,7 @@ def reference_logprobs(reference, prompt_ids: list[int], token_ids: list[int], l
 
     model = reference[0]
     with torch.no_grad(), dk.lambda_scope(model, lam):
-        logits = model(torch.tensor([prompt_ids + token_ids[:-1]])).logits[0, len(prompt_ids) - 1:]
+        logits = model(torch.tensor([prompt_ids + token_ids[:-1]])).logits[0, len(prompt_ids) - 1 :]
     return torch.log_softmax(logits.double(), dim=-1)
 
 
@@ -502,16 +588,26 @@ def reference_logprobs(reference, prompt_ids: list[int], token_ids: list[int], l
 def test_logprobs_equal_the_model_at_the_request_lambda(client, reference, stream):
     tok = reference[1]
     prompt_ids = encode_prompts(tok, [PROMPTS[5]])[0]
-    kwargs = dict(model="dami-pair", messages=[{"role": "user", "content": PROMPTS[5]}], max_tokens=MAX_TOKENS,
-                  logprobs=True, top_logprobs=3, extra_body={"lam": 0.45})
+    kwargs = dict(
+        model="dami-pair",
+        messages=[{"role": "user", "content": PROMPTS[5]}],
+        max_tokens=MAX_TOKENS,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"lam": 0.45},
+    )
     if stream:
         chunks = list(client.chat.completions.create(stream=True, **kwargs))
         entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     else:
         entries = client.chat.completions.create(**kwargs).choices[0].logprobs.content
     ref_tokens = dk.generate(reference[0], tok, [PROMPTS[5]], [0.45], max_new_tokens=MAX_TOKENS, progress=False)[0]
-    ids = [tok.convert_tokens_to_ids(tok.tokenize(e.token)[0]) if e.token not in tok.get_vocab() else
-           tok.get_vocab()[e.token] for e in entries]
+    ids = [
+        tok.convert_tokens_to_ids(tok.tokenize(e.token)[0])
+        if e.token not in tok.get_vocab()
+        else tok.get_vocab()[e.token]
+        for e in entries
+    ]
     assert len(entries) == ref_tokens.num_tokens
     ref = reference_logprobs(reference, prompt_ids, ids, 0.45)
     for k, entry in enumerate(entries):
@@ -519,8 +615,13 @@ def test_logprobs_equal_the_model_at_the_request_lambda(client, reference, strea
         assert [t.token for t in entry.top_logprobs][0] == entry.token  # greedy: the chosen token is the top one
         top = ref[k].topk(3)
         assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-4)
-    completion = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[5]), max_tokens=MAX_TOKENS,
-                                           logprobs=2, extra_body={"lam": 0.45})
+    completion = client.completions.create(
+        model="dami-pair",
+        prompt=chat_text(tok, PROMPTS[5]),
+        max_tokens=MAX_TOKENS,
+        logprobs=2,
+        extra_body={"lam": 0.45},
+    )
     lp = completion.choices[0].logprobs
     assert lp.token_logprobs == pytest.approx([e.logprob for e in entries], abs=1e-6)
     assert all(len(t) <= 2 for t in lp.top_logprobs) and "".join(lp.tokens).startswith(completion.choices[0].text[:1])
@@ -536,9 +637,14 @@ def test_stop_strings_end_the_text(client, reference):
     tok = reference[1]
     ref = expected(reference, [PROMPTS[6]], [1.0])[0]
     stop = ref[3:5]
-    body = client.completions.create(model="dami-pair", prompt=chat_text(tok, PROMPTS[6]), max_tokens=MAX_TOKENS,
-                                     stop=[stop], extra_body={"lam": 1.0})
-    assert body.choices[0].text == ref[:ref.find(stop)] and body.choices[0].finish_reason == "stop"
+    body = client.completions.create(
+        model="dami-pair",
+        prompt=chat_text(tok, PROMPTS[6]),
+        max_tokens=MAX_TOKENS,
+        stop=[stop],
+        extra_body={"lam": 1.0},
+    )
+    assert body.choices[0].text == ref[: ref.find(stop)] and body.choices[0].finish_reason == "stop"
 
 
 def test_many_concurrent_mixed_lambda_requests_after_hostile_ones(server, client, reference):
@@ -550,14 +656,23 @@ def test_many_concurrent_mixed_lambda_requests_after_hostile_ones(server, client
 
     def one(case):
         prompt, lam = case
-        return client.completions.create(model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=max_tokens,
-                                         extra_body={"lam": lam}).choices[0].text
+        return (
+            client.completions.create(
+                model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=max_tokens, extra_body={"lam": lam}
+            )
+            .choices[0]
+            .text
+        )
 
     with ThreadPoolExecutor(clients) as pool:
         got = list(pool.map(one, cases))
     model = reference[0]
-    refs = [r.text for r in dk.generate(model, tok, [c[0] for c in cases], [c[1] for c in cases],
-                                        max_new_tokens=max_tokens, progress=False)]
+    refs = [
+        r.text
+        for r in dk.generate(
+            model, tok, [c[0] for c in cases], [c[1] for c in cases], max_new_tokens=max_tokens, progress=False
+        )
+    ]
     assert got == refs
     assert server.served.engine.restarts == 0 and len(server.served.lambdas) == 0 and not server.served.inflight
 
@@ -573,8 +688,9 @@ def keyed():
     from dami_kernels.serving import ServeOptions
 
     model, tok = load_pair_and_tokenizer(*pair_dirs(), progress=False, allow_extrapolation=True)
-    app, served = build_app(model, tok, ServeOptions(api_key=KEY, cb_page_size=32, cb_num_blocks=64,
-                                                     cb_max_batch_tokens=256))
+    app, served = build_app(
+        model, tok, ServeOptions(api_key=KEY, cb_page_size=32, cb_num_blocks=64, cb_max_batch_tokens=256)
+    )
     with ServerThread(app, served) as srv:
         yield srv
 
@@ -601,8 +717,9 @@ def test_api_key_is_required_on_every_route_but_health(keyed, reference):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=keyed.base_url, api_key="wrong", max_retries=0).models.list()
     good = openai.OpenAI(base_url=keyed.base_url, api_key=KEY, max_retries=0, timeout=120)
-    body = good.completions.create(model="dami-pair", prompt=chat_text(reference[1], PROMPTS[4]), max_tokens=MAX_TOKENS,
-                                   extra_body={"lam": 1.3})  # extrapolation allowed on this pair
+    body = good.completions.create(
+        model="dami-pair", prompt=chat_text(reference[1], PROMPTS[4]), max_tokens=MAX_TOKENS, extra_body={"lam": 1.3}
+    )  # extrapolation allowed on this pair
     assert body.lam == 1.3 and body.choices[0].text == expected(reference, [PROMPTS[4]], [1.3])[0]
     status, data = post(keyed, "/completions", b'{"prompt": "1+1", "lam": 1.7976931348623157e308}', auth)
     assert status == 400 and assert_error(data, "lam") and "float32" in data["error"]["message"]
@@ -623,15 +740,25 @@ def test_metrics_count_requests_tokens_latency_and_lambda(keyed):
         lines = [line for line in body.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
         return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
-    assert value(text, 'dami_requests_total{route="/v1/completions",status="200"}') - value(
-        before, 'dami_requests_total{route="/v1/completions",status="200"}') == 3
+    assert (
+        value(text, 'dami_requests_total{route="/v1/completions",status="200"}')
+        - value(before, 'dami_requests_total{route="/v1/completions",status="200"}')
+        == 3
+    )
     assert value(text, 'dami_requests_total{route="/v1/completions",status="400"}') >= 1
     assert value(text, "dami_generation_tokens_total") - value(before, "dami_generation_tokens_total") >= 3
-    assert value(text, "dami_time_to_first_token_seconds_count") - value(before,
-                                                                         "dami_time_to_first_token_seconds_count") == 3
+    assert (
+        value(text, "dami_time_to_first_token_seconds_count") - value(before, "dami_time_to_first_token_seconds_count")
+        == 3
+    )
     assert value(text, 'dami_lambda_bucket{le="0.3"}') - value(before, 'dami_lambda_bucket{le="0.3"}') == 2
-    for name in ("dami_requests_running", "dami_requests_waiting", "dami_time_per_output_token_seconds_count",
-                 "dami_prompt_tokens_total", "dami_engine_restarts"):
+    for name in (
+        "dami_requests_running",
+        "dami_requests_waiting",
+        "dami_time_per_output_token_seconds_count",
+        "dami_prompt_tokens_total",
+        "dami_engine_restarts",
+    ):
         assert name in text
 
 
@@ -649,8 +776,9 @@ def test_a_dead_worker_is_restarted_and_service_comes_back(keyed, reference):
 
     hook = model.register_forward_pre_hook(explode, with_kwargs=True)
     try:
-        status, data = post(keyed, "/completions", b'{"prompt": "12+34", "max_tokens": 8}',
-                            {"Authorization": f"Bearer {KEY}"})
+        status, data = post(
+            keyed, "/completions", b'{"prompt": "12+34", "max_tokens": 8}', {"Authorization": f"Bearer {KEY}"}
+        )
     finally:
         hook.remove()
     assert calls["n"] >= 1
@@ -662,8 +790,9 @@ def test_a_dead_worker_is_restarted_and_service_comes_back(keyed, reference):
     assert status == 200 and json.loads(text)["restarts"] >= 1 and "injected fault" in json.loads(text)["last_error"]
     tok = reference[1]
     for prompt, lam in ((PROMPTS[7], 0.0), (PROMPTS[8], 0.9)):
-        body = good.completions.create(model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS,
-                                       extra_body={"lam": lam})
+        body = good.completions.create(
+            model="dami-pair", prompt=chat_text(tok, prompt), max_tokens=MAX_TOKENS, extra_body={"lam": lam}
+        )
         assert body.choices[0].text == expected(reference, [prompt], [lam])[0]
 
 
@@ -685,8 +814,9 @@ def test_cli_refuses_a_port_in_use_and_a_missing_serve_extra(capsys, monkeypatch
     finally:
         taken.close()
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prometheus_client" else
-                        real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "prometheus_client" else real(name, *a)
+    )
     assert main(["serve"]) == 2
     assert 'pip install "dami_kernels[serve]"' in capsys.readouterr().err
 

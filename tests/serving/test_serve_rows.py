@@ -1,5 +1,6 @@
 """λ per packed token row (LambdaState.set_rows, the layers in per-row mode) and the server's λ rules,
 without a server: fp64 math, the per-sequence path, and the engine extension on the testbed pair."""
+
 import math
 
 import pytest
@@ -11,13 +12,17 @@ from dami_kernels.modules.lambda_state import RowLambda
 from dami_kernels.ops import interp_linear_fp64
 from dami_kernels.serving.lambda_policy import LambdaPolicy, RequestError
 from numerics import rel_err
+
+
 def _linear(state, bias=True, k=24, n=40, backend="torch"):
     lin = nn.Linear(k, n, bias=bias)
-    return InterpLinear.from_linear(lin, state, nn.Parameter(torch.randn(n, k)),
-                                    nn.Parameter(torch.randn(n)) if bias else None, backend=backend)
+    return InterpLinear.from_linear(
+        lin, state, nn.Parameter(torch.randn(n, k)), nn.Parameter(torch.randn(n)) if bias else None, backend=backend
+    )
 
 
 # ---- LambdaState in per-row mode ----
+
 
 def test_set_rows_get_set_roundtrip_and_fixed_address():
     state = LambdaState(0.3)
@@ -82,6 +87,7 @@ def test_for_rows_per_sequence_and_scalar_forms():
 
 
 # ---- layers: packed rows with per-row λ == the per-sequence batch == fp64 math ----
+
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_per_row_matches_fp64_and_per_sequence(bias):
@@ -156,11 +162,13 @@ def test_embedding_and_norms_per_row():
     hl = torch.nn.functional.layer_norm(x.double(), (12,), eps=ln.eps)
     lw = lv.view(1, t, 1)
     ref = hl * ((1 - lw) * ln.weight.double() + lw * l_layer.weight_t.double()) + (
-        (1 - lw) * ln.bias.double() + lw * l_layer.bias_t.double())
+        (1 - lw) * ln.bias.double() + lw * l_layer.bias_t.double()
+    )
     assert rel_err(l_layer(x), ref) < 1e-6
 
 
 # ---- the server's λ rules ----
+
 
 def test_policy_parses_lam_effort_auto_and_default():
     policy = LambdaPolicy(0.25, {"low": 0.1, "medium": 0.4, "high": 0.9}, has_estimator=True)
@@ -175,14 +183,26 @@ def test_policy_parses_lam_effort_auto_and_default():
     assert policy.parse({"lam": 1}).lam == 1.0
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": float("nan")}, "lam"), ({"lam": float("inf")}, "lam"),
-    ({"lam": "fast"}, "lam"), ({"lam": "0.3"}, "lam"), ({"lam": True}, "lam"), ({"lam": [0.1]}, "lam"),
-    ({"reasoning_effort": "extreme"}, "reasoning_effort"), ({"reasoning_effort": 2}, "reasoning_effort"),
-    ({"lam": 0.2, "reasoning_effort": "low"}, "lam"), ({"max_tokens": 0}, "max_tokens"),
-    ({"lam": 10 ** 400}, "lam"), ({"lam": "x" * 500}, "lam"),
-    ({"max_completion_tokens": 2.5}, "max_completion_tokens"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"lam": 1.5}, "lam"),
+        ({"lam": -0.1}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"lam": float("inf")}, "lam"),
+        ({"lam": "fast"}, "lam"),
+        ({"lam": "0.3"}, "lam"),
+        ({"lam": True}, "lam"),
+        ({"lam": [0.1]}, "lam"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"reasoning_effort": 2}, "reasoning_effort"),
+        ({"lam": 0.2, "reasoning_effort": "low"}, "lam"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"lam": 10**400}, "lam"),
+        ({"lam": "x" * 500}, "lam"),
+        ({"max_completion_tokens": 2.5}, "max_completion_tokens"),
+    ],
+)
 def test_policy_bad_requests_name_the_field(body, field):
     policy = LambdaPolicy(0.0, has_estimator=True)
     with pytest.raises(RequestError) as err:
@@ -204,7 +224,7 @@ def test_policy_checks_lambda_in_the_engine_s_fp32():
     """1e308 passes a float64 check but is inf in the fp32 λ rows: refused from a request and from every flag,
     with extrapolation allowed too; the largest finite fp32 is accepted."""
     policy = LambdaPolicy(0.0, allow_extrapolation=True)
-    for lam in (1.7976931348623157e308, -1e39, 10 ** 39):
+    for lam in (1.7976931348623157e308, -1e39, 10**39):
         with pytest.raises(RequestError, match="float32") as err:
             policy.parse({"lam": lam})
         assert err.value.field == "lam" and len(str(err.value)) < 200
@@ -217,14 +237,14 @@ def test_policy_checks_lambda_in_the_engine_s_fp32():
 
 # ---- the engine extension, without HTTP ----
 
+
 def test_engine_steps_run_each_request_at_its_lambda():
     """transformers' continuous-batching engine with the λ rows attached: 8 requests at 8 λ values, added
     together, give exactly dk.generate's greedy tokens, and steps mix λ values. λ travels in the engine's
     own request state (the registry entries are dropped right after add_request)."""
     import dami_kernels as dk
-
-    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.hf.prompts import encode_prompts
+    from dami_kernels.pair import load_pair_and_tokenizer
     from dami_kernels.serving.cb_internals import attach_lambda_rows, cb_config
     from dami_kernels.serving.lambda_policy import RequestLambdas, ServedLambda
     from dami_kernels.testbed import testbed_dirs
@@ -234,14 +254,15 @@ def test_engine_steps_run_each_request_at_its_lambda():
     lams = [0.0, 1.0, 0.5, 0.3, 0.8, 0.6, 0.45, 1.0]
     ref = dk.generate(model, tok, prompts, lams, max_new_tokens=48, progress=False)
     book = RequestLambdas()
-    config = cb_config(use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32,
-                       allow_block_sharing=False)
+    config = cb_config(
+        use_async_batching=False, num_blocks=32, max_batch_tokens=256, page_size=32, allow_block_sharing=False
+    )
     cb = model.init_continuous_batching(generation_config=model.generation_config, continuous_batching_config=config)
     rows = attach_lambda_rows(cb, model, book)
     assert model.get_output_embeddings().output_rows  # the engine keeps only the logits rows
     cb.start()
     try:
-        for k, (ids, lam) in enumerate(zip(encode_prompts(tok, prompts), lams)):
+        for k, (ids, lam) in enumerate(zip(encode_prompts(tok, prompts), lams, strict=True)):
             book.register(f"r{k}", ServedLambda(lam, "request"))
             cb.add_request(ids, request_id=f"r{k}", max_new_tokens=48)
             book.release(f"r{k}")  # the request state carries its λ from here on (as on every TP rank)
@@ -257,13 +278,25 @@ def test_engine_steps_run_each_request_at_its_lambda():
         assert out[f"r{k}"].generated_tokens == r.token_ids, (k, lams[k])
     assert rows.mixed_steps > 0 and rows.steps >= max(r.num_tokens for r in ref)
     with pytest.raises(ValueError, match="async batching"):
-        attach_lambda_rows(model.init_continuous_batching(
-            continuous_batching_config=cb_config(use_async_batching=True, num_blocks=8, max_batch_tokens=64,
-                                                 page_size=32, allow_block_sharing=False)), model, book)
+        attach_lambda_rows(
+            model.init_continuous_batching(
+                continuous_batching_config=cb_config(
+                    use_async_batching=True, num_blocks=8, max_batch_tokens=64, page_size=32, allow_block_sharing=False
+                )
+            ),
+            model,
+            book,
+        )
     with pytest.raises(ValueError, match="prefix sharing"):  # a KV block computed at one λ reused at another
-        attach_lambda_rows(model.init_continuous_batching(
-            continuous_batching_config=cb_config(use_async_batching=False, num_blocks=8, max_batch_tokens=64,
-                                                 page_size=32, allow_block_sharing=True)), model, book)
+        attach_lambda_rows(
+            model.init_continuous_batching(
+                continuous_batching_config=cb_config(
+                    use_async_batching=False, num_blocks=8, max_batch_tokens=64, page_size=32, allow_block_sharing=True
+                )
+            ),
+            model,
+            book,
+        )
 
 
 def test_stamping_queue_puts_the_registered_lambda_into_the_request_state():
@@ -309,6 +342,9 @@ def test_the_server_s_transformers_range_is_setup_py_s():
     from dami_kernels.serving.cb_internals import TESTED_TRANSFORMERS
 
     tree = ast.parse((Path(__file__).resolve().parents[2] / "setup.py").read_text())
-    tested = next(ast.literal_eval(node.value) for node in tree.body
-                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TESTED")
+    tested = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TESTED"
+    )
     assert tuple(tested["transformers"]) == TESTED_TRANSFORMERS

@@ -5,9 +5,11 @@ The default comes from the DAMI_BACKEND environment variable ("auto" when unset)
 for CUDA tensors and for CPU tensors when TRITON_INTERPRET=1, and torch for CPU tensors otherwise. On
 CUDA, "auto" without an importable triton is an error that says to pass backend="torch".
 """
+
 from __future__ import annotations
 
 import os
+
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
@@ -78,7 +80,5 @@ def _resolve(backend: str | None, device: torch.device) -> str:
     if not triton_available():
         raise ValueError("backend='triton' needs the triton package, which is not installed")
     if not on_cuda and not interpreting():
-        raise ValueError(
-            f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 (set before import)"
-        )
+        raise ValueError(f"backend='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 (set before import)")
     return "triton"

@@ -5,6 +5,7 @@ a 2-D view of x, λ as an fp32 vector [S] on x's device with `rows_per_lam` (row
 lam[r // rows_per_lam]: no copy per row is made), and the segment length (rows that are known to share
 one λ because λ was given per sequence or as a scalar).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ def _lam_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def normalize_args(x, w_i, w_t, lam, bias_i=None, bias_t=None, check_finite: bool = True,
-                   allow_float64: bool = False) -> LinearArgs:
+def normalize_args(
+    x, w_i, w_t, lam, bias_i=None, bias_t=None, check_finite: bool = True, allow_float64: bool = False
+) -> LinearArgs:
     """Validate `interp_linear` arguments; every error is a ValueError that names the argument.
 
     allow_float64: accept float64 (the torch backend; the kernels take fp32/fp16/bf16)."""

@@ -6,13 +6,14 @@ variable DAMI_TUNED_TABLE names another file) or, when the table has no entry, f
 below. Both are cached, so a decode loop whose M grows by one per
 step reuses the same config for a whole M bucket and never re-tunes.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _device_key(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -61,7 +62,7 @@ def table_key(n: int, k: int, bucket: int, dtype: torch.dtype) -> str:
     return f"{n}x{k}:{bucket}:{str(dtype).removeprefix('torch.')}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tuned_table(device_key: str) -> dict:
     override = os.environ.get("DAMI_TUNED_TABLE")
     path = Path(override) if override else TUNED_DIR / f"{device_key}.json"
@@ -72,7 +73,7 @@ def _tuned_table(device_key: str) -> dict:
     return json.loads(path.read_text())["configs"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -83,8 +84,9 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool,
-               k_contiguous: bool = True) -> KernelConfig:
+def _heuristic(
+    m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool, k_contiguous: bool = True
+) -> KernelConfig:
     """Default configs. The GPU ones were picked (untimed) so that the sm_90 builds of exactly what
     the launcher runs keep every variant free of register spills and within shared memory
     (`scripts/compile_check.py`); timing-based tuning on a GPU overrides them through the tuned table.
@@ -107,8 +109,7 @@ def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool,
         split = max(1, min(-(-2 * sms // tiles_n), k // (4 * block_k)))
         warps = 4 if block_m == 16 else 8
         stages = 3 if (fp32 or block_m > 16) else 4
-        return KernelConfig(block_m, block_n, block_k, split_k=split, group_m=1, num_warps=warps,
-                            num_stages=stages)
+        return KernelConfig(block_m, block_n, block_k, split_k=split, group_m=1, num_warps=warps, num_stages=stages)
     if not on_gpu:
         return KernelConfig(32, 32, 32, group_m=4, num_stages=1)
     if fp32:
@@ -118,22 +119,25 @@ def _heuristic(m: int, n: int, k: int, elem_bytes: int, sms: int, on_gpu: bool,
     return KernelConfig(128, 64, 32, group_m=8, num_warps=8, num_stages=4)
 
 
-@lru_cache(maxsize=None)
-def _cached_config(bucket: int, n: int, k: int, dtype: torch.dtype, device_key: str,
-                   sms: int, on_gpu: bool, k_contiguous: bool = True) -> KernelConfig:
+@cache
+def _cached_config(
+    bucket: int, n: int, k: int, dtype: torch.dtype, device_key: str, sms: int, on_gpu: bool, k_contiguous: bool = True
+) -> KernelConfig:
     entry = _tuned_table(device_key).get(table_key(n, k, bucket, dtype)) if k_contiguous else None
     if entry is not None:
         return KernelConfig(**entry)
     return _heuristic(bucket, n, k, torch.empty((), dtype=dtype).element_size(), sms, on_gpu, k_contiguous)
 
 
-def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
-                seg_len: int = 1, k_contiguous: bool = True) -> KernelConfig:
+def pick_config(
+    m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, seg_len: int = 1, k_contiguous: bool = True
+) -> KernelConfig:
     """Config for an [M, K] x [N, K]^T problem (cached per M bucket; seg_len is not part of the key).
     k_contiguous: the weights are contiguous along K (tuned tables cover only that layout)."""
     del seg_len  # segment tiling is decided by KernelConfig.follow_segments at launch
-    return _cached_config(m_bucket(m), n, k, dtype, _device_key(device), _sm_count(device),
-                          device.type == "cuda", k_contiguous)
+    return _cached_config(
+        m_bucket(m), n, k, dtype, _device_key(device), _sm_count(device), device.type == "cuda", k_contiguous
+    )
 
 
 def config_to_json(cfg: KernelConfig) -> dict:

@@ -4,6 +4,7 @@ benchmarks and scripts/offline_compile/ replace, and the fp32 precision switch.
 Callers use the seams through the module (`launch.alloc_output(...)`), so that replacing them here reaches
 every launcher.
 """
+
 from __future__ import annotations
 
 import torch

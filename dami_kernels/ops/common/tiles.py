@@ -5,6 +5,7 @@ the wide tensor-core dimension), the three K loops (one weight; a weight blended
 λ; two fp32 accumulators for mixed λ) and the tile store (which can record the path a program took).
 `interp_linear/kernel.py` and `interp_experts/kernel.py` are built from them.
 """
+
 import triton
 import triton.language as tl
 
@@ -71,9 +72,20 @@ def _out_orient(acc, SWAP_AB: tl.constexpr):
 
 
 @triton.jit
-def mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def mm_one(
+    x_ptrs,
+    w_ptrs,
+    k_lo,
+    k_hi,
+    stride_xk,
+    stride_wk,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """x @ W^T over K in [k_lo, k_hi) -> fp32 [BLOCK_M, BLOCK_N].
 
     x_ptrs and w_ptrs point at the first K-tile (rows and columns already clamped in range, laid out
@@ -91,9 +103,22 @@ def mm_one(x_ptrs, w_ptrs, k_lo, k_hi, stride_xk, stride_wk,
 
 
 @triton.jit
-def mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def mm_blend(
+    x_ptrs,
+    wi_ptrs,
+    wt_ptrs,
+    lam,
+    k_lo,
+    k_hi,
+    stride_xk,
+    stride_wk,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """x @ ((1-λ)W_I + λW_T)^T for one scalar λ: the blend is done per K-tile in registers (fp32,
     rounded to the weights' dtype) and feeds ONE matrix product. Returns fp32 [BLOCK_M, BLOCK_N]."""
     acc = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
@@ -112,9 +137,21 @@ def mm_blend(x_ptrs, wi_ptrs, wt_ptrs, lam, k_lo, k_hi, stride_xk, stride_wk,
 
 
 @triton.jit
-def mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             SWAP_AB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def mm_dual(
+    x_ptrs,
+    wi_ptrs,
+    wt_ptrs,
+    k_lo,
+    k_hi,
+    stride_xk,
+    stride_wk,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """(x @ W_I^T, x @ W_T^T) with two fp32 accumulators; each x tile is loaded once."""
     acc_i = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
     acc_t = _zeros_acc(BLOCK_M, BLOCK_N, SWAP_AB)
@@ -133,8 +170,22 @@ def mm_dual(x_ptrs, wi_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk,
 
 
 @triton.jit
-def store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on, mask, path_ptr, pid, path,
-                INT64: tl.constexpr, RECORD_PATH: tl.constexpr):
+def store_tile(
+    out_ptr,
+    out,
+    rows,
+    cols,
+    pid_k,
+    stride_os,
+    stride_om,
+    stride_on,
+    mask,
+    path_ptr,
+    pid,
+    path,
+    INT64: tl.constexpr,
+    RECORD_PATH: tl.constexpr,
+):
     """Store a [BLOCK_M, BLOCK_N] fp32 tile at output rows `rows` (split pid_k's slice), in i64 offsets
     when INT64; record the program's path when RECORD_PATH. Shared by the dense and grouped kernels."""
     split_off = pid_k * stride_os
@@ -149,8 +200,7 @@ def store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on,
 
 
 @triton.jit(do_not_specialize=["MN"])
-def splitk_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, INT64: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def splitk_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """out[i] = sum_s part[s, i], cast to out's dtype. part [SPLIT_K, M*N] fp32 contiguous, out [M*N]
     contiguous. Grid: (cdiv(MN, BLOCK),). The second (and last) kernel of a split-K launch."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

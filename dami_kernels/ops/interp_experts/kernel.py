@@ -4,12 +4,13 @@ sorted by expert e, each row with its own token's λ.
 One program computes one (row tile, column tile, K-split) of one expert. The rows of a tile all
 belong to that expert (the tile table, built on the device by `launch.tile_table`, never lets a
 tile straddle two experts), and the same four per-tile paths as the dense kernel
-(`interp_linear.kernel.interp_linear_kernel`; both are built from the K-loop helpers in `common.tiles`) are chosen at run time
-from the λ values of the tile's rows: W_I only (all λ = 0) or W_T only (all λ = 1); blend in registers
-(one shared λ, ONE product); dual accumulator (mixed λ); split-K (SPLIT_K > 1: fp32 partials that
+(`interp_linear.kernel.interp_linear_kernel`; both are built from the K-loop helpers in `common.tiles`) are
+chosen at run time from the λ values of the tile's rows: W_I only (all λ = 0) or W_T only (all λ = 1);
+blend in registers (one shared λ, ONE product); dual accumulator (mixed λ); split-K (SPLIT_K > 1: fp32 partials that
 `splitk_reduce_kernel` sums). Rows are sorted stably, so an expert's rows stay in token order and the
 tokens of one sequence (one λ) stay contiguous.
 """
+
 import triton
 import triton.language as tl
 
@@ -18,13 +19,44 @@ from dami_kernels.ops.common.tiles import mm_blend, mm_dual, mm_one, store_tile
 
 @triton.jit(do_not_specialize=["P", "NUM_TILES", "ROWS_PER_LAM", "stride_xm", "stride_os"])
 def interp_grouped_kernel(
-    x_ptr, wi_ptr, wt_ptr, lam_ptr, out_ptr, tiles_ptr, src_ptr, tok_ptr, dst_ptr, scale_ptr, path_ptr,
-    P, N, K, NUM_TILES, K_PER_SPLIT, ROWS_PER_LAM,
-    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_os, stride_om, stride_on,
-    GATHER: tl.constexpr, SCATTER: tl.constexpr, HAS_SCALE: tl.constexpr, SKIP: tl.constexpr,
-    BLEND: tl.constexpr, UPCAST: tl.constexpr, RECORD_PATH: tl.constexpr, SWAP_AB: tl.constexpr,
-    INT64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    wi_ptr,
+    wt_ptr,
+    lam_ptr,
+    out_ptr,
+    tiles_ptr,
+    src_ptr,
+    tok_ptr,
+    dst_ptr,
+    scale_ptr,
+    path_ptr,
+    P,
+    N,
+    K,
+    NUM_TILES,
+    K_PER_SPLIT,
+    ROWS_PER_LAM,
+    stride_xm,
+    stride_xk,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_os,
+    stride_om,
+    stride_on,
+    GATHER: tl.constexpr,
+    SCATTER: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SKIP: tl.constexpr,
+    BLEND: tl.constexpr,
+    UPCAST: tl.constexpr,
+    RECORD_PATH: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Grid: (NUM_TILES * cdiv(N, BLOCK_N), SPLIT_K).
 
@@ -86,19 +118,70 @@ def interp_grouped_kernel(
     path = tl.full((), 3, tl.int32)
     if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
         path = tl.full((), 0, tl.int32)
-        out = mm_one(x_ptrs, wi_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        out = mm_one(
+            x_ptrs,
+            wi_ptr + w_offs,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
     elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
         path = tl.full((), 1, tl.int32)
-        out = mm_one(x_ptrs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        out = mm_one(
+            x_ptrs,
+            wt_ptr + w_offs,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
     elif BLEND and (lam_lo == lam_hi):
         path = tl.full((), 2, tl.int32)
-        out = mm_blend(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, lam_lo, k_lo, k_hi, stride_xk, stride_wk,
-                        BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        out = mm_blend(
+            x_ptrs,
+            wi_ptr + w_offs,
+            wt_ptr + w_offs,
+            lam_lo,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
     else:
-        acc_i, acc_t = mm_dual(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                                BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        acc_i, acc_t = mm_dual(
+            x_ptrs,
+            wi_ptr + w_offs,
+            wt_ptr + w_offs,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
         lam2 = lam[:, None]
         out = (1.0 - lam2) * acc_i + lam2 * acc_t
     if HAS_SCALE:
@@ -108,5 +191,19 @@ def interp_grouped_kernel(
         dst = tl.load(dst_ptr + rows_c)
     else:
         dst = rows_c
-    store_tile(out_ptr, out, dst, cols, pid_k, stride_os, stride_om, stride_on, row_mask[:, None] & col_mask[None, :],
-                path_ptr, pid, path, INT64, RECORD_PATH)
+    store_tile(
+        out_ptr,
+        out,
+        dst,
+        cols,
+        pid_k,
+        stride_os,
+        stride_om,
+        stride_on,
+        row_mask[:, None] & col_mask[None, :],
+        path_ptr,
+        pid,
+        path,
+        INT64,
+        RECORD_PATH,
+    )

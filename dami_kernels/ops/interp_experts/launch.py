@@ -6,6 +6,7 @@ launches: gate_up(λ) on the gathered token rows, the activation in torch, and d
 multiplies by the routing weight and stores each pair's row back in (token, slot) order, in fp32; the k
 slots of a token are summed in fp32 and rounded once at the end (a fixed order, no atomics).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,10 +14,10 @@ import torch
 from dami_kernels.ops.common import launch as common_launch
 from dami_kernels.ops.common.backend import interpreting
 from dami_kernels.ops.common.configs import KernelConfig, pick_config
+from dami_kernels.ops.common.launch import INT32_LIMIT, REDUCE_BLOCK, cdiv
+from dami_kernels.ops.common.tiles import splitk_reduce_kernel
 from dami_kernels.ops.interp_experts.kernel import interp_grouped_kernel
 from dami_kernels.ops.interp_experts.torch_path import sort_by_expert
-from dami_kernels.ops.common.tiles import splitk_reduce_kernel
-from dami_kernels.ops.common.launch import INT32_LIMIT, REDUCE_BLOCK, cdiv
 
 
 def tile_table(sorted_experts: torch.Tensor, num_experts: int, block_m: int) -> torch.Tensor:
@@ -51,8 +52,24 @@ def _needs_int64(x: torch.Tensor, w: torch.Tensor, out_rows: int, split_k: int, 
     return max(x_max, w_max, out_max) >= INT32_LIMIT
 
 
-def launch_grouped(x, w_i, w_t, lam, rows_per_lam, tiles, tok, src, dst, scale, out_rows, config,
-                   skip=True, blend=True, record_path=None, out_dtype=None) -> torch.Tensor:
+def launch_grouped(
+    x,
+    w_i,
+    w_t,
+    lam,
+    rows_per_lam,
+    tiles,
+    tok,
+    src,
+    dst,
+    scale,
+    out_rows,
+    config,
+    skip=True,
+    blend=True,
+    record_path=None,
+    out_dtype=None,
+) -> torch.Tensor:
     """out[dst_p] = scale_p · x[src_p] W_e(λ_{tok_p})^T for every sorted row p; returns [out_rows, N] in
     out_dtype (default x's dtype).
 
@@ -77,22 +94,62 @@ def launch_grouped(x, w_i, w_t, lam, rows_per_lam, tiles, tok, src, dst, scale, 
     int64 = _needs_int64(x, w_i, out_rows, split_k, config.block_k)
     precision = "tf32" if dtype == torch.float32 and common_launch.tf32_enabled() else "ieee"
     stride_os = out_rows * n if split_k > 1 else 0
-    common_launch.launch_kernel(interp_grouped_kernel, grid, (
-        x, w_i, w_t, lam, out, tiles, src if src is not None else tok, tok, dst if dst is not None else tok,
-        scale if scale is not None else lam, record_path if record_path is not None else tok,
-        p, n, k, nt, k_per_split, rows_per_lam,
-        x.stride(0), x.stride(1), w_i.stride(0), w_i.stride(1), w_i.stride(2), stride_os, n, 1,
-    ), dict(
-        GATHER=src is not None, SCATTER=dst is not None, HAS_SCALE=scale is not None, SKIP=skip, BLEND=blend,
-        UPCAST=interpreting() and dtype != torch.float32, RECORD_PATH=record_path is not None,
-        SWAP_AB=config.swap_ab, INT64=int64, PRECISION=precision,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    ))
+    common_launch.launch_kernel(
+        interp_grouped_kernel,
+        grid,
+        (
+            x,
+            w_i,
+            w_t,
+            lam,
+            out,
+            tiles,
+            src if src is not None else tok,
+            tok,
+            dst if dst is not None else tok,
+            scale if scale is not None else lam,
+            record_path if record_path is not None else tok,
+            p,
+            n,
+            k,
+            nt,
+            k_per_split,
+            rows_per_lam,
+            x.stride(0),
+            x.stride(1),
+            w_i.stride(0),
+            w_i.stride(1),
+            w_i.stride(2),
+            stride_os,
+            n,
+            1,
+        ),
+        dict(
+            GATHER=src is not None,
+            SCATTER=dst is not None,
+            HAS_SCALE=scale is not None,
+            SKIP=skip,
+            BLEND=blend,
+            UPCAST=interpreting() and dtype != torch.float32,
+            RECORD_PATH=record_path is not None,
+            SWAP_AB=config.swap_ab,
+            INT64=int64,
+            PRECISION=precision,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        ),
+    )
     if split_k > 1:
         mn = out_rows * n
-        common_launch.launch_kernel(splitk_reduce_kernel, (cdiv(mn, REDUCE_BLOCK),), (out, y, mn),
-                              dict(SPLIT_K=split_k, INT64=int64, BLOCK=REDUCE_BLOCK))
+        common_launch.launch_kernel(
+            splitk_reduce_kernel,
+            (cdiv(mn, REDUCE_BLOCK),),
+            (out, y, mn),
+            dict(SPLIT_K=split_k, INT64=int64, BLOCK=REDUCE_BLOCK),
+        )
     return y
 
 
@@ -101,9 +158,22 @@ def experts_config(p: int, num_experts: int, n: int, k: int, w: torch.Tensor) ->
     return pick_config(max(1, cdiv(p, num_experts)), n, k, w.dtype, w.device, k_contiguous=w.stride(2) == 1)
 
 
-def interp_experts_triton(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam,
-                          rows_per_lam: int, act_fn, configs: tuple | None = None, skip: bool = True,
-                          blend: bool = True, record_paths: tuple | None = None) -> torch.Tensor:
+def interp_experts_triton(
+    x,
+    gate_up_i,
+    gate_up_t,
+    down_i,
+    down_t,
+    top_k_index,
+    top_k_weights,
+    lam,
+    rows_per_lam: int,
+    act_fn,
+    configs: tuple | None = None,
+    skip: bool = True,
+    blend: bool = True,
+    record_paths: tuple | None = None,
+) -> torch.Tensor:
     """The experts MLP on the Triton backend; shapes as `moe.interp_experts` (x [T, H] contiguous rows
     or any strides; λ fp32 [S], token t reads lam[t // rows_per_lam]). Returns [T, H] in x's dtype.
 
@@ -116,22 +186,41 @@ def interp_experts_triton(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, 
     if p == 0:
         return torch.zeros_like(x)
     if configs is None:
-        configs = (experts_config(p, num_experts, two_i, h, gate_up_i),
-                   experts_config(p, num_experts, h, two_i // 2, down_i))
+        configs = (
+            experts_config(p, num_experts, two_i, h, gate_up_i),
+            experts_config(p, num_experts, h, two_i // 2, down_i),
+        )
     if configs[0].block_m != configs[1].block_m:
         configs = (configs[0], _with_block_m(configs[1], configs[0].block_m))
     rec = record_paths or (None, None)
     order, experts = sort_by_expert(top_k_index)
     tiles = tile_table(experts, num_experts, configs[0].block_m)
     tok = (order // k).to(torch.int32)
-    hid = launch_grouped(x, gate_up_i, gate_up_t, lam, rows_per_lam, tiles, tok, tok, None, None, p, configs[0],
-                         skip, blend, rec[0])
+    hid = launch_grouped(
+        x, gate_up_i, gate_up_t, lam, rows_per_lam, tiles, tok, tok, None, None, p, configs[0], skip, blend, rec[0]
+    )
     gate, up = hid.chunk(2, dim=-1)
     act = act_fn(gate) * up  # [P, I], rows in expert order
     scale = top_k_weights.reshape(-1)[order].to(torch.float32)
     # fp32 per (token, slot): the k slots are summed and rounded once (transformers rounds every slot).
-    y = launch_grouped(act, down_i, down_t, lam, rows_per_lam, tiles, tok, None, order.to(torch.int32), scale, p,
-                       configs[1], skip, blend, rec[1], out_dtype=torch.float32)
+    y = launch_grouped(
+        act,
+        down_i,
+        down_t,
+        lam,
+        rows_per_lam,
+        tiles,
+        tok,
+        None,
+        order.to(torch.int32),
+        scale,
+        p,
+        configs[1],
+        skip,
+        blend,
+        rec[1],
+        out_dtype=torch.float32,
+    )
     y = y.view(t, k, h)
     # A pair routed to expert id E (transformers' marker for an expert held elsewhere) got no tile.
     y = torch.where((top_k_index < num_experts).unsqueeze(-1), y, 0.0)

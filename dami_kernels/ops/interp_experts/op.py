@@ -8,6 +8,7 @@ Backends as for `interp_linear` (`dami_kernels.ops.common.backend`): "triton" ru
 kernel (`launch.py`), "torch" the per-expert loop (`torch_path.py`). When autograd needs a graph, the
 torch formulation runs (it is differentiable; the grouped kernel has no backward yet).
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,16 +21,25 @@ from dami_kernels.ops.interp_experts.torch_path import interp_experts_torch
 
 def _check(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, allow_float64: bool) -> None:
     """Raise ValueError, naming the argument, for bad shapes, dtypes or devices."""
-    named = (("x", x), ("gate_up_i", gate_up_i), ("gate_up_t", gate_up_t), ("down_i", down_i),
-             ("down_t", down_t), ("top_k_index", top_k_index), ("top_k_weights", top_k_weights))
+    named = (
+        ("x", x),
+        ("gate_up_i", gate_up_i),
+        ("gate_up_t", gate_up_t),
+        ("down_i", down_i),
+        ("down_t", down_t),
+        ("top_k_index", top_k_index),
+        ("top_k_weights", top_k_weights),
+    )
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
     if x.dtype not in SUPPORTED_DTYPES + (TORCH_ONLY_DTYPES if allow_float64 else ()):
-        raise ValueError(f"x has dtype {x.dtype}; supported: float32, float16, bfloat16"
-                         f"{'' if allow_float64 else ' (float64 only with backend=torch)'}")
+        raise ValueError(
+            f"x has dtype {x.dtype}; supported: float32, float16, bfloat16"
+            f"{'' if allow_float64 else ' (float64 only with backend=torch)'}"
+        )
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [T, H] (tokens flattened), got shape {tuple(x.shape)}")
     t, h = x.shape
@@ -45,11 +55,14 @@ def _check(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, 
         if w.dtype != x.dtype:
             raise ValueError(f"{name} has dtype {w.dtype} but x has {x.dtype}; cast them to one dtype")
     if top_k_index.dim() != 2 or top_k_index.shape[0] != t or top_k_index.is_floating_point():
-        raise ValueError(f"top_k_index must be an integer tensor [T={t}, k], got {top_k_index.dtype} "
-                         f"{tuple(top_k_index.shape)}")
+        raise ValueError(
+            f"top_k_index must be an integer tensor [T={t}, k], got {top_k_index.dtype} {tuple(top_k_index.shape)}"
+        )
     if top_k_weights.shape != top_k_index.shape or not top_k_weights.is_floating_point():
-        raise ValueError(f"top_k_weights must be a float tensor of top_k_index's shape {tuple(top_k_index.shape)}, "
-                         f"got {top_k_weights.dtype} {tuple(top_k_weights.shape)}")
+        raise ValueError(
+            f"top_k_weights must be a float tensor of top_k_index's shape {tuple(top_k_index.shape)}, "
+            f"got {top_k_weights.dtype} {tuple(top_k_weights.shape)}"
+        )
 
 
 def lam_tokens_form(lam, t: int, device) -> tuple[torch.Tensor, int, float | None]:
@@ -63,14 +76,27 @@ def lam_tokens_form(lam, t: int, device) -> tuple[torch.Tensor, int, float | Non
         vec = lam.reshape(-1).to(torch.float32).contiguous()
         s = vec.numel()
         if s == 0 or (s > 1 and t % s):
-            raise ValueError(f"lam holds {s} values; give one per token (T={t}), one per sequence "
-                             f"(a divisor of T) or a scalar")
+            raise ValueError(
+                f"lam holds {s} values; give one per token (T={t}), one per sequence (a divisor of T) or a scalar"
+            )
         return vec, (max(t // s, 1) if s > 1 else max(t, 1)), None
     return torch.full((1,), float(lam), dtype=torch.float32, device=device), max(t, 1), float(lam)
 
 
-def interp_experts(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam, *,
-                   act_fn=F.silu, backend: str | None = None, check_finite: bool = True) -> torch.Tensor:
+def interp_experts(
+    x,
+    gate_up_i,
+    gate_up_t,
+    down_i,
+    down_t,
+    top_k_index,
+    top_k_weights,
+    lam,
+    *,
+    act_fn=F.silu,
+    backend: str | None = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
     """Interpolated experts MLP (formula in the module docstring). x [T, H]; gate_up_i/_t [E, 2I, H];
     down_i/_t [E, H, I]; top_k_index [T, k] (int, values in [0, E]; E marks an expert held elsewhere and
     adds nothing); top_k_weights [T, k]; lam: a number, a 0-d tensor, [T] per token or [S] per sequence
@@ -83,25 +109,52 @@ def interp_experts(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_w
     elif not isinstance(lam, torch.Tensor):
         check_lambda_value(lam)
     lam_vec, rows_per_lam, lam_value = lam_tokens_form(lam, x.shape[0], x.device)
-    return interp_experts_rows(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam_vec,
-                               rows_per_lam, lam_value, act_fn, name)
+    return interp_experts_rows(
+        x,
+        gate_up_i,
+        gate_up_t,
+        down_i,
+        down_t,
+        top_k_index,
+        top_k_weights,
+        lam_vec,
+        rows_per_lam,
+        lam_value,
+        act_fn,
+        name,
+    )
 
 
-def interp_experts_rows(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam: torch.Tensor,
-                        rows_per_lam: int, lam_value: float | None, act_fn, backend: str) -> torch.Tensor:
+def interp_experts_rows(
+    x,
+    gate_up_i,
+    gate_up_t,
+    down_i,
+    down_t,
+    top_k_index,
+    top_k_weights,
+    lam: torch.Tensor,
+    rows_per_lam: int,
+    lam_value: float | None,
+    act_fn,
+    backend: str,
+) -> torch.Tensor:
     """The layers' entry (no checks): lam fp32 [S] on x's device, token t reads lam[t // rows_per_lam];
     lam_value: the λ every token shares when known on the host (None under torch.compile); backend:
     "triton" or "torch", resolved."""
     needs_graph = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, gate_up_i, gate_up_t, down_i, down_t, top_k_weights, lam))
+        t.requires_grad for t in (x, gate_up_i, gate_up_t, down_i, down_t, top_k_weights, lam)
+    )
     if backend == "triton" and not needs_graph:
         from dami_kernels.ops.interp_experts.launch import interp_experts_triton
 
-        return interp_experts_triton(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam,
-                                     rows_per_lam, act_fn)
+        return interp_experts_triton(
+            x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam, rows_per_lam, act_fn
+        )
     lam_tokens = None
     if lam_value is None:
         t = x.shape[0]
         lam_tokens = lam.expand(t) if lam.numel() == 1 else lam.repeat_interleave(rows_per_lam)[:t]
-    return interp_experts_torch(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam_tokens,
-                                act_fn, lam_value)
+    return interp_experts_torch(
+        x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam_tokens, act_fn, lam_value
+    )

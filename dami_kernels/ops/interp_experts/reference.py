@@ -1,13 +1,13 @@
 """The fp64 test oracle of the interpolated mixture-of-experts MLP, written as plainly as possible:
 every (token, slot) pair blends its expert's weights at the token's λ and runs the expert on them."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def interp_experts_fp64(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam,
-                        act_fn=F.silu):
+def interp_experts_fp64(x, gate_up_i, gate_up_t, down_i, down_t, top_k_index, top_k_weights, lam, act_fn=F.silu):
     """Exact fp64 math. x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; top_k_index [T, k] (int);
     top_k_weights [T, k]; lam: float, [], [T] (per token) or [S] (per sequence of T/S consecutive
     tokens; top_k_index's value E adds nothing). Returns fp64 [T, H]:

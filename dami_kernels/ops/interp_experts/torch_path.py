@@ -5,6 +5,7 @@ transformers' own eager experts loop makes); each hit expert then runs two inter
 (`interp_linear_torch`: one weight at an endpoint, one blended GEMM for a shared λ, two accumulating
 GEMMs for mixed λ) on its tokens, the activation in between, and adds its routing-weighted output.
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -22,10 +23,18 @@ def sort_by_expert(top_k_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return order, flat[order]
 
 
-def interp_experts_torch(x: torch.Tensor, gate_up_i: torch.Tensor, gate_up_t: torch.Tensor,
-                         down_i: torch.Tensor, down_t: torch.Tensor, top_k_index: torch.Tensor,
-                         top_k_weights: torch.Tensor, lam_tokens: torch.Tensor | None, act_fn,
-                         lam_value: float | None = None) -> torch.Tensor:
+def interp_experts_torch(
+    x: torch.Tensor,
+    gate_up_i: torch.Tensor,
+    gate_up_t: torch.Tensor,
+    down_i: torch.Tensor,
+    down_t: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    lam_tokens: torch.Tensor | None,
+    act_fn,
+    lam_value: float | None = None,
+) -> torch.Tensor:
     """y_t = sum_j w_tj · down_e(λ_t)(act(gate_e(λ_t) x_t) * up_e(λ_t) x_t), e = top_k_index[t, j].
 
     x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; top_k_index [T, k] (int; the value E, transformers'
@@ -44,8 +53,8 @@ def interp_experts_torch(x: torch.Tensor, gate_up_i: torch.Tensor, gate_up_t: to
     for e, count in enumerate(counts[:num_experts]):
         if count == 0:
             continue
-        tok = tokens[start:start + count]
-        w = weights[start:start + count]
+        tok = tokens[start : start + count]
+        w = weights[start : start + count]
         start += count
         lam = None if lam_value is not None else cast(torch.Tensor, lam_tokens)[tok]  # given when lam_value is None
         gate, up = interp_linear_torch(x[tok], gate_up_i[e], gate_up_t[e], lam, None, None, lam_value).chunk(2, -1)

@@ -6,6 +6,7 @@ read from a device tensor inside the kernel (no host sync). In eager mode withou
 `interp_linear_triton` calls the launcher directly (the op's dispatch costs more host time than the rest of the
 call).
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,11 +83,19 @@ def interp_linear_triton(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_pe
     Through the custom op when tracing (torch.compile) or when autograd needs a graph; otherwise the
     launcher is called directly, which saves the op dispatch (most of the host time of a decode call).
     """
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
-            x.requires_grad or w_i.requires_grad or w_t.requires_grad or lam.requires_grad
-            or (bias_i is not None and (bias_i.requires_grad or bias_t.requires_grad)))):
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled()
+        and (
+            x.requires_grad
+            or w_i.requires_grad
+            or w_t.requires_grad
+            or lam.requires_grad
+            or (bias_i is not None and (bias_i.requires_grad or bias_t.requires_grad))
+        )
+    ):
         k = x.shape[-1]
         y = interp_linear_rows_op(x.reshape(-1, k), w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam)
         return y.reshape(x.shape[:-1] + (w_i.shape[0],))
-    return launch_interp_linear(x, w_i, w_t, lam, bias_i, bias_t, seg_len, None, True, True, None,
-                                rows_per_lam=rows_per_lam)
+    return launch_interp_linear(
+        x, w_i, w_t, lam, bias_i, bias_t, seg_len, None, True, True, None, rows_per_lam=rows_per_lam
+    )

@@ -6,26 +6,55 @@ One kernel, four per-tile paths chosen at run time from the λ values of the til
      (same bytes, half the tensor-core work);
   3. dual accumulator: mixed λ -> two fp32 accumulators, per-row blend in the epilogue;
   4. split-K (SPLIT_K > 1, used for small M): each program reduces one K-slice into an fp32 partial
-     [SPLIT_K, M, N] that `common.tiles.splitk_reduce_kernel` sums and casts (two kernels per call in all); with one row tile covering all M rows, both weights are
-     streamed exactly once (the decode path).
+     [SPLIT_K, M, N] that `common.tiles.splitk_reduce_kernel` sums and casts (two kernels per call in all);
+     with one row tile covering all M rows, both weights are streamed exactly once (the decode path).
 Row tiles can follow sequence boundaries: rows are grouped in segments of SEG_LEN rows (one sequence
 each, when λ is per sequence) and a row tile never straddles two segments, so it always shares one λ.
 """
+
 import triton
 import triton.language as tl
 
-from dami_kernels.ops.common.tiles import mm_one, mm_blend, mm_dual, store_tile
+from dami_kernels.ops.common.tiles import mm_blend, mm_dual, mm_one, store_tile
 
 
-@triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM",
-                                "stride_xm", "stride_os"])
+@triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM", "stride_xm", "stride_os"])
 def interp_linear_kernel(
-    x_ptr, wi_ptr, wt_ptr, bi_ptr, bt_ptr, lam_ptr, out_ptr, path_ptr,
-    M, N, K, SEG_LEN, TILES_PER_SEG, NUM_PID_M, K_PER_SPLIT, ROWS_PER_LAM,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_os, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, BLEND: tl.constexpr, UPCAST: tl.constexpr,
-    RECORD_PATH: tl.constexpr, SWAP_AB: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr,
+    wi_ptr,
+    wt_ptr,
+    bi_ptr,
+    bt_ptr,
+    lam_ptr,
+    out_ptr,
+    path_ptr,
+    M,
+    N,
+    K,
+    SEG_LEN,
+    TILES_PER_SEG,
+    NUM_PID_M,
+    K_PER_SPLIT,
+    ROWS_PER_LAM,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_os,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    SKIP: tl.constexpr,
+    BLEND: tl.constexpr,
+    UPCAST: tl.constexpr,
+    RECORD_PATH: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """Grid: (NUM_PID_M * cdiv(N, BLOCK_N), SPLIT_K).
 
@@ -92,22 +121,93 @@ def interp_linear_kernel(
 
     if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
         path = tl.full((), 0, tl.int32)
-        out = mm_one(x_ptrs, wi_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION) + b_i[None, :]
+        out = (
+            mm_one(
+                x_ptrs,
+                wi_ptr + w_offs,
+                k_lo,
+                k_hi,
+                stride_xk,
+                stride_wk,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+                SWAP_AB,
+                UPCAST,
+                PRECISION,
+            )
+            + b_i[None, :]
+        )
     elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
         path = tl.full((), 1, tl.int32)
-        out = mm_one(x_ptrs, wt_ptr + w_offs, k_lo, k_hi, stride_xk, stride_wk,
-                      BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION) + b_t[None, :]
+        out = (
+            mm_one(
+                x_ptrs,
+                wt_ptr + w_offs,
+                k_lo,
+                k_hi,
+                stride_xk,
+                stride_wk,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+                SWAP_AB,
+                UPCAST,
+                PRECISION,
+            )
+            + b_t[None, :]
+        )
     elif BLEND and (lam_lo == lam_hi):
         path = tl.full((), 2, tl.int32)
-        out = mm_blend(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, lam_lo, k_lo, k_hi,
-                        stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        out = mm_blend(
+            x_ptrs,
+            wi_ptr + w_offs,
+            wt_ptr + w_offs,
+            lam_lo,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
         out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
     else:
-        acc_i, acc_t = mm_dual(x_ptrs, wi_ptr + w_offs, wt_ptr + w_offs, k_lo, k_hi,
-                                stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION)
+        acc_i, acc_t = mm_dual(
+            x_ptrs,
+            wi_ptr + w_offs,
+            wt_ptr + w_offs,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
         lam2 = lam[:, None]
         out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
 
-    store_tile(out_ptr, out, rows, cols, pid_k, stride_os, stride_om, stride_on, row_mask[:, None] & col_mask[None, :],
-                path_ptr, pid, path, INT64, RECORD_PATH)
+    store_tile(
+        out_ptr,
+        out,
+        rows,
+        cols,
+        pid_k,
+        stride_os,
+        stride_om,
+        stride_on,
+        row_mask[:, None] & col_mask[None, :],
+        path_ptr,
+        pid,
+        path,
+        INT64,
+        RECORD_PATH,
+    )

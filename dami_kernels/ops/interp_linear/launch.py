@@ -4,6 +4,7 @@ Every per-shape decision (tile config, grid, split-K, 64-bit offsets) is a cache
 costs a dict lookup, one output allocation and at most two kernel launches (the split-K reduction is the
 second). `LaunchMemo` replays a layer's previous launch while nothing it depends on changed.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,16 +54,24 @@ def needs_int64(m: int, n: int, k: int, x_strides, w_strides, split_k: int, bloc
 _PLANS: dict[tuple, LaunchPlan] = {}
 
 
-def plan_launch(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, seg_len: int,
-                x_strides: tuple[int, ...], w_strides: tuple[int, ...],
-                config: KernelConfig | None = None, rows_per_lam: int = 1) -> LaunchPlan:
+def plan_launch(
+    m: int,
+    n: int,
+    k: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seg_len: int,
+    x_strides: tuple[int, ...],
+    w_strides: tuple[int, ...],
+    config: KernelConfig | None = None,
+    rows_per_lam: int = 1,
+) -> LaunchPlan:
     """The cached launch plan for an [M, K] x [N, K]^T problem; seg_len and rows_per_lam as in
     `launch_interp_linear`."""
     key = (m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strides, config)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strides,
-                                        config)
+        plan = _PLANS[key] = _make_plan(m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strides, config)
     return plan
 
 
@@ -83,19 +92,42 @@ def _make_plan(m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strid
     upcast = interpreting() and dtype != torch.float32
     out_shape = (m, n) if split_k == 1 else (split_k, m, n)
     out_strides = (0, n, 1) if split_k == 1 else (m * n, n, 1)
-    int_args = (m, n, k, seg, tiles_per_seg, num_pid_m, k_per_split, rows_per_lam) + tuple(x_strides) \
-        + tuple(w_strides) + out_strides
-    return LaunchPlan(cfg, grid, split_k, seg, tiles_per_seg, num_pid_m, k_per_split, int64, upcast,
-                      int_args, out_shape)
+    int_args = (
+        (m, n, k, seg, tiles_per_seg, num_pid_m, k_per_split, rows_per_lam)
+        + tuple(x_strides)
+        + tuple(w_strides)
+        + out_strides
+    )
+    return LaunchPlan(
+        cfg, grid, split_k, seg, tiles_per_seg, num_pid_m, k_per_split, int64, upcast, int_args, out_shape
+    )
 
 
-def kernel_arguments(plan: LaunchPlan, x2d, w_i, w_t, lam, bias_i, bias_t, out, record_path,
-                     skip: bool = True, blend: bool = True, precision: str = "ieee") -> tuple[tuple, dict]:
+def kernel_arguments(
+    plan: LaunchPlan,
+    x2d,
+    w_i,
+    w_t,
+    lam,
+    bias_i,
+    bias_t,
+    out,
+    record_path,
+    skip: bool = True,
+    blend: bool = True,
+    precision: str = "ieee",
+) -> tuple[tuple, dict]:
     """(positional args, keyword args) of `interp_linear_kernel` for `plan` and these tensors (also
     used by scripts/compile_check.py, so that it compiles exactly what runs). out has plan.out_shape."""
     has_bias = bias_i is not None
     args = (
-        x2d, w_i, w_t, bias_i if has_bias else w_i, bias_t if has_bias else w_t, lam, out,
+        x2d,
+        w_i,
+        w_t,
+        bias_i if has_bias else w_i,
+        bias_t if has_bias else w_t,
+        lam,
+        out,
         record_path if record_path is not None else lam,
     ) + plan.int_args
     flags = (has_bias, skip, blend, record_path is not None, precision)
@@ -103,10 +135,20 @@ def kernel_arguments(plan: LaunchPlan, x2d, w_i, w_t, lam, bias_i, bias_t, out, 
     if kwargs is None:
         cfg = plan.config
         kwargs = plan.kwargs_cache[flags] = dict(
-            HAS_BIAS=has_bias, SKIP=skip, BLEND=blend, UPCAST=plan.upcast, RECORD_PATH=record_path is not None,
-            SWAP_AB=cfg.swap_ab, INT64=plan.int64, PRECISION=precision,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            HAS_BIAS=has_bias,
+            SKIP=skip,
+            BLEND=blend,
+            UPCAST=plan.upcast,
+            RECORD_PATH=record_path is not None,
+            SWAP_AB=cfg.swap_ab,
+            INT64=plan.int64,
+            PRECISION=precision,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return args, kwargs
 
@@ -142,8 +184,10 @@ def launch_interp_linear(
     n = w_i.shape[0]
     w_strides = w_i.stride()
     if w_t.stride() != w_strides:
-        raise ValueError(f"w_i and w_t must have the same strides, got {w_strides} and {w_t.stride()}; "
-                         "make both contiguous once (at load time), not per call")
+        raise ValueError(
+            f"w_i and w_t must have the same strides, got {w_strides} and {w_t.stride()}; "
+            "make both contiguous once (at load time), not per call"
+        )
     lead = x.shape[:-1]
     two_d = x.dim() == 2
     if not two_d and not x.is_contiguous():
@@ -152,20 +196,24 @@ def launch_interp_linear(
         return _bias_only(math.prod(lead), x, n, lam, rows_per_lam, bias_i, bias_t).reshape(lead + (n,))
     m = x.numel() // k
     dtype, device = x.dtype, x.device
-    plan = plan_launch(m, n, k, dtype, device, seg_len, x.stride() if two_d else (k, 1), w_strides, config,
-                       rows_per_lam)
+    plan = plan_launch(
+        m, n, k, dtype, device, seg_len, x.stride() if two_d else (k, 1), w_strides, config, rows_per_lam
+    )
     split = plan.split_k > 1
     y = common_launch.alloc_output(lead + (n,), dtype, device)
     out = common_launch.alloc_output(plan.out_shape, torch.float32, device) if split else y
     if record_path is not None:
         record_path.resize_(plan.grid[0] * plan.grid[1]).fill_(-1)
     precision = "tf32" if dtype == torch.float32 and common_launch.tf32_enabled() else "ieee"
-    args, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, out, record_path,
-                                    skip, blend, precision)
+    args, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, out, record_path, skip, blend, precision)
     common_launch.launch_kernel(interp_linear_kernel, plan.grid, args, kwargs)
     if split:
-        common_launch.launch_kernel(splitk_reduce_kernel, (cdiv(m * n, REDUCE_BLOCK),), (out, y, m * n),
-                dict(SPLIT_K=plan.split_k, INT64=plan.int64, BLOCK=REDUCE_BLOCK))
+        common_launch.launch_kernel(
+            splitk_reduce_kernel,
+            (cdiv(m * n, REDUCE_BLOCK),),
+            (out, y, m * n),
+            dict(SPLIT_K=plan.split_k, INT64=plan.int64, BLOCK=REDUCE_BLOCK),
+        )
     return y
 
 
@@ -179,8 +227,7 @@ class LaunchMemo:
     in place in ways that change strides or dtype (Module._apply) must drop its memo.
     """
 
-    __slots__ = ("shape", "stride", "dtype", "device", "tensors", "shared", "grid", "int_args", "kwargs",
-                 "kwargs_tf32")
+    __slots__ = ("shape", "stride", "dtype", "device", "tensors", "shared", "grid", "int_args", "kwargs", "kwargs_tf32")
 
     def __init__(self, x, tensors: tuple, shared: bool, plan: LaunchPlan, kwargs: dict, kwargs_tf32: dict | None):
         self.shape, self.stride, self.dtype, self.device = x.shape, x.stride(), x.dtype, x.device
@@ -194,15 +241,25 @@ class LaunchMemo:
         w_i, w_t, bias_i, bias_t, lam = self.tensors
         if bias_i is None:
             bias_i, bias_t = w_i, w_t
-        common_launch.launch_kernel(interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + self.int_args, kwargs)
+        common_launch.launch_kernel(
+            interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + self.int_args, kwargs
+        )
         return y
 
     def matches(self, x, w_i, w_t, lam, bias_i, bias_t, shared: bool) -> bool:
         t = self.tensors
-        return (lam is t[4] and w_i is t[0] and w_t is t[1] and bias_i is t[2] and bias_t is t[3]
-                and shared is self.shared
-                and x.shape == self.shape and x.stride() == self.stride and x.dtype is self.dtype
-                and x.device == self.device)
+        return (
+            lam is t[4]
+            and w_i is t[0]
+            and w_t is t[1]
+            and bias_i is t[2]
+            and bias_t is t[3]
+            and shared is self.shared
+            and x.shape == self.shape
+            and x.stride() == self.stride
+            and x.dtype is self.dtype
+            and x.device == self.device
+        )
 
 
 def make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_per_lam: int, shared: bool) -> LaunchMemo | None:
@@ -213,13 +270,26 @@ def make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_per_lam: int,
     if k == 0 or (x.dim() != 2 and not x.is_contiguous()) or w_t.stride() != w_i.stride():
         return None
     m = x.numel() // k
-    plan = plan_launch(m, w_i.shape[0], k, x.dtype, x.device, seg_len, x.stride() if x.dim() == 2 else (k, 1),
-                       w_i.stride(), None, rows_per_lam)
+    plan = plan_launch(
+        m,
+        w_i.shape[0],
+        k,
+        x.dtype,
+        x.device,
+        seg_len,
+        x.stride() if x.dim() == 2 else (k, 1),
+        w_i.stride(),
+        None,
+        rows_per_lam,
+    )
     if plan.split_k > 1 or m == 0:
         return None
     _, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None)
-    tf32 = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None, precision="tf32")[1] \
-        if x.dtype == torch.float32 else None
+    tf32 = (
+        kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None, precision="tf32")[1]
+        if x.dtype == torch.float32
+        else None
+    )
     return LaunchMemo(x, (w_i, w_t, bias_i, bias_t, lam), shared, plan, kwargs, tf32)
 
 

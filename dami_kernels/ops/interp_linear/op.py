@@ -4,6 +4,7 @@
 interpolating layers call on every forward: their weights were checked when the pair was built and λ
 when it was set, so it only reshapes and dispatches (host time matters at decode).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,8 +54,7 @@ def interp_linear(
         True
     """
     name = resolve_backend(backend, x.device) if isinstance(x, torch.Tensor) else "torch"
-    args = normalize_args(x, w_i, w_t, lam, bias_i, bias_t, check_finite=check_finite,
-                          allow_float64=name == "torch")
+    args = normalize_args(x, w_i, w_t, lam, bias_i, bias_t, check_finite=check_finite, allow_float64=name == "torch")
     if args.x2d.shape[0] == 0:
         return x.new_empty(args.out_shape)
     if name == "torch":
@@ -77,9 +77,16 @@ def _triton_entry():
     return _TRITON_ENTRY
 
 
-def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch.Tensor,
-                        bias_i: torch.Tensor | None, bias_t: torch.Tensor | None, lam_value: float | None,
-                        backend: str) -> torch.Tensor:
+def interp_linear_layer(
+    x: torch.Tensor,
+    w_i: torch.Tensor,
+    w_t: torch.Tensor,
+    lam: torch.Tensor,
+    bias_i: torch.Tensor | None,
+    bias_t: torch.Tensor | None,
+    lam_value: float | None,
+    backend: str,
+) -> torch.Tensor:
     """The layers' entry. x [B, ..., K]; lam fp32 contiguous on x's device, [B] (per sequence) or [1]
     (one λ for every row); lam_value: the λ every row shares when known on the host (None otherwise,
     and always None under torch.compile so that graphs never depend on λ's value); backend: "triton"
@@ -89,8 +96,16 @@ def interp_linear_layer(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, l
     k = w_i.shape[1]
     if x.shape[-1] != k or x.dtype != w_i.dtype or k == 0:
         # Rare: the public op gives the precise error message (or the K = 0 result).
-        return interp_linear(x, w_i, w_t, lam if lam.shape[0] > 1 else lam.reshape(()), bias_i, bias_t,
-                             backend=backend, check_finite=False)
+        return interp_linear(
+            x,
+            w_i,
+            w_t,
+            lam if lam.shape[0] > 1 else lam.reshape(()),
+            bias_i,
+            bias_t,
+            backend=backend,
+            check_finite=False,
+        )
     m = x.numel() // k
     if m == 0:
         return x.new_empty(x.shape[:-1] + (w_i.shape[0],))
@@ -110,8 +125,9 @@ def _segments(m: int, lam: torch.Tensor, lam_value: float | None) -> tuple[int, 
     return (m if lam_value is not None else rows_per_lam), rows_per_lam
 
 
-def layer_memo(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch.Tensor, bias_i, bias_t,
-               lam_value: float | None):
+def layer_memo(
+    x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch.Tensor, bias_i, bias_t, lam_value: float | None
+):
     """The Triton launch memo (`launch.LaunchMemo`) of the call `interp_linear_layer(x, ..., lam_value,
     "triton")` just made, for an eager layer to replay on its next call; None where it cannot."""
     k = w_i.shape[1]
@@ -122,4 +138,3 @@ def layer_memo(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam: torch
     m = x.numel() // k
     seg_len, rows_per_lam = _segments(m, lam, lam_value)
     return make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len, rows_per_lam, lam_value is not None)
-

@@ -1,5 +1,6 @@
 """The fp64 test oracle of the interpolated linear, written as plainly as possible (the torch backend,
 the CPU path, lives in `torch_path.py`)."""
+
 from __future__ import annotations
 
 import torch

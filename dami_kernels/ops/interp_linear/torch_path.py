@@ -12,6 +12,7 @@ Paths, chosen on the host from `lam_value` (a λ that every row shares, known wi
 BLEND_MIN_ROWS: blending costs about two single-row GEMMs, so from 4 rows on one blended GEMM beats two
 (the measurement: docs/fused-op.md, "The CPU path").
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -22,9 +23,15 @@ import torch.nn.functional as F
 BLEND_MIN_ROWS = 4
 
 
-def interp_linear_torch(x: torch.Tensor, w_i: torch.Tensor, w_t: torch.Tensor, lam_rows: torch.Tensor | None,
-                        bias_i: torch.Tensor | None, bias_t: torch.Tensor | None,
-                        lam_value: float | None = None) -> torch.Tensor:
+def interp_linear_torch(
+    x: torch.Tensor,
+    w_i: torch.Tensor,
+    w_t: torch.Tensor,
+    lam_rows: torch.Tensor | None,
+    bias_i: torch.Tensor | None,
+    bias_t: torch.Tensor | None,
+    lam_value: float | None = None,
+) -> torch.Tensor:
     """y = (1-λ_r)(W_I x_r + b_I) + λ_r(W_T x_r + b_T). Returns [..., N] in x's dtype.
 
     x [..., K] (M = all leading dims; the mixed path needs x [M, K]); w [N, K]; biases [N] | None;

@@ -70,6 +70,8 @@ setup(
         "tqdm",
         "matplotlib",
         "math-verify>=0.9",  # grades MATH/AIME answers in `dami eval` (evaluation/grading.py)
+        "scipy>=1.17.1",  # paired bootstrap CI and exact McNemar (evaluation/stats.py); the tested version
+        "scikit-learn>=1.9.1",  # AUROC (evaluation/stats.py); the tested version
     ],
     extras_require={
         "triton": ["triton>=3.6"],
@@ -84,6 +86,8 @@ setup(
         "test": TEST_TOOLS + pinned(1),
         # The same at the oldest supported releases (transformers==5.17.0, lm-eval[hf]==0.4.13, peft==0.21.0)
         "test-oldest": TEST_TOOLS + pinned(0),
+        # The linters `make lint` runs (pyproject.toml; CI step 1), pinned so that CI and a developer agree
+        "lint": ["ruff==0.17.6", "mypy==2.4.1"],
         # The documentation site (mkdocs.yml; `mkdocs build --strict`, the last step of .ci/run)
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9", "mkdocstrings[python]>=0.26"],
     },

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 def print_study(report: dict, details: dict) -> None:
     """The tables of a study (`workflows.demo.run_study`), as report.md has them."""
     from dami_kernels.evaluation.sweep import table_markdown
-    from dami_kernels.workflows.demo import methods_markdown, signals_markdown, targets_markdown, time_line
+    from dami_kernels.workflows.demo_report import methods_markdown, signals_markdown, targets_markdown, time_line
 
     for text in (
         table_markdown(details["sweep_table"], details["continuity"]),

@@ -27,21 +27,19 @@ from dami_kernels.estimators.conf import conf_signals
 from dami_kernels.estimators.rollouts import Rollouts
 from dami_kernels.estimators.store import SHIPPED_DIR, load_estimator
 from dami_kernels.evaluation import preregistered as prereg
+from dami_kernels.evaluation.frontier_plot import plot_report, plot_title
 from dami_kernels.evaluation.runner import run_items, summarize, write_records
 from dami_kernels.evaluation.stats import auroc, compare
 from dami_kernels.evaluation.sweep import (
     CONTINUITY_PROMPTS,
     DEFAULT_GRID,
-    plot_report,
-    plot_title,
     representation_continuity,
     sweep_records,
     sweep_table,
-    table_markdown,
 )
-from dami_kernels.evaluation.tables import markdown_table
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows import baselines as bl
+from dami_kernels.workflows.demo_report import report_markdown
 from dami_kernels.workflows.train_estimators import conf_signal_aurocs, dev_prompts, rollouts_from_records
 
 
@@ -330,127 +328,3 @@ def run_demo(
     res["details"]["seconds"]["with_loading"] = time.perf_counter() - t0
     (Path(out_dir) / "details.json").write_text(json.dumps(res["details"], indent=1))
     return {**res["report"], "details": res["details"]}
-
-
-def _fmt_p(p: float) -> str:
-    return f"{p:.3g}" if p >= 1e-4 else "<1e-4"
-
-
-def methods_markdown(r: dict) -> str:
-    """Accuracy, tokens, mean λ and the paired comparison with Thinking of each method."""
-    rows = []
-    for name, m in r["methods"].items():
-        v = m["vs_thinking"]
-        label = name + (" (upper bound, uses test labels)" if name == "oracle" else "")
-        rows.append(
-            [
-                label,
-                f"{m['accuracy']:.3f}",
-                f"{m['mean_tokens']:.1f}",
-                "-" if m["mean_lambda"] is None else f"{m['mean_lambda']:.2f}",
-                f"{v['diff']:+.3f}",
-                f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]",
-                _fmt_p(v["mcnemar_p"]),
-            ]
-        )
-    return markdown_table(
-        ["method", "accuracy", "mean tokens", "mean λ", "Δ vs Thinking", "95% CI (paired bootstrap)", "McNemar p"], rows
-    )
-
-
-def targets_markdown(details: dict) -> str:
-    """Each estimator against the pre-registered targets (details["targets"])."""
-    rows = []
-    for name, t in details["targets"].items():
-        rows.append(
-            [
-                name,
-                f"{t['diff_vs_thinking']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]",
-                t["accuracy_target"],
-                "met" if t["accuracy_met"] else "MISSED",
-                f"{t['token_ratio']:.2f} ({t['token_target']})",
-                "met" if t["token_met"] else "MISSED",
-                *(
-                    f"{t[f'vs_{b}']['diff']:+.3f} [{t[f'vs_{b}']['ci95'][0]:+.3f}, {t[f'vs_{b}']['ci95'][1]:+.3f}] "
-                    + ("met" if t[f"vs_{b}"]["met"] else "MISSED")
-                    for b in prereg.BASELINES_TO_BEAT
-                ),
-                "yes" if t["stretch_above_thinking"] else "no",
-            ]
-        )
-    return markdown_table(
-        [
-            "estimator",
-            "Δacc vs Thinking [95% CI]",
-            "accuracy target",
-            "",
-            "tokens / Thinking",
-            "",
-            "vs syntax rule at its tokens (≥ +0.02, CI > 0)",
-            "vs fixed-λ frontier at its tokens (≥ +0.02, CI > 0)",
-            "stretch: CI lo > 0",
-        ],
-        rows,
-    )
-
-
-def signals_markdown(r: dict) -> str:
-    return markdown_table(
-        ["signal", "AUROC for an Instruct error (test)"],
-        [[k, "-" if v is None else f"{v:.3f}"] for k, v in r["signals_auroc"].items()],
-    )
-
-
-def time_line(details: dict) -> str:
-    s, threads = details["seconds"], details["torch_threads"]
-    return (
-        f"Time: {s['total']:.1f} s in all (sweep {s['sweep']:.1f} s, continuity {s['continuity']:.1f} s, "
-        f"estimators {s['estimators']:.1f} s, mixed pass {s['mixed_pass']:.1f} s, statistics "
-        f"{s['statistics']:.1f} s), {details['device']}, {threads} thread{'' if threads == 1 else 's'}."
-    )
-
-
-def report_markdown(r: dict, details: dict) -> str:
-    mix = ":".join(str(x) for x in r["mix"]) if r["mix"] else "as given"
-    split = details.get("split", details.get("data", "given items"))
-    lines = [
-        f"# DAMI study (seed {r['seed']}, n = {r['n']}, split {split}, level mix {mix})",
-        "",
-        "Pre-registered (dami_kernels/evaluation/preregistered.py, fixed before results): primary mix "
-        f"balanced; non-inferiority margin {r['margin']}; DAMI-Pref: Δ ≥ −{prereg.MARGIN} with CI lower "
-        f"bound ≥ −0.02 at ≤ 0.60× Thinking's tokens; DAMI-Conf: Δ ≥ −0.02 at ≤ 0.70×; both beat the syntax "
-        f"rule and the fixed-λ frontier at matched tokens by ≥ {prereg.MIN_GAIN_OVER_BASELINES} with the CI "
-        f"excluding 0. Stretch: CI lower bound vs Thinking > 0. CIs: paired bootstrap, "
-        f"{prereg.BOOTSTRAP_RESAMPLES} resamples, seed {prereg.BOOTSTRAP_SEED}; p: exact McNemar.",
-        "",
-        "## Fixed-λ sweep",
-        "",
-        table_markdown(details["sweep_table"], details["continuity"]),
-        "",
-        "## Methods",
-        "",
-        "syntax_rule, random_matched and frontier_matched are matched to DAMI-Pref (its mean tokens / its λ "
-        "values); frontier_matched is scored by expectation (McNemar on a seeded realisation); the oracle "
-        "is an upper bound that uses the test labels.",
-        "",
-        methods_markdown(r),
-        "",
-        "## Targets (measured)",
-        "",
-        targets_markdown(details),
-        "",
-        "## Signals",
-        "",
-        signals_markdown(r),
-        "",
-        "## Examples by method",
-        "",
-    ]
-    for e in details["examples"]:
-        out = e["output"].replace("\n", " ⏎ ")
-        lines.append(
-            f"- **{e['method']}** `{e['prompt']}` at λ={e['lam']:.2f}: `{out}` "
-            f"({e['tokens']} tokens, {'correct' if e['correct'] else 'wrong'}, answer {e['answer']})"
-        )
-    lines += ["", time_line(details), ""]
-    return "\n".join(lines)

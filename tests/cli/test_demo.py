@@ -39,7 +39,7 @@ def demo_dir(demo_run):
 
 def test_demo_prints_its_tables(demo_run):
     from dami_kernels.evaluation.sweep import table_markdown
-    from dami_kernels.workflows.demo import methods_markdown, signals_markdown, targets_markdown
+    from dami_kernels.workflows.demo_report import methods_markdown, signals_markdown, targets_markdown
 
     out, printed = demo_run
     r = json.loads((out / "report.json").read_text())

@@ -171,7 +171,7 @@ def test_frontier_labels_one_per_run_of_coinciding_points():
     """The sweep plot labels each run of nearly coinciding grid points once, at the run's own point, and
     names the endpoints (a run λ=0.7..1 on top of each other gets one label, not four drifting ones).
     Where the labels go: tests/estimation/test_frontier_plot.py."""
-    from dami_kernels.evaluation.sweep import _lam_label, label_groups
+    from dami_kernels.evaluation.frontier_plot import _lam_label, label_groups
 
     xs = [6.6, 6.6, 6.6, 24.3, 47.0, 53.6, 53.6, 53.6]
     ys = [0.787, 0.767, 0.744, 0.787, 0.943, 1.0, 1.0, 1.0]

@@ -14,7 +14,13 @@ matplotlib.use("Agg")  # before pyplot is imported: the imports below must follo
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from dami_kernels.evaluation.sweep import LABEL_GID, PLOTTED_METHODS, frontier_figure, frontier_point_boxes, plot_report  # noqa: E402
+from dami_kernels.evaluation.frontier_plot import (  # noqa: E402
+    LABEL_GID,
+    PLOTTED_METHODS,
+    frontier_figure,
+    frontier_point_boxes,
+    plot_report,
+)
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "cpu" / "testbed_v5"
 REPORTS = sorted(RESULTS.glob("report_seed*.json"))

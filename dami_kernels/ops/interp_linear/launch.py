@@ -47,7 +47,7 @@ def needs_int64(m: int, n: int, k: int, x_strides, w_strides, split_k: int, bloc
     k_end = k + block_k
     x_max = (m - 1) * x_strides[0] + k_end * x_strides[1]
     w_max = (n - 1) * w_strides[0] + k_end * w_strides[1]
-    out_max = split_k * split_stride(m, n)
+    out_max = m * n if split_k == 1 else split_k * split_stride(m, n)
     return max(x_max, w_max, out_max) >= INT32_LIMIT
 
 

@@ -7,8 +7,9 @@ model shape, M, dtype, bias or not and λ form (scalar / per sequence / per row)
 `kernel_arguments` and allocates its outputs as it does on a GPU. Two seams are substituted: `plan_launch`
 receives a CUDA device (so that `pick_config` takes the GPU heuristics or a tuned table, with
 `configs._device_key` / `configs._sm_count` answering for a GPU that is not there), and
-`dami_kernels.ops.common.launch.launch_kernel` records the launch instead of making it. The split-K
-launches' second kernel (`splitk_reduce_kernel`) is recorded the same way.
+`dami_kernels.ops.common.launch.launch_kernel` records the launch instead of making it. The MoE split-K
+launches' second kernel (`splitk_reduce_kernel`) is recorded the same way (the dense kernel reduces split-K
+inside itself).
 
 Config sources: the GPU heuristics (for each SM count in --sms) and every tuned table the launcher can
 read (`dami_kernels/ops/tuned/*.json`, or $DAMI_TUNED_TABLE), with the tables' own shapes added.

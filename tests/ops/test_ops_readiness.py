@@ -239,9 +239,9 @@ def test_sequence_alone_equals_sequence_in_mixed_batch(dtype, tokens):
 
 
 @needs_triton
-@pytest.mark.parametrize("m,expected", [(4, 2), (100, 1)])
-def test_at_most_two_kernels_per_linear(monkeypatch, m, expected):
-    """Decode (split-K) issues the kernel and its reduction, nothing else; prefill one kernel."""
+@pytest.mark.parametrize("m", [4, 100])
+def test_one_kernel_per_linear(monkeypatch, m):
+    """Decode (split-K, reduced inside the kernel) and prefill each issue one kernel, nothing else."""
     from dami_kernels.ops.common import launch as common_launch
     from dami_kernels.ops.common.configs import KernelConfig
     from dami_kernels.ops.interp_linear.launch import launch_interp_linear
@@ -253,7 +253,7 @@ def test_at_most_two_kernels_per_linear(monkeypatch, m, expected):
     cfg = KernelConfig(16 if m <= 16 else 32, 32, 32, split_k=2 if m <= 16 else 1, group_m=1, num_stages=1)
     lam = torch.rand(m)
     out = launch_interp_linear(x, w_i, w_t, lam, b_i, b_t, 1, config=cfg)
-    assert len(launches) == expected
+    assert len(launches) == 1
     assert rel(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= 1e-5
 
 

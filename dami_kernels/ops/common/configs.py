@@ -107,16 +107,24 @@ def _heuristic(
             block_n, block_k = 64, (64 if k_contiguous else 32)
         tiles_n = -(-n // block_n)
         split = max(1, min(-(-2 * sms // tiles_n), k // (4 * block_k)))
-        warps = 4 if block_m == 16 else 8
+        # 16-bit, K-contiguous, M 17-64: one warpgroup (64x64x64, 3 stages: 139 registers, 72 KB) fits 3
+        # CTAs per SM, so the ~2*SM programs of the split grid run in one wave.
+        warps = 4 if block_m == 16 or (not fp32 and k_contiguous) else 8
         stages = 3 if (fp32 or block_m > 16) else 4
         return KernelConfig(block_m, block_n, block_k, split_k=split, group_m=1, num_warps=warps, num_stages=stages)
     if not on_gpu:
         return KernelConfig(32, 32, 32, group_m=4, num_stages=1)
     if fp32:
         return KernelConfig(64, 64, 16, group_m=8, num_warps=8, num_stages=3)
-    if bucket <= 256:
-        return KernelConfig(64, 128, 32, group_m=8, num_warps=8, num_stages=4)
-    return KernelConfig(128, 64, 32, group_m=8, num_warps=8, num_stages=4)
+    if bucket <= 256 or not k_contiguous:
+        if bucket <= 256:
+            return KernelConfig(64, 128, 32, group_m=8, num_warps=8, num_stages=4)
+        return KernelConfig(128, 64, 32, group_m=8, num_warps=8, num_stages=4)
+    # M > 256, 16-bit, K-contiguous: 128x128x64, 3 stages (144 KB of shared memory, 1 CTA per SM). swap_ab
+    # makes the blended weight tile the register A operand of wgmma, so the blend loop's MMAs overlap
+    # (wait_group 3) like the other two loops' (1 and 2); without it the blend loop waits for every MMA.
+    # 188 registers without swap_ab, 219 with; 128x256 spills.
+    return KernelConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=3, swap_ab=True)
 
 
 @cache

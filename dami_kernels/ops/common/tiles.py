@@ -1,4 +1,5 @@
-"""Triton device functions that both kernel families share, and the split-K reduction kernel.
+"""Triton device functions that both kernel families share, and the split-K reductions (in-kernel and a
+separate kernel).
 
 The tile loads (x and W, either orientation: SWAP_AB computes the transposed tile so that a small M sits in
 the wide tensor-core dimension), the three K loops (one weight; a weight blended in registers from a shared
@@ -197,6 +198,42 @@ def store_tile(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
     if RECORD_PATH:
         tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
+
+
+@triton.jit
+def finish_split(
+    out_ptr,
+    ws_ptr,
+    cnt_ptr,
+    rows,
+    cols,
+    pid,
+    stride_os,
+    stride_om,
+    stride_on,
+    mask,
+    INT64: tl.constexpr,
+):
+    """In-kernel split-K reduction, after `store_tile` wrote this program's fp32 partial to the workspace
+    ws [SPLIT_K, stride_os] (rows at stride_om, columns at stride_on, as out). cnt [grid0] int32 counts the
+    splits of tile `pid` that arrived; the program that completes the tile sums the partials in split
+    order 0..SPLIT_K-1 (bit-identical whichever program arrives last), stores them cast to out's dtype
+    and resets cnt[pid] to 0, so the counters stay zero between launches (the workspace can be reused)."""
+    num_splits = tl.num_programs(1)
+    if INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+    offs = rows[:, None] * stride_om + cols[None, :] * stride_on
+    tl.debug_barrier()  # every thread's partial is written before the release below
+    arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    if arrived == num_splits - 1:
+        acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
+        part_ptrs = ws_ptr + offs
+        for _ in range(0, num_splits):
+            acc += tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+            part_ptrs += stride_os
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(cnt_ptr + pid, 0)
 
 
 @triton.jit(do_not_specialize=["MN"])

@@ -5,9 +5,10 @@ One kernel, four per-tile paths chosen at run time from the λ values of the til
   2. blend in registers: all rows share one λ -> W = (1-λ)W_I + λW_T per K-tile, ONE matrix product
      (same bytes, half the tensor-core work);
   3. dual accumulator: mixed λ -> two fp32 accumulators, per-row blend in the epilogue;
-  4. split-K (SPLIT_K > 1, used for small M): each program reduces one K-slice into an fp32 partial
-     [SPLIT_K, M, N] that `common.tiles.splitk_reduce_kernel` sums and casts (two kernels per call in all);
-     with one row tile covering all M rows, both weights are streamed exactly once (the decode path).
+  4. split-K (SPLIT, used for small M): each program reduces one K-slice into an fp32 partial in a
+     workspace [SPLIT_K, M, N]; the last program of a tile sums the partials in split order and casts
+     (`common.tiles.finish_split`: one launch per call); with one row tile covering all M rows, both
+     weights are streamed exactly once (the decode path).
 Row tiles can follow sequence boundaries: rows are grouped in segments of SEG_LEN rows (one sequence
 each, when λ is per sequence) and a row tile never straddles two segments, so it always shares one λ.
 """
@@ -15,7 +16,7 @@ each, when λ is per sequence) and a row tile never straddles two segments, so i
 import triton
 import triton.language as tl
 
-from dami_kernels.ops.common.tiles import mm_blend, mm_dual, mm_one, store_tile
+from dami_kernels.ops.common.tiles import finish_split, mm_blend, mm_dual, mm_one, store_tile
 
 
 @triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM", "stride_xm", "stride_os"])
@@ -28,6 +29,8 @@ def interp_linear_kernel(
     lam_ptr,
     out_ptr,
     path_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     N,
     K,
@@ -44,12 +47,14 @@ def interp_linear_kernel(
     stride_om,
     stride_on,
     HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
     SKIP: tl.constexpr,
     BLEND: tl.constexpr,
     UPCAST: tl.constexpr,
     RECORD_PATH: tl.constexpr,
     SWAP_AB: tl.constexpr,
     INT64: tl.constexpr,
+    ALIGNED16: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -60,15 +65,24 @@ def interp_linear_kernel(
 
     x [M, K] (any strides), W_I/W_T [N, K] (same strides), biases [N], lam [ceil(M / ROWS_PER_LAM)]
     fp32 (row r reads lam[r // ROWS_PER_LAM]: 1 per row, T per sequence of T rows, >= M for a scalar),
-    out [SPLIT_K, M, N] (stride_os ignored when SPLIT_K == 1). NUM_PID_M = segments * TILES_PER_SEG.
+    out [M, N] (rows at stride_om, columns at stride_on). SPLIT (SPLIT_K > 1): ws fp32 [SPLIT_K, stride_os]
+    holds the partials (same row/column strides as out), cnt int32 [grid0] zeros (left zero); otherwise
+    ws, cnt and stride_os are unused. NUM_PID_M = segments * TILES_PER_SEG.
     SKIP / BLEND switch the endpoint-skip and blend-in-registers paths on (tests switch them off to
     reach the dual-accumulator path with uniform λ). RECORD_PATH: write the path each program took to
     path_ptr [grid0, SPLIT_K] (0: W_I only, 1: W_T only, 2: blend, 3: dual), for tests. SWAP_AB:
     compute each tile transposed (W @ x^T), see `_dot_xw`. INT64: 64-bit element offsets (the launcher
-    sets it when an offset of this launch can reach 2**31). PRECISION: see `_dot`.
+    sets it when an offset of this launch can reach 2**31). ALIGNED16: stride_xm and stride_os are multiples
+    of 16 (the launcher checks); they are not specialized, so without it the x loads and the output stores
+    are scalar (x then stays outside the cp.async pipeline). PRECISION: see `_dot`.
     Arguments that change from call to call (M and what derives from it) are not specialized, so a
     decode loop or a new prompt length never triggers a recompile.
     """
+    if ALIGNED16:
+        # Exact under the flag; the compiler then knows the divisibility (tl.multiple_of is ignored on
+        # scalar arguments).
+        stride_xm = (stride_xm // 16) * 16
+        stride_os = (stride_os // 16) * 16
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -196,7 +210,7 @@ def interp_linear_kernel(
         out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
 
     store_tile(
-        out_ptr,
+        ws_ptr if SPLIT else out_ptr,
         out,
         rows,
         cols,
@@ -211,3 +225,17 @@ def interp_linear_kernel(
         INT64,
         RECORD_PATH,
     )
+    if SPLIT:
+        finish_split(
+            out_ptr,
+            ws_ptr,
+            cnt_ptr,
+            rows,
+            cols,
+            pid,
+            stride_os,
+            stride_om,
+            stride_on,
+            row_mask[:, None] & col_mask[None, :],
+            INT64,
+        )

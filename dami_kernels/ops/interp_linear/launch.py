@@ -1,8 +1,8 @@
 """Launcher and eager fast path for the Triton kernel.
 
 Every per-shape decision (tile config, grid, split-K, 64-bit offsets) is a cached `LaunchPlan`, so a decode step
-costs a dict lookup, one output allocation and at most two kernel launches (the split-K reduction is the
-second). `LaunchMemo` replays a layer's previous launch while nothing it depends on changed.
+costs a dict lookup, one output allocation and one kernel launch (split-K reduces inside the kernel, in a
+cached workspace). `LaunchMemo` replays a layer's previous launch while nothing it depends on changed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from dami_kernels.ops.common import launch as common_launch
 from dami_kernels.ops.common.backend import interpreting
 from dami_kernels.ops.common.checks import lam_per_row
 from dami_kernels.ops.common.configs import KernelConfig, pick_config
-from dami_kernels.ops.common.launch import INT32_LIMIT, REDUCE_BLOCK, cdiv
-from dami_kernels.ops.common.tiles import splitk_reduce_kernel
+from dami_kernels.ops.common.launch import INT32_LIMIT, cdiv
 from dami_kernels.ops.interp_linear.kernel import interp_linear_kernel
 
 
@@ -33,9 +32,10 @@ class LaunchPlan:
     num_pid_m: int
     k_per_split: int
     int64: bool
+    aligned16: bool  # stride_xm and stride_os are multiples of 16 (the kernel's ALIGNED16)
     upcast: bool
     int_args: tuple[int, ...]  # the kernel's integer arguments, in order (M ... stride_on)
-    out_shape: tuple[int, ...]  # the fp32 partials [SPLIT_K, M, N] when split (else [M, N])
+    ws_numel: int  # fp32 workspace elements of a split-K launch (0 when not split)
     kwargs_cache: dict = field(default_factory=dict, compare=False)  # constexpr kwargs per flag set
 
 
@@ -43,15 +43,41 @@ def needs_int64(m: int, n: int, k: int, x_strides, w_strides, split_k: int, bloc
     """True when an element offset of this launch can reach 2**31 (i32 products would wrap).
 
     Offsets: x rows*stride_xm + k*stride_xk (k runs one tile past K before masking), W likewise, the
-    output (split_k partials of M*N) and the split-K reduction over them."""
+    output and the split-K workspace (split_k slices of at most `split_stride(m, n)`)."""
     k_end = k + block_k
     x_max = (m - 1) * x_strides[0] + k_end * x_strides[1]
     w_max = (n - 1) * w_strides[0] + k_end * w_strides[1]
-    out_max = split_k * m * n + REDUCE_BLOCK
+    out_max = m * n if split_k == 1 else split_k * split_stride(m, n)
     return max(x_max, w_max, out_max) >= INT32_LIMIT
 
 
+def split_stride(m: int, n: int) -> int:
+    """Elements per split slice of the workspace: M*N for M rounded up to a power of two (so a decode loop
+    shares one workspace per power of two), a multiple of 16 (aligned slices)."""
+    return cdiv(_next_pow2(m) * n, 16) * 16
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
 _PLANS: dict[tuple, LaunchPlan] = {}
+# Split-K workspaces, fp32 [numel] per (device, numel), and tile counters, int32 zeros [grid0] per (device,
+# grid0): allocated once (no allocation per call, so CUDA-graph replays keep valid addresses) and shared by
+# every launch of that size. Launches that share one must not run concurrently (launches on one stream do not).
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def split_buffers(plan: LaunchPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(workspace, counters) of a split-K plan on `device`, cached."""
+    ws = _WORKSPACES.get((device, plan.ws_numel))
+    if ws is None:
+        ws = _WORKSPACES[(device, plan.ws_numel)] = common_launch.alloc_output((plan.ws_numel,), torch.float32, device)
+    cnt = _COUNTERS.get((device, plan.grid[0]))
+    if cnt is None:
+        cnt = _COUNTERS[(device, plan.grid[0])] = torch.zeros(plan.grid[0], dtype=torch.int32, device=device)
+    return ws, cnt
 
 
 def plan_launch(
@@ -90,16 +116,17 @@ def _make_plan(m, n, k, dtype, device, seg_len, rows_per_lam, x_strides, w_strid
     grid = (num_pid_m * cdiv(n, cfg.block_n), split_k)
     int64 = needs_int64(m, n, k, x_strides, w_strides, split_k, cfg.block_k)
     upcast = interpreting() and dtype != torch.float32
-    out_shape = (m, n) if split_k == 1 else (split_k, m, n)
-    out_strides = (0, n, 1) if split_k == 1 else (m * n, n, 1)
+    out_strides = (0 if split_k == 1 else split_stride(m, n), n, 1)
     int_args = (
         (m, n, k, seg, tiles_per_seg, num_pid_m, k_per_split, rows_per_lam)
         + tuple(x_strides)
         + tuple(w_strides)
         + out_strides
     )
+    aligned16 = x_strides[0] % 16 == 0 and out_strides[0] % 16 == 0
+    ws_numel = split_k * out_strides[0] if split_k > 1 else 0
     return LaunchPlan(
-        cfg, grid, split_k, seg, tiles_per_seg, num_pid_m, k_per_split, int64, upcast, int_args, out_shape
+        cfg, grid, split_k, seg, tiles_per_seg, num_pid_m, k_per_split, int64, aligned16, upcast, int_args, ws_numel
     )
 
 
@@ -116,32 +143,40 @@ def kernel_arguments(
     skip: bool = True,
     blend: bool = True,
     precision: str = "ieee",
+    split_bufs: tuple | None = None,
 ) -> tuple[tuple, dict]:
     """(positional args, keyword args) of `interp_linear_kernel` for `plan` and these tensors (also
-    used by scripts/compile_check.py, so that it compiles exactly what runs). out has plan.out_shape."""
+    used by scripts/compile_check.py, so that it compiles exactly what runs). out [M, N] contiguous;
+    split_bufs: `split_buffers(plan, device)` when plan.split_k > 1."""
     has_bias = bias_i is not None
     args = (
-        x2d,
-        w_i,
-        w_t,
-        bias_i if has_bias else w_i,
-        bias_t if has_bias else w_t,
-        lam,
-        out,
-        record_path if record_path is not None else lam,
-    ) + plan.int_args
+        (
+            x2d,
+            w_i,
+            w_t,
+            bias_i if has_bias else w_i,
+            bias_t if has_bias else w_t,
+            lam,
+            out,
+            record_path if record_path is not None else lam,
+        )
+        + (split_bufs or (out, lam))
+        + plan.int_args
+    )
     flags = (has_bias, skip, blend, record_path is not None, precision)
     kwargs = plan.kwargs_cache.get(flags)
     if kwargs is None:
         cfg = plan.config
         kwargs = plan.kwargs_cache[flags] = dict(
             HAS_BIAS=has_bias,
+            SPLIT=plan.split_k > 1,
             SKIP=skip,
             BLEND=blend,
             UPCAST=plan.upcast,
             RECORD_PATH=record_path is not None,
             SWAP_AB=cfg.swap_ab,
             INT64=plan.int64,
+            ALIGNED16=plan.aligned16,
             PRECISION=precision,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
@@ -199,21 +234,15 @@ def launch_interp_linear(
     plan = plan_launch(
         m, n, k, dtype, device, seg_len, x.stride() if two_d else (k, 1), w_strides, config, rows_per_lam
     )
-    split = plan.split_k > 1
     y = common_launch.alloc_output(lead + (n,), dtype, device)
-    out = common_launch.alloc_output(plan.out_shape, torch.float32, device) if split else y
+    bufs = split_buffers(plan, device) if plan.split_k > 1 else None
     if record_path is not None:
         record_path.resize_(plan.grid[0] * plan.grid[1]).fill_(-1)
     precision = "tf32" if dtype == torch.float32 and common_launch.tf32_enabled() else "ieee"
-    args, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, out, record_path, skip, blend, precision)
+    args, kwargs = kernel_arguments(
+        plan, x, w_i, w_t, lam, bias_i, bias_t, y, record_path, skip, blend, precision, bufs
+    )
     common_launch.launch_kernel(interp_linear_kernel, plan.grid, args, kwargs)
-    if split:
-        common_launch.launch_kernel(
-            splitk_reduce_kernel,
-            (cdiv(m * n, REDUCE_BLOCK),),
-            (out, y, m * n),
-            dict(SPLIT_K=plan.split_k, INT64=plan.int64, BLOCK=REDUCE_BLOCK),
-        )
     return y
 
 
@@ -222,17 +251,33 @@ class LaunchMemo:
 
     Valid for an x with the same shape, strides, dtype and device, the very same weight, bias and λ
     tensor objects (the λ state hands out one view per buffer and updates it in place; a layer's
-    Parameters keep their identity), and the same knowledge of a shared λ (`shared`). Built only for
-    single-launch plans (no split-K) on a 2-D or contiguous x with K > 0. A caller that changes tensors
-    in place in ways that change strides or dtype (Module._apply) must drop its memo.
+    Parameters keep their identity), and the same knowledge of a shared λ (`shared`). Built for a 2-D or
+    contiguous x with K > 0 (split-K plans included: their workspace is cached, not allocated per call).
+    A caller that changes tensors in place in ways that change strides or dtype (Module._apply) must drop
+    its memo.
     """
 
-    __slots__ = ("shape", "stride", "dtype", "device", "tensors", "shared", "grid", "int_args", "kwargs", "kwargs_tf32")
+    __slots__ = (
+        "shape",
+        "stride",
+        "dtype",
+        "device",
+        "tensors",
+        "shared",
+        "grid",
+        "int_args",
+        "bufs",
+        "kwargs",
+        "kwargs_tf32",
+    )
 
-    def __init__(self, x, tensors: tuple, shared: bool, plan: LaunchPlan, kwargs: dict, kwargs_tf32: dict | None):
+    def __init__(
+        self, x, tensors: tuple, shared: bool, plan: LaunchPlan, bufs: tuple | None, kwargs: dict, kwargs_tf32
+    ):
         self.shape, self.stride, self.dtype, self.device = x.shape, x.stride(), x.dtype, x.device
         self.tensors, self.shared = tensors, shared  # (w_i, w_t, bias_i, bias_t, lam)
         self.grid, self.int_args, self.kwargs, self.kwargs_tf32 = plan.grid, plan.int_args, kwargs, kwargs_tf32
+        self.bufs = bufs  # (workspace, counters) of a split-K plan, else None
 
     def launch(self, x: torch.Tensor) -> torch.Tensor:
         """Replay on x (new data; `matches` holds). Returns [..., N] in x's dtype."""
@@ -241,8 +286,9 @@ class LaunchMemo:
         w_i, w_t, bias_i, bias_t, lam = self.tensors
         if bias_i is None:
             bias_i, bias_t = w_i, w_t
+        bufs = self.bufs or (y, lam)
         common_launch.launch_kernel(
-            interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + self.int_args, kwargs
+            interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + bufs + self.int_args, kwargs
         )
         return y
 
@@ -264,7 +310,7 @@ class LaunchMemo:
 
 def make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_per_lam: int, shared: bool) -> LaunchMemo | None:
     """The memo of `launch_interp_linear(x, ..., seg_len, rows_per_lam=rows_per_lam)` with its default
-    flags, or None where a replay could not be exact (split-K, K = 0, an x the launcher would reshape).
+    flags, or None where a replay could not be exact (K = 0, an x the launcher would reshape).
     shared: the caller knew on the host that every row shares one λ (it chose seg_len from that)."""
     k = x.shape[-1]
     if k == 0 or (x.dim() != 2 and not x.is_contiguous()) or w_t.stride() != w_i.stride():
@@ -282,15 +328,16 @@ def make_memo(x, w_i, w_t, lam, bias_i, bias_t, seg_len: int, rows_per_lam: int,
         None,
         rows_per_lam,
     )
-    if plan.split_k > 1 or m == 0:
+    if m == 0:
         return None
-    _, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None)
+    bufs = split_buffers(plan, x.device) if plan.split_k > 1 else None
+    _, kwargs = kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None, split_bufs=bufs)
     tf32 = (
-        kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None, precision="tf32")[1]
+        kernel_arguments(plan, x, w_i, w_t, lam, bias_i, bias_t, x, None, precision="tf32", split_bufs=bufs)[1]
         if x.dtype == torch.float32
         else None
     )
-    return LaunchMemo(x, (w_i, w_t, bias_i, bias_t, lam), shared, plan, kwargs, tf32)
+    return LaunchMemo(x, (w_i, w_t, bias_i, bias_t, lam), shared, plan, bufs, kwargs, tf32)
 
 
 def _bias_only(m, x, n, lam, rows_per_lam, bias_i, bias_t) -> torch.Tensor:

@@ -46,7 +46,7 @@ ASYNC_LOADS = ("ttg.async_copy_global_to_local", "ttng.async_tma_copy_global_to_
 
 
 def mma_kind(ptx: str) -> str:
-    """ "wgmma", "mma.sync" or "none": the tensor-core instructions the PTX issues."""
+    """The tensor-core instructions the PTX issues: "wgmma", "mma.sync" or "none"."""
     if re.search(r"^\s*wgmma\.mma_async", ptx, re.M):
         return "wgmma"
     return "mma.sync" if re.search(r"^\s*mma\.sync", ptx, re.M) else "none"

@@ -9,10 +9,13 @@ come from every config source: the GPU heuristics for each SM count in --sms and
 launcher can read, with the tables' own shapes added.
 
 Per variant it reports registers and spill bytes (`cuobjdump -res-usage`), shared memory, the number of TF32
-MMA instructions, whether the loads are pipelined through `cp.async` (or TMA), the MMA kind and whether
-64-bit offsets are on (scripts/offline_compile/report.py). It exits non-zero when a variant fails to
-compile, spills, needs more shared memory than the target has (232,448 B on sm_90), or uses TF32 for fp32
-inputs by default (without --tf32).
+MMA instructions, whether the loads are pipelined through `cp.async` (or TMA), the MMA kind, whether 64-bit
+offsets are on, and the codegen facts of dami_kernels/ops/common/compiled_facts.py (scalar 16-bit global
+accesses, wgmma pipelining depth, whether x itself is loaded through cp.async). It exits non-zero when a
+variant fails to compile, spills, needs more shared memory than the target has (232,448 B on sm_90), or uses
+TF32 for fp32 inputs by default (without --tf32). --strict-codegen also fails a bf16/fp16 variant with a
+scalar 16-bit global access, a prefill (M >= 512) whose wgmma is never pipelined and a decode call
+(M <= 64) that needs more than one launch. --ptx-dir D writes each reported variant's PTX to D/<variant>.ptx.
 
 --backward adds the autograd backward's dx launches (the same kernel on dy and the transposed weights).
 
@@ -26,12 +29,16 @@ compiled variant), the λ forms and config sources that led to it merged into li
    "variant": cache-key hash, "registers": int, "spill_bytes": int, "shared_bytes": int,
    "shared_limit": int, "tf32_instructions": int, "uses_cp_async": bool,
    "mma": "wgmma"|"mma.sync"|"none", "num_warps": int, "num_stages": int,
+   "launches_per_call": int (kernel launches of one op call: 2 with split-K),
+   "scalar_global_16bit": int (scalar 16-bit global loads + stores in the PTX),
+   "wgmma_max_pending": int (largest N of wgmma.wait_group N; -1 without wgmma),
+   "x_via_cp_async": bool (every load of the x operand is cp.async/TMA),
    "specialization": {argument: "*bf16 D" | "i32 D" | "i32" | "=1"}, "problems": [str]}
 (a variant that fails to compile has "error" and -1 counts). The lm_head shapes are also checked at
 M=16384 (--lm-head-m), where the output offsets need 64 bits.
 
     python scripts/compile_check.py [--json OUT.json] [--shapes qwen3-4b,qwen3-8b:lm_head]
-        [--dtypes bf16,fp32] [--m-buckets 1,256] [--tf32] [--backward]
+        [--dtypes bf16,fp32] [--m-buckets 1,256] [--tf32] [--backward] [--ptx-dir D] [--strict-codegen]
 
 The MoE grouped kernel: scripts/compile_check_moe.py; the number of distinct compiled variants of a decode
 and a prefill loop: scripts/count_variants.py.
@@ -44,7 +51,7 @@ from dataclasses import asdict
 
 # offline_compile first: it turns the Triton interpreter off before dami_kernels defines the kernels.
 from offline_compile.harness import DTYPES, MODELS, LauncherHarness, base_parser, config_sources, select_shapes, start
-from offline_compile.report import Collector
+from offline_compile.report import Collector, add_report_options
 
 # isort: split
 from dami_kernels.ops.common import configs
@@ -68,7 +75,7 @@ def run_check(args, device: str) -> int:
     buckets = [int(v) for v in args.m_buckets.split(",")]
     lam_forms = (args.lam_forms or ",".join(LAM_FORMS)).split(",")
     harness = LauncherHarness(sources)
-    collector = Collector(args.arch, device, args.quiet)
+    collector = Collector(args.arch, device, args.quiet, args.strict_codegen, args.ptx_dir)
     for (n, k), names in shapes.items():
         is_lm_head = any(name.endswith(":lm_head") for name in names)
         for m in m_values(buckets, is_lm_head, args.lm_head_m):
@@ -97,6 +104,7 @@ def run_check(args, device: str) -> int:
                         "config": asdict(plan.config),
                         "split_k": plan.split_k,
                         "int64_offsets": bool(plan.int64),
+                        "launches_per_call": len(launches),
                     }
                     collector.add(launch, row, form, sources[si].name)
     return collector.finish(args.json)
@@ -120,7 +128,7 @@ def main() -> int:
     parser.add_argument(
         "--backward", action="store_true", help="also check the autograd backward's dx launches (transposed weights)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
+    add_report_options(parser)
     args = parser.parse_args()
     return run_check(args, start(args))
 

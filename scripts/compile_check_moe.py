@@ -10,9 +10,12 @@ experts launcher's `pick_config` gets the fake CUDA device). The report and the 
 scripts/compile_check.py, and its rows have the same format with "kernel": "interp_grouped" (or
 "splitk_reduce"), "shape": one expert's [N, K], "m": the tokens, plus "experts", "top_k", "rows" (T·k) and
 "m_bucket": the bucket of cdiv(rows, experts), the rows an expert gets on average, for which `experts_config`
-picks the config ("split_k" is the launch's effective split).
+picks the config ("split_k" is the launch's effective split), "launches_per_call": one projection's launches
+(its grouped kernel and split-K reduce; the routing's torch ops are not counted). --ptx-dir and
+--strict-codegen as in scripts/compile_check.py (decode: at most 64 tokens, prefill: at least 512).
 
-    python scripts/compile_check_moe.py [--json OUT.json] [--dtypes bf16] [--moe-tokens 1,4096]
+    python scripts/compile_check_moe.py [--json OUT.json] [--dtypes bf16] [--moe-tokens 1,4096] [--ptx-dir D]
+        [--strict-codegen]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from offline_compile.harness import (
     config_sources,
     start,
 )
-from offline_compile.report import Collector
+from offline_compile.report import Collector, add_report_options
 
 # isort: split
 from dami_kernels.ops.common import configs
@@ -106,7 +109,7 @@ def run_moe(args, device: str) -> int:
     if not set(lam_forms) <= set(MOE_LAM_FORMS):
         raise SystemExit(f"--lam-forms {args.lam_forms!r}: choose from {', '.join(MOE_LAM_FORMS)}")
     harness = MoEHarness(LauncherHarness(sources))
-    collector = Collector(args.arch, device, args.quiet)
+    collector = Collector(args.arch, device, args.quiet, args.strict_codegen, args.ptx_dir)
     for model in models:
         experts, top_k, hidden, inter = MOE_MODELS[model]
         for tokens in tokens_list:
@@ -116,6 +119,9 @@ def run_moe(args, device: str) -> int:
                 grouped = [launch for launch in launches if launch.kernel is interp_grouped_kernel]
                 if len(grouped) != 2:
                     raise RuntimeError(f"expected the gate_up and down grouped launches, got {len(grouped)}")
+                # A projection's launches: its grouped launch and the split-K reduce that follows it.
+                starts = [i for i, launch in enumerate(launches) if launch.kernel is interp_grouped_kernel]
+                per_call = [b - a for a, b in zip(starts, starts[1:] + [len(launches)], strict=True)]
                 linear = None
                 for launch in launches:
                     if launch.kernel is interp_grouped_kernel:  # gate_up, then down; a reduce follows its own
@@ -140,6 +146,7 @@ def run_moe(args, device: str) -> int:
                         "config": cfg,
                         "split_k": split_k,
                         "int64_offsets": int64,
+                        "launches_per_call": per_call[i],
                     }
                     collector.add(launch, row, form, sources[si].name)
     return collector.finish(args.json)
@@ -150,7 +157,7 @@ def main() -> int:
     parser.add_argument("--moe-models", default=",".join(MOE_MODELS), help="comma list of MoE models")
     parser.add_argument("--moe-tokens", default=",".join(str(t) for t in MOE_TOKENS), help="comma list of token counts")
     parser.add_argument("--lam-forms", default=None, help=f"comma list of λ forms (default: {','.join(MOE_LAM_FORMS)})")
-    parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
+    add_report_options(parser)
     args = parser.parse_args()
     return run_moe(args, start(args))
 

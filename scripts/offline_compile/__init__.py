@@ -1,6 +1,7 @@
 """What the offline compile tools share: `triton_shim` (every use of Triton internals), `harness` (the model
 shapes, the config sources and the launcher run on CPU stand-ins, its launches recorded) and `report` (the
-analysis of a compiled variant and the JSON rows). The tools: scripts/compile_check.py (the dense linears),
+analysis of a compiled variant and the JSON rows; what it reads from the PTX and TTGIR is
+dami_kernels.ops.common.compiled_facts). The tools: scripts/compile_check.py (the dense linears),
 scripts/compile_check_moe.py (the MoE grouped kernel), scripts/count_variants.py (distinct cache keys).
 
 Every tool imports this package before dami_kernels: the kernels must be defined by the real (not interpreted)

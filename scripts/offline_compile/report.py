@@ -3,27 +3,29 @@ scripts/compile_check_moe.py).
 
 Per variant: registers and spill (local-memory stack) bytes from `cuobjdump -res-usage` of the cubin (the
 tool ships in the triton wheel), shared memory (`metadata.shared`, what Triton checks against the device's
-opt-in limit), the number of TF32 MMA instructions in the PTX, whether the loads are pipelined through
-`cp.async` (or TMA), the MMA kind and the specialization of the runtime arguments. A variant has a problem
-when it fails to compile, spills, needs more shared memory than the target has (232,448 B on sm_90), or uses
-TF32 for fp32 inputs by default (without --tf32); the tools then exit non-zero.
+opt-in limit), the specialization of the runtime arguments, and what dami_kernels.ops.common.compiled_facts
+reads from the PTX and TTGIR (TF32 MMA count, cp.async/TMA use, MMA kind, scalar 16-bit global accesses,
+wgmma pipelining depth, whether x is loaded asynchronously). A variant has a problem when it fails to compile,
+spills, needs more shared memory than the target has (232,448 B on sm_90), or uses TF32 for fp32 inputs by
+default (without --tf32); with --strict-codegen also when it breaks a rule of `compiled_facts.codegen_problems`
+(the rows then need "m" and "launches_per_call"). The tools then exit non-zero. --ptx-dir D writes each
+variant's PTX to D/<variant>.ptx.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import re
 import resource
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from dami_kernels.ops.common import compiled_facts
 from offline_compile import triton_shim
 from offline_compile.harness import KERNEL_NAMES, SMEM_LIMITS, Launch
-
-TF32_MMA = re.compile(r"^\s*(?:wgmma|mma)\S*\.tf32", re.M)
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
@@ -34,35 +36,38 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
         out = subprocess.run(
             [str(triton_shim.CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True, check=True
         ).stdout
-    usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", out)}
-    if "REG" not in usage:
-        raise RuntimeError(f"cuobjdump -res-usage gave no register count:\n{out}")
-    return usage
+    return compiled_facts.resource_usage(out)
 
 
 def analyse(facts: triton_shim.CompiledFacts, smem_limit: int) -> dict:
-    ptx = facts.ptx
     usage = resource_usage(facts.cubin)
-    mma = (
-        "wgmma"
-        if re.search(r"^\s*wgmma\.mma_async", ptx, re.M)
-        else ("mma.sync" if re.search(r"^\s*mma\.sync", ptx, re.M) else "none")
-    )
     return {
         "registers": usage["REG"],
         "spill_bytes": usage.get("STACK", 0) + usage.get("LOCAL", 0),
         "shared_bytes": facts.shared_bytes,
         "shared_limit": smem_limit,
-        "tf32_instructions": len(TF32_MMA.findall(ptx)),
-        "uses_cp_async": "cp.async" in ptx,
-        "mma": mma,
+        **compiled_facts.codegen_facts(facts.ptx, facts.ttgir),
         "num_warps": facts.num_warps,
         "num_stages": facts.num_stages,
         "specialization": facts.specialization,
     }
 
 
-def problems_of(row: dict) -> list[str]:
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the tools that compile and report (--quiet, --ptx-dir, --strict-codegen)."""
+    parser.add_argument("--quiet", action="store_true", help="no line per compiled variant")
+    parser.add_argument("--ptx-dir", default=None, help="write each reported variant's PTX to DIR/<variant>.ptx")
+    parser.add_argument(
+        "--strict-codegen",
+        action="store_true",
+        help="also fail on a scalar 16-bit global access (bf16/fp16), a prefill wgmma never pipelined "
+        f"(M >= {compiled_facts.PREFILL_MIN_M}), a decode call (M <= {compiled_facts.DECODE_MAX_M}) "
+        "with more than one launch",
+    )
+
+
+def problems_of(row: dict, strict: bool = False) -> list[str]:
+    """The row's problems; `strict`: with the --strict-codegen rules."""
     out = []
     if row.get("error"):
         out.append(f"compile error: {row['error']}")
@@ -73,7 +78,7 @@ def problems_of(row: dict) -> list[str]:
         out.append(f"shared memory {row['shared_bytes']} B > {row['shared_limit']} B")
     if row["dtype"] == "fp32" and row["precision"] != "tf32" and row["tf32_instructions"] > 0:
         out.append(f"{row['tf32_instructions']} TF32 MMA instructions for fp32 inputs by default")
-    return out
+    return out + (compiled_facts.codegen_problems(row) if strict else [])
 
 
 def variant_of(launch: Launch, device: str, ck) -> str:
@@ -103,10 +108,14 @@ class Collector:
     variant once, and merges the launches into report rows keyed by (kernel, direction, problem, dtype,
     bias, config, variant), the λ forms and config sources that led to a row collected in lists."""
 
-    def __init__(self, arch: int, device: str, quiet: bool):
+    def __init__(self, arch: int, device: str, quiet: bool, strict: bool = False, ptx_dir: str | None = None):
         self.smem_limit = SMEM_LIMITS[arch]
         self.device = device
         self.quiet = quiet
+        self.strict = strict
+        self.ptx_dir = Path(ptx_dir) if ptx_dir else None
+        if self.ptx_dir:
+            self.ptx_dir.mkdir(parents=True, exist_ok=True)
         self.analyses: dict[int, dict] = {}  # id(CompiledKernel) -> analysis (the kernel cache keeps them)
         self.rows: dict[tuple, dict] = {}
         self.errors = 0
@@ -119,11 +128,11 @@ class Collector:
             ck = triton_shim.compile_launch(launch.kernel, launch.grid, launch.args, launch.kwargs)
             if id(ck) in self.analyses:
                 return self.analyses[id(ck)], False
-            self.analyses[id(ck)] = dict(
-                analyse(triton_shim.compiled_facts(ck), self.smem_limit),
-                kernel=name,
-                variant=variant_of(launch, self.device, ck),
-            )
+            facts = triton_shim.compiled_facts(ck)
+            variant = variant_of(launch, self.device, ck)
+            self.analyses[id(ck)] = dict(analyse(facts, self.smem_limit), kernel=name, variant=variant)
+            if self.ptx_dir:
+                (self.ptx_dir / f"{variant}.ptx").write_text(facts.ptx)
             return self.analyses[id(ck)], True
         except Exception as err:  # report every variant, then fail
             self.errors += 1
@@ -137,6 +146,9 @@ class Collector:
                 "shared_limit": self.smem_limit,
                 "tf32_instructions": -1,
                 "uses_cp_async": False,
+                "scalar_global_16bit": -1,
+                "wgmma_max_pending": -1,
+                "x_via_cp_async": False,
             }, False
 
     def add(self, launch: Launch, row: dict, lam_form: str, source: str) -> None:
@@ -165,7 +177,9 @@ class Collector:
             print(
                 f"compiled {_describe(merged)}: {info.get('registers')} regs, spill {info.get('spill_bytes')} B, "
                 f"smem {info.get('shared_bytes')} B, {info.get('mma')}, cp.async={info.get('uses_cp_async')}, "
-                f"tf32={info.get('tf32_instructions')} ({time.time() - t0:.1f} s)",
+                f"tf32={info.get('tf32_instructions')}, scalar16={info.get('scalar_global_16bit')}, "
+                f"wgmma_pending={info.get('wgmma_max_pending')}, x_async={info.get('x_via_cp_async')} "
+                f"({time.time() - t0:.1f} s)",
                 flush=True,
             )
 
@@ -173,8 +187,10 @@ class Collector:
         """Print the summary and the failures, write the JSON report; the exit status (1: a problem)."""
         elapsed = time.time() - self.start
         out_rows = []
+        strict_only = 0  # rows only --strict-codegen would fail
         for row in self.rows.values():
-            row["problems"] = problems_of(row)
+            row["problems"] = problems_of(row, self.strict)
+            strict_only += not self.strict and not row["problems"] and bool(compiled_facts.codegen_problems(row))
             out_rows.append(row)
         failed = [r for r in out_rows if r["problems"]]
         variants = {r["variant"] for r in out_rows}
@@ -194,6 +210,8 @@ class Collector:
             seen.add(sig)
             print(f"FAIL {_describe(r)}: {'; '.join(r['problems'])}")
         print(f"{len(failed)} failing rows ({len(seen)} distinct failures)")
+        if strict_only:
+            print(f"{strict_only} more rows would fail with --strict-codegen")
         if json_path:
             Path(json_path).write_text(json.dumps(out_rows, indent=1))
         return 1 if failed or self.errors else 0

@@ -74,6 +74,7 @@ class CompiledFacts:
     """What the analysis reads from a compiled kernel."""
 
     ptx: str
+    ttgir: str  # the final TritonGPU IR (the loads' pointers keep their names here)
     cubin: bytes
     shared_bytes: int  # what Triton checks against the device's opt-in limit
     num_warps: int
@@ -84,6 +85,7 @@ class CompiledFacts:
 def compiled_facts(ck) -> CompiledFacts:
     return CompiledFacts(
         ptx=ck.asm["ptx"],
+        ttgir=ck.asm["ttgir"],
         cubin=ck.asm["cubin"],
         shared_bytes=int(ck.metadata.shared),
         num_warps=ck.metadata.num_warps,

@@ -4,7 +4,8 @@ bf16 for the Qwen3-4B gate/up and lm_head shapes at a split-K decode bucket (M=4
 bucket (M=256), and the lm_head at M=16384 (whose output offsets need 64 bits); fp32 (slow to compile) for
 gate/up at M=256, once by default and once with --tf32; scripts/count_variants.py; and
 scripts/compile_check_moe.py (the grouped experts kernel, Qwen3-30B-A3B expert shapes, bf16) at 1 token
-(split-K decode) and 4096 tokens."""
+(split-K decode) and 4096 tokens, with --strict-codegen; and --strict-codegen on the gate/up shape at a decode
+(M=4) and a prefill (M=1024) bucket. The bf16 runs write each variant's PTX (--ptx-dir)."""
 
 import json
 import os
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from dami_kernels.ops.common import compiled_facts
 
 pytestmark = pytest.mark.slow  # compiles real sm_90 kernels offline
 
@@ -32,6 +35,10 @@ ROW_KEYS = {
     "tf32_instructions": int,
     "int64_offsets": bool,
     "uses_cp_async": bool,
+    "launches_per_call": int,
+    "scalar_global_16bit": int,
+    "wgmma_max_pending": int,
+    "x_via_cp_async": bool,
 }
 
 
@@ -51,24 +58,36 @@ RUNS = {  # name: (script, arguments)
             "16384",
             "--sms",
             "132",
+            "--ptx-dir",
+            "{tmp}/check_ptx",
         ),
+    ),
+    "strict": (
+        "compile_check.py",
+        ("--quiet", "--shapes", "qwen3-4b:gate_up", "--dtypes", "bf16", "--m-buckets", "4,1024", "--sms", "132")
+        + ("--lam-forms", "per_row", "--strict-codegen"),
     ),
     "fp32": ("compile_check.py", FP32),  # fp32 compiles are slow (FMA products): one bucket, by default and TF32
     "tf32": ("compile_check.py", ("--tf32", *FP32)),
     "count": ("count_variants.py", ()),
-    "moe": ("compile_check_moe.py", ("--quiet", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132")),
+    "moe": (
+        "compile_check_moe.py",
+        ("--quiet", "--dtypes", "bf16", "--moe-tokens", "1,4096", "--sms", "132", "--strict-codegen")
+        + ("--ptx-dir", "{tmp}/moe_ptx"),
+    ),
 }
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[int, str, object]]:
+def script_runs(tmp_path_factory) -> tuple[dict[str, tuple[int, str, object]], Path]:
     """The runs of the scripts, side by side (the machine has more than one core):
-    {name: (exit status, output, parsed JSON report)}."""
+    ({name: (exit status, output, parsed JSON report)}, their folder)."""
     tmp = tmp_path_factory.mktemp("compile_check")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest sets it
     procs = {}
     for name, (script, args) in RUNS.items():
         log = open(tmp / f"{name}.log", "w+")
+        args = [a.format(tmp=tmp) for a in args]
         cmd = [sys.executable, str(SCRIPTS / script), "--json", str(tmp / f"{name}.json"), *args]
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log)
     out = {}
@@ -80,7 +99,12 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, object]]:
         report = tmp / f"{name}.json"
         assert report.exists(), f"{name}: no report written (rc {rc}):\n{text}"
         out[name] = (rc, text, json.loads(report.read_text()))
-    return out
+    return out, tmp
+
+
+@pytest.fixture(scope="module")
+def runs(script_runs) -> dict[str, tuple[int, str, object]]:
+    return script_runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +119,13 @@ def test_report_contract(report):
     assert isinstance(rows, list) and rows
     for row in rows:
         for key, typ in ROW_KEYS.items():
-            assert isinstance(row[key], typ), (key, row)
+            assert type(row[key]) is typ, (key, row)
         assert row["dtype"] in ("bf16", "fp16", "fp32")
+        assert row["launches_per_call"] == (2 if row["split_k"] > 1 else 1), row
+        assert row["wgmma_max_pending"] >= 0 if row["mma"] == "wgmma" else row["wgmma_max_pending"] == -1, row
+        assert not row["x_via_cp_async"] or row["kernel"] == "interp_linear", row
+        # --strict-codegen is off by default: its rules add no problem.
+        assert not set(row["problems"]) & set(compiled_facts.codegen_problems(row)), row
         assert len(row["shape"]) == 2 and all(isinstance(v, int) for v in row["shape"])
         assert {"block_m", "block_n", "block_k", "num_warps", "num_stages"} <= set(row["config"])
     # Every (shape, M, dtype) of the subset is reported; split-K reduces inside the kernel (one launch).
@@ -113,6 +142,43 @@ def test_report_contract(report):
     # The exit status says whether any variant has a problem.
     assert (rc[0] != 0) == any(r["problems"] for r in rows if r["dtype"] == "bf16"), text
     assert (rc[1] != 0) == any(r["problems"] for r in rows if r["dtype"] == "fp32"), text
+
+
+def _codegen_rules_match_facts(rows) -> None:
+    """Each row's problems are the default ones plus exactly the --strict-codegen rules its facts break."""
+    for r in rows:
+        rules = compiled_facts.codegen_problems(r)
+        assert r["problems"][len(r["problems"]) - len(rules) :] == rules, r
+        scalar = r["dtype"] in ("bf16", "fp16") and r["scalar_global_16bit"] > 0
+        flat = r["m"] >= compiled_facts.PREFILL_MIN_M and r["mma"] == "wgmma" and r["wgmma_max_pending"] == 0
+        split = r["m"] <= compiled_facts.DECODE_MAX_M and r["launches_per_call"] > 1
+        said = " ".join(r["problems"])
+        assert ("scalar 16-bit" in said, "never pipelined" in said, "launches" in said) == (scalar, flat, split), r
+
+
+def test_strict_codegen(runs):
+    rc, text, rows = runs["strict"]
+    assert {(r["kernel"], r["m"]) for r in rows} >= {("interp_linear", 4), ("interp_linear", 1024)}, rows
+    _codegen_rules_match_facts(rows)
+    assert (rc != 0) == any(r["problems"] for r in rows), text
+    for r in rows:  # the split-K decode call is two launches; its rows say so under --strict-codegen
+        if r["split_k"] > 1 and r["m"] <= compiled_facts.DECODE_MAX_M:
+            assert r["launches_per_call"] == 2 and "needs 2 launches" in " ".join(r["problems"]), r
+    if any(r["problems"] for r in rows):
+        assert "FAIL" in text
+
+
+def test_ptx_dir(script_runs):
+    runs, tmp = script_runs
+    for name, folder in (("check", "check_ptx"), ("moe", "moe_ptx")):
+        rows = runs[name][2]
+        written = {p.stem: p for p in (tmp / folder).glob("*.ptx")}
+        assert set(written) == {r["variant"] for r in rows}, name
+        for r in rows:  # the PTX written is the one the row's facts come from
+            ptx = written[r["variant"]].read_text()
+            assert compiled_facts.scalar_global_16bit(ptx) == r["scalar_global_16bit"], r
+            assert compiled_facts.wgmma_max_pending(ptx) == r["wgmma_max_pending"], r
+            assert compiled_facts.mma_kind(ptx) == r["mma"], r
 
 
 def test_int64_exactly_for_the_long_lm_head(report):
@@ -161,7 +227,8 @@ def test_moe_grouped_kernel_rows(runs):
     assert rows, text
     for row in rows:
         for key, typ in ROW_KEYS.items():
-            assert isinstance(row[key], typ), (key, row)
+            assert type(row[key]) is typ, (key, row)
+        assert row["launches_per_call"] == (2 if row["split_k"] > 1 else 1), row
         assert row["experts"] == 128 and row["top_k"] == 8 and row["rows"] == 8 * row["m"], row
     grouped = {(tuple(r["shape"]), r["m"]): r for r in rows if r["kernel"] == "interp_grouped"}
     # gate_up [E, 1536, 2048] and down [E, 2048, 768] at both token counts, both λ forms.
@@ -175,4 +242,5 @@ def test_moe_grouped_kernel_rows(runs):
     assert any(r["kernel"] == "splitk_reduce" and r["m"] == 1 for r in rows), rows
     assert not [r for r in rows if r["spill_bytes"] != 0 or r["shared_bytes"] > SMEM_LIMIT_SM90 or r.get("error")]
     assert all(r["uses_cp_async"] for r in grouped.values() if r["config"]["num_stages"] > 1)
+    _codegen_rules_match_facts(rows)  # the run is --strict-codegen
     assert (rc != 0) == any(r["problems"] for r in rows), text

@@ -57,6 +57,8 @@ from offline_compile.report import Collector, add_report_options
 from dami_kernels.ops.common import configs
 
 LAM_FORMS = ("scalar", "per_sequence", "per_row")
+# --bias: which variants to compile. Qwen3 has no linear biases, so its variants that run are `off`.
+BIAS_CHOICES = {"both": (False, True), "off": (False,), "on": (True,)}
 LM_HEAD_LONG_M = 16384  # the lm_head is also checked at this M (a prefill whose logits need int64)
 
 
@@ -83,7 +85,7 @@ def run_check(args, device: str) -> int:
                 (d, s, b, f, "forward")
                 for d in dtypes
                 for s in range(len(sources))
-                for b in (False, True)
+                for b in BIAS_CHOICES[args.bias]
                 for f in lam_forms
             ]
             if args.backward:
@@ -124,6 +126,12 @@ def main() -> int:
         help="comma list of M values (default: every M bucket)",
     )
     parser.add_argument("--lm-head-m", type=int, default=LM_HEAD_LONG_M, help="an extra M for lm_head shapes (0: none)")
+    parser.add_argument(
+        "--bias",
+        choices=sorted(BIAS_CHOICES),
+        default="both",
+        help="compile the variants with linear biases, without, or both (Qwen3 has none: off)",
+    )
     parser.add_argument("--lam-forms", default=None, help=f"comma list of λ forms (default: {','.join(LAM_FORMS)})")
     parser.add_argument(
         "--backward", action="store_true", help="also check the autograd backward's dx launches (transposed weights)"

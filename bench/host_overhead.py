@@ -6,7 +6,7 @@ the project adds on top of Triton's own launch cost; beside it the torch backend
 on the same input, one thread, M = 1, N = K = 64 (tiny, so the arithmetic is negligible).
 
 `triton_decode_real`: a real decode call (Qwen3-4B down_proj, N = 2560, K = 9728, M = 1, bf16, no bias: a
-split-K plan) with Triton's own launch path running, measured in a child process without TRITON_INTERPRET:
+split-K plan) with Triton's own launch path running, measured in a child process with TRITON_INTERPRET=0:
 Triton compiles the kernel for sm_90 offline and launches it through its generated C launcher into a stub
 libcuda.so.1 (scripts/offline_compile/triton_shim.use_stub_launch_target). Stubbed: the driver calls alone
 (cuLaunchKernelEx, cuPointerGetAttribute, the context calls: no-ops; module loading: fake handles). CPU
@@ -59,7 +59,7 @@ DOWN_PROJ = (2560, 9728)  # Qwen3-4B down_proj [N, K]
 
 
 def decode_real(calls: int) -> dict[str, float]:
-    """The child process's measurement (TRITON_INTERPRET unset): see the module docstring."""
+    """The child process's measurement (TRITON_INTERPRET=0): see the module docstring."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from offline_compile import triton_shim
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
             },
             args.calls,
         )
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    env = dict(os.environ, TRITON_INTERPRET="0")
     child = [sys.executable, __file__, "--decode-real-child", "--calls", str(args.calls)]
     done = subprocess.run(child, env=env, check=True, capture_output=True, text=True)
     results.update(json.loads(done.stdout.strip().splitlines()[-1]))

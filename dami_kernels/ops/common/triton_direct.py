@@ -119,6 +119,6 @@ def direct_launcher(kernel, grid: tuple, args: tuple, kwargs: dict, varying: tup
         if compiled is None or hasattr(compiled, "result"):  # not compiled here, or compiling asynchronously
             return None
         return DirectLauncher(compiled, tuple(grid), list(bound.values()), varying, device)
-    except (AttributeError, TypeError, ValueError, KeyError) as err:
+    except (AttributeError, TypeError, ValueError, KeyError, RuntimeError) as err:
         _off(f"{type(err).__name__}: {err}")
         return None

@@ -12,6 +12,14 @@ replaced is the active driver (`triton.runtime.driver.driver.set_active`), by an
 is `GPUTarget("cuda", ARCH, 32)`; Triton's per-device kernel cache (`JITFunction.device_caches`) then
 deduplicates identical variants (same cache key) for free.
 
+How a launch runs for real without a GPU (`use_stub_launch_target`, for host-time measurements): the active
+driver is an offline one whose `launcher_cls` is Triton's own `CudaLauncher` (the generated C launcher, built
+by gcc against the wheel's cuda.h), and `libcuda.so.1` is a stub (`STUB_LIBCUDA`, loaded first): every driver
+call it answers is a no-op (`cuLaunchKernelEx` counts the launch and keeps its grid; `cuPointerGetAttribute`
+returns the pointer itself, so CPU stand-in tensors pass). `load_binary` hands out fake module/function handles.
+So `JITFunction.run` (binder, specialization, cache key, lookup) and the C launcher (argument parsing and
+packing, `data_ptr()` calls) run as on a GPU; only the driver's work is missing.
+
 How cache keys are counted without compiling: `knobs.runtime.jit_cache_hook` receives the key of
 `JITFunction.run` on a cache miss and skips the compilation; a placeholder is then cached under it, so a later
 launch with the same key is a cache hit that returns it.
@@ -19,6 +27,9 @@ launch with the same key is a cache hit that returns it.
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +78,78 @@ def cache_key(kernel, device: str, ck) -> str:
     """The Triton cache key under which `compile_launch` stored the compiled kernel `ck`."""
     cache = kernel.device_caches[device][0]
     return next(k for k, v in cache.items() if v is ck)
+
+
+STUB_LIBCUDA = r"""
+#include <stdint.h>
+typedef struct { unsigned gx, gy, gz, bx, by, bz, smem; } cfg_t;
+static long long n_launch = 0;
+static unsigned last[4];
+int cuCtxGetCurrent(void **p) { *p = (void *)1; return 0; }
+int cuCtxSetCurrent(void *p) { return 0; }
+int cuDeviceGet(int *d, int o) { *d = 0; return 0; }
+int cuDevicePrimaryCtxRetain(void **p, int d) { *p = (void *)1; return 0; }
+int cuFuncSetAttribute(void *f, int a, int v) { return 0; }
+int cuGetErrorString(int e, const char **s) { *s = "stub libcuda"; return 0; }
+int cuPointerGetAttribute(void *data, int attr, uint64_t ptr) { *(uint64_t *)data = ptr; return 0; }
+int cuPointerGetAttributes(unsigned n, int *a, void **d, uint64_t ptr) { return 0; }
+int cuLaunchKernelEx(const cfg_t *c, void *f, void **params, void **extra) {
+  n_launch++; last[0] = c->gx; last[1] = c->gy; last[2] = c->gz; last[3] = c->bx; return 0;
+}
+long long stub_launches(void) { return n_launch; }
+void stub_last(unsigned *out) { for (int i = 0; i < 4; i++) out[i] = last[i]; }
+"""
+
+
+class _StubUtils:
+    """The driver utilities a CompiledKernel needs before its first launch: fake handles, sm_90 limits."""
+
+    def load_binary(self, name, kernel, shared, device):
+        return 1, 1, 64, 0, 1024  # module, function, registers, spills, max threads per block
+
+    def get_device_properties(self, device):
+        return {"max_shared_mem": 232448, "multiprocessor_count": 132}
+
+
+class StubLaunchDriver(OfflineDriver):
+    """An offline driver that launches through Triton's real C launcher into the stub libcuda."""
+
+    def __init__(self, target: GPUTarget, stub: ctypes.CDLL):
+        super().__init__(target)
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        self.launcher_cls, self.utils, self.stub = CudaLauncher, _StubUtils(), stub
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def launches(self) -> int:
+        """Launches the stub libcuda received so far."""
+        return self.stub.stub_launches()
+
+    def last_launch(self) -> tuple[int, int, int, int]:
+        """(grid x, y, z, threads per block) of the last launch."""
+        out = (ctypes.c_uint * 4)()
+        self.stub.stub_last(out)
+        return tuple(out)
+
+
+def use_stub_launch_target(arch: int = 90) -> StubLaunchDriver:
+    """Make Triton launch for real into a stub libcuda (built here with gcc), for `GPUTarget("cuda", arch, 32)`.
+    Call before the first launch; CPU tensors stand in for device memory (never touched)."""
+    folder = Path(tempfile.mkdtemp(prefix="stub_libcuda_"))
+    (folder / "stub.c").write_text(STUB_LIBCUDA)
+    lib = folder / "libcuda.so.1"
+    cmd = ["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(lib), str(folder / "stub.c")]
+    subprocess.run(cmd, check=True)
+    stub = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)  # the launcher's dlopen("libcuda.so.1") finds it
+    knobs.nvidia.libcuda_path = str(folder)  # Triton links its C launcher against this folder
+    active = StubLaunchDriver(GPUTarget("cuda", arch, 32), stub)
+    driver.set_active(active)
+    return active
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,14 @@ def launch_kernel(kernel, grid, args, kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
+_LAUNCH_KERNEL = launch_kernel
+
+
+def launch_seam_replaced() -> bool:
+    """True while `launch_kernel` is replaced (stubbed or recorded): launches must then go through it."""
+    return launch_kernel is not _LAUNCH_KERNEL
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dami_kernels.ops.common import launch as common_launch
+from dami_kernels.ops.common import triton_direct
 from dami_kernels.ops.common.backend import interpreting
 from dami_kernels.ops.common.checks import lam_per_row
 from dami_kernels.ops.common.configs import KernelConfig, pick_config
@@ -255,6 +256,10 @@ class LaunchMemo:
     contiguous x with K > 0 (split-K plans included: their workspace is cached, not allocated per call).
     A caller that changes tensors in place in ways that change strides or dtype (Module._apply) must drop
     its memo.
+
+    On a GPU the first replay also keeps the compiled kernel it ran (`triton_direct.direct_launcher`); later
+    replays launch it directly, with only x and the output changing (not for the tf32 variant, not while
+    `launch_kernel` is replaced, never under TRITON_INTERPRET).
     """
 
     __slots__ = (
@@ -269,6 +274,7 @@ class LaunchMemo:
         "bufs",
         "kwargs",
         "kwargs_tf32",
+        "direct",
     )
 
     def __init__(
@@ -278,19 +284,31 @@ class LaunchMemo:
         self.tensors, self.shared = tensors, shared  # (w_i, w_t, bias_i, bias_t, lam)
         self.grid, self.int_args, self.kwargs, self.kwargs_tf32 = plan.grid, plan.int_args, kwargs, kwargs_tf32
         self.bufs = bufs  # (workspace, counters) of a split-K plan, else None
+        self.direct = None  # triton_direct.DirectLauncher; False: none to be had; None: not tried yet
 
     def launch(self, x: torch.Tensor) -> torch.Tensor:
         """Replay on x (new data; `matches` holds). Returns [..., N] in x's dtype."""
         y = common_launch.alloc_output(self.shape[:-1] + (self.int_args[1],), self.dtype, self.device)
         kwargs = self.kwargs if self.kwargs_tf32 is None or not common_launch.tf32_enabled() else self.kwargs_tf32
+        direct = self.direct
+        if direct and kwargs is self.kwargs and direct(x, y):
+            return y
         w_i, w_t, bias_i, bias_t, lam = self.tensors
         if bias_i is None:
             bias_i, bias_t = w_i, w_t
         bufs = self.bufs or (y, lam)
-        common_launch.launch_kernel(
-            interp_linear_kernel, self.grid, (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + bufs + self.int_args, kwargs
-        )
+        args = (x, w_i, w_t, bias_i, bias_t, lam, y, lam) + bufs + self.int_args
+        common_launch.launch_kernel(interp_linear_kernel, self.grid, args, kwargs)
+        if direct is None and kwargs is self.kwargs:
+            self.direct = self._direct_launcher(args, kwargs) or False
         return y
+
+    def _direct_launcher(self, args: tuple, kwargs: dict):
+        """The compiled kernel's direct launcher for this memo, or None (see the class docstring)."""
+        if interpreting() or common_launch.launch_seam_replaced():
+            return None
+        varying = ((0,), (6,) if self.bufs else (6, 8))  # x; the output (also the split slots when not split)
+        return triton_direct.direct_launcher(interp_linear_kernel, self.grid, args, kwargs, varying)
 
     def matches(self, x, w_i, w_t, lam, bias_i, bias_t, shared: bool) -> bool:
         t = self.tensors

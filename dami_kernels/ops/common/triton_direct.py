@@ -51,7 +51,7 @@ class DirectLauncher:
 
     def __init__(self, compiled, grid: tuple, values: list, varying: tuple[tuple[int, ...], ...], device):
         launcher = compiled.run  # a property: loads the module on first use
-        head = (compiled.function, compiled.packed_metadata, None, None, None)  # no launch metadata, no hooks
+        head: tuple = (compiled.function, compiled.packed_metadata, None, None, None)  # no launch metadata, no hooks
         if _no_scratch(launcher):  # the C launch function itself, without CudaLauncher.__call__ (no scratch)
             self.launch = launcher.launch
             self.head = head[:1] + (launcher.launch_cooperative_grid, launcher.launch_pdl, None, None) + head[1:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -284,7 +285,8 @@ class LaunchMemo:
         self.tensors, self.shared = tensors, shared  # (w_i, w_t, bias_i, bias_t, lam)
         self.grid, self.int_args, self.kwargs, self.kwargs_tf32 = plan.grid, plan.int_args, kwargs, kwargs_tf32
         self.bufs = bufs  # (workspace, counters) of a split-K plan, else None
-        self.direct = None  # triton_direct.DirectLauncher; False: none to be had; None: not tried yet
+        # triton_direct.DirectLauncher; False: none to be had; None: not tried yet
+        self.direct: triton_direct.DirectLauncher | Literal[False] | None = None
 
     def launch(self, x: torch.Tensor) -> torch.Tensor:
         """Replay on x (new data; `matches` holds). Returns [..., N] in x's dtype."""

@@ -23,6 +23,7 @@ from sm90_facts import ptx_facts  # noqa: E402
 
 from compile_check_moe import MOE_MODELS, MoEHarness  # noqa: E402  # isort: skip
 from dami_kernels.benchmarks.launches import _OpCounter  # noqa: E402
+from dami_kernels.ops.interp_experts import launch as experts_launch  # noqa: E402
 
 
 def main() -> int:
@@ -36,10 +37,17 @@ def main() -> int:
     harness = MoEHarness(LauncherHarness(sources[:1]))
     experts, top_k, hidden, inter = MOE_MODELS["qwen3-30b-a3b"]
     rows = []
-    for t in (int(v) for v in a.tokens.split(",")):
-        ops: list[str] = []
+    real = experts_launch.interp_experts_triton
+    ops: list[str] = []
+
+    def counted(*args, **kwargs):  # the torch ops of the launcher call alone (not the stand-in inputs)
         with _OpCounter(ops):
-            launches = harness.run(0, experts, top_k, hidden, inter, t, DTYPES["bf16"], a.lam)
+            return real(*args, **kwargs)
+
+    experts_launch.interp_experts_triton = counted
+    for t in (int(v) for v in a.tokens.split(",")):
+        ops.clear()
+        launches = harness.run(0, experts, top_k, hidden, inter, t, DTYPES["bf16"], a.lam)
         for i, launch in enumerate(launches):
             ck = triton_shim.compile_launch(launch.kernel, launch.grid, launch.args, launch.kwargs)
             facts = triton_shim.compiled_facts(ck)
@@ -52,6 +60,7 @@ def main() -> int:
                 "launches": len(launches) + len(ops),
                 "triton_launches": len(launches),
                 "torch_ops": len(ops),
+                "ops": list(ops),
                 "tile": f"{kw.get('BLOCK_M')}x{kw.get('BLOCK_N')}x{kw.get('BLOCK_K')} w{kw.get('num_warps', 4)} "
                 f"s{kw.get('num_stages', 3)}" + (" swap" if kw.get("SWAP_AB") else ""),
                 "grid": list(launch.grid),

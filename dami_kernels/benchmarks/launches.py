@@ -54,8 +54,9 @@ class _OpCounter(TorchDispatchMode):
 
 
 def count_launches(fn: Callable[[], object], run_kernels: bool = False) -> tuple[LaunchCount, object]:
-    """(the launches of fn(), its result). run_kernels=False records the Triton launches without running
-    them (their outputs stay unwritten; valid for launchers that take no data-dependent host decision)."""
+    """(the launches of fn(), its result); allocations through the `alloc_output` seam are not counted.
+    run_kernels=False records the Triton launches without running them (their outputs stay unwritten; valid
+    for launchers that take no data-dependent host decision)."""
     count = LaunchCount()
     real = common_launch.launch_kernel
 
@@ -65,10 +66,16 @@ def count_launches(fn: Callable[[], object], run_kernels: bool = False) -> tuple
             with torch.utils._python_dispatch._disable_current_modes():
                 real(kernel, grid, args, kwargs)
 
-    common_launch.launch_kernel = record
+    real_alloc = common_launch.alloc_output
+
+    def alloc(shape, dtype, device):  # an allocation, not a launch (whatever fill a test's seam adds)
+        with torch.utils._python_dispatch._disable_current_modes():
+            return real_alloc(shape, dtype, device)
+
+    common_launch.launch_kernel, common_launch.alloc_output = record, alloc
     try:
         with _OpCounter(count.ops):
             result = fn()
     finally:
-        common_launch.launch_kernel = real
+        common_launch.launch_kernel, common_launch.alloc_output = real, real_alloc
     return count, result

@@ -1,18 +1,19 @@
 """Compile, for a GPU target (sm_90 by default) and on a machine without a GPU, exactly the MoE grouped
 dual-weight kernel's specializations the experts launcher produces at run time, and report on each.
 
-`interp_experts_triton` (dami_kernels.ops.interp_experts.launch: routing sort, tile table, the gate_up and
-down grouped launches, each with its split-K reduce) runs on CPU stand-ins of the Qwen3-30B-A3B experts
-(128 experts, top-8, hidden 2048, moe_intermediate 768: gate_up [E, 1536, 2048], down [E, 2048, 768]) at
---moe-tokens (default 1,8,64,512,4096) tokens routed at random (fixed seed) to distinct experts, λ per row and
-per sequence, through the seams of scripts/compile_check.py (scripts/offline_compile/harness.py; here the
-experts launcher's `pick_config` gets the fake CUDA device). The report and the exit status are those of
-scripts/compile_check.py, and its rows have the same format with "kernel": "interp_grouped" (or
-"splitk_reduce"), "shape": one expert's [N, K], "m": the tokens, plus "experts", "top_k", "rows" (T·k) and
-"m_bucket": the bucket of cdiv(rows, experts), the rows an expert gets on average, for which `experts_config`
-picks the config ("split_k" is the launch's effective split), "launches_per_call": one projection's launches
-(its grouped kernel and split-K reduce; the routing's torch ops are not counted). --ptx-dir and
---strict-codegen as in scripts/compile_check.py (decode: at most 64 tokens, prefill: at least 512).
+`interp_experts_triton` (dami_kernels.ops.interp_experts.launch: routing sort, the routing kernel, the gate_up
+and down grouped launches (split-K reduced inside), the k-slot combine) runs on CPU stand-ins of the
+Qwen3-30B-A3B experts (128 experts, top-8, hidden 2048, moe_intermediate 768: gate_up [E, 1536, 2048], down
+[E, 2048, 768]) at --moe-tokens (default 1,8,64,512,4096) tokens routed at random (fixed seed) to distinct
+experts, λ per row and per sequence, through the seams of scripts/compile_check.py
+(scripts/offline_compile/harness.py; here the experts launcher's `pick_config` gets the fake CUDA device). The
+report and the exit status are those of scripts/compile_check.py, and its rows have the same format with
+"kernel": "interp_grouped" (or "moe_route", "moe_combine", with "shape" [rows, 0] and [tokens, hidden]),
+"shape": one expert's [N, K], "m": the tokens, plus "experts", "top_k", "rows" (T·k) and "m_bucket": the bucket
+of cdiv(rows, experts), the rows an expert gets on average, for which `experts_config` picks the config
+("split_k" is the launch's effective split), "launches_per_call": 1 (each stage is one launch; a layer is the
+expert sort plus these four launches). --ptx-dir and --strict-codegen as in scripts/compile_check.py (decode:
+at most 64 tokens, prefill: at least 512).
 
     python scripts/compile_check_moe.py [--json OUT.json] [--dtypes bf16] [--moe-tokens 1,4096] [--ptx-dir D]
         [--strict-codegen]
@@ -117,21 +118,25 @@ def run_moe(args, device: str) -> int:
             for dt, si, form in [(d, s, f) for d in dtypes for s in range(len(sources)) for f in lam_forms]:
                 launches = harness.run(si, experts, top_k, hidden, inter, tokens, DTYPES[dt], form)
                 grouped = [launch for launch in launches if launch.kernel is interp_grouped_kernel]
-                if len(grouped) != 2:
-                    raise RuntimeError(f"expected the gate_up and down grouped launches, got {len(grouped)}")
-                # A projection's launches: its grouped launch and the split-K reduce that follows it.
-                starts = [i for i, launch in enumerate(launches) if launch.kernel is interp_grouped_kernel]
-                per_call = [b - a for a, b in zip(starts, starts[1:] + [len(launches)], strict=True)]
+                if len(grouped) != 2 or len(launches) != 4:
+                    raise RuntimeError(f"expected route, gate_up, down, combine; got {len(launches)} launches")
                 linear = None
                 for launch in launches:
-                    if launch.kernel is interp_grouped_kernel:  # gate_up, then down; a reduce follows its own
-                        i = 0 if linear is None else 1
+                    # Routing / combine: their block sizes as the config.
+                    cfg = {k.lower(): v for k, v in launch.kwargs.items() if k.startswith("BLOCK")}
+                    split_k, int64 = 1, False
+                    if launch.kernel is interp_grouped_kernel:  # gate_up, then down
+                        i = 0 if linear in (None, "experts_route") else 1
                         linear = ("experts_gate_up", "experts_down")[i]
                         _, n, k = launch.args[1].shape
                         # The config experts_config picked, with the block_m the launch ran (down takes
                         # gate_up's, as the tile table is shared).
                         cfg = asdict(replace(harness.configs[i], block_m=launch.kwargs["BLOCK_M"]))
                         split_k, int64 = launch.grid[1], bool(launch.kwargs["INT64"])
+                    elif linear is None:  # the routing kernel, first
+                        linear, n, k = "experts_route", rows, 0
+                    else:  # the k-slot combine, last
+                        linear, n, k = "experts_combine", tokens, hidden
                     row = {
                         "direction": "forward",
                         "shape": [n, k],
@@ -146,7 +151,7 @@ def run_moe(args, device: str) -> int:
                         "config": cfg,
                         "split_k": split_k,
                         "int64_offsets": int64,
-                        "launches_per_call": per_call[i],
+                        "launches_per_call": 1,  # one launch per stage: split K is reduced inside the kernel
                     }
                     collector.add(launch, row, form, sources[si].name)
     return collector.finish(args.json)

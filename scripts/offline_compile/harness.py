@@ -29,6 +29,7 @@ from dami_kernels.ops.common import configs
 from dami_kernels.ops.common import launch as common_launch
 from dami_kernels.ops.common.tiles import splitk_reduce_kernel
 from dami_kernels.ops.interp_experts.kernel import interp_grouped_kernel
+from dami_kernels.ops.interp_experts.route import combine_kernel, route_kernel
 from dami_kernels.ops.interp_linear import launch as linear_launch
 from dami_kernels.ops.interp_linear.kernel import interp_linear_kernel
 from offline_compile import triton_shim
@@ -39,6 +40,8 @@ KERNEL_NAMES = {
     interp_linear_kernel: "interp_linear",
     splitk_reduce_kernel: "splitk_reduce",
     interp_grouped_kernel: "interp_grouped",
+    route_kernel: "moe_route",
+    combine_kernel: "moe_combine",
 }
 PREFILL_SEQUENCES = 4  # per-sequence λ at prefill: this many sequences of M / 4 rows
 

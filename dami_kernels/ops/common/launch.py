@@ -32,6 +32,33 @@ def launch_seam_replaced() -> bool:
     return launch_kernel is not _LAUNCH_KERNEL
 
 
+# Split-K workspaces, fp32 [numel] per (device, numel), and tile counters, int32 zeros [n] per (device, n):
+# allocated once (no allocation per call, so CUDA-graph replays keep valid addresses) and shared by every
+# launch of that size. Launches that share one must not run concurrently (launches on one stream do not).
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def split_workspace(device: torch.device, numel: int) -> torch.Tensor:
+    """The cached fp32 split-K workspace of `numel` elements on `device`."""
+    ws = _WORKSPACES.get((device, numel))
+    if ws is None:
+        ws = _WORKSPACES[(device, numel)] = alloc_output((numel,), torch.float32, device)
+    return ws
+
+
+def split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """The cached int32 tile counters [n] on `device`, zeros (the kernels that use them leave them zero)."""
+    cnt = _COUNTERS.get((device, n))
+    if cnt is None:
+        cnt = _COUNTERS[(device, n)] = torch.zeros(n, dtype=torch.int32, device=device)
+    return cnt
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -227,13 +227,21 @@ def finish_split(
     tl.debug_barrier()  # every thread's partial is written before the release below
     arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if arrived == num_splits - 1:
-        acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
-        part_ptrs = ws_ptr + offs
-        for _ in range(0, num_splits):
-            acc += tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-            part_ptrs += stride_os
+        acc = sum_splits(ws_ptr + offs, stride_os, mask, num_splits, rows.shape[0], cols.shape[0])
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(cnt_ptr + pid, 0)
+
+
+@triton.jit
+def sum_splits(part_ptrs, stride_os, mask, num_splits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum_s part[s] over the splits in order 0..num_splits-1 (fixed order: bit-identical whichever program
+    sums), fp32 [BLOCK_M, BLOCK_N]; part_ptrs point at split 0, slices stride_os apart. Read through L2 (.cg):
+    other programs wrote them."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, num_splits):
+        acc += tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        part_ptrs += stride_os
+    return acc
 
 
 @triton.jit(do_not_specialize=["MN"])

@@ -64,22 +64,11 @@ def _next_pow2(v: int) -> int:
 
 
 _PLANS: dict[tuple, LaunchPlan] = {}
-# Split-K workspaces, fp32 [numel] per (device, numel), and tile counters, int32 zeros [grid0] per (device,
-# grid0): allocated once (no allocation per call, so CUDA-graph replays keep valid addresses) and shared by
-# every launch of that size. Launches that share one must not run concurrently (launches on one stream do not).
-_WORKSPACES: dict[tuple, torch.Tensor] = {}
-_COUNTERS: dict[tuple, torch.Tensor] = {}
 
 
 def split_buffers(plan: LaunchPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(workspace, counters) of a split-K plan on `device`, cached."""
-    ws = _WORKSPACES.get((device, plan.ws_numel))
-    if ws is None:
-        ws = _WORKSPACES[(device, plan.ws_numel)] = common_launch.alloc_output((plan.ws_numel,), torch.float32, device)
-    cnt = _COUNTERS.get((device, plan.grid[0]))
-    if cnt is None:
-        cnt = _COUNTERS[(device, plan.grid[0])] = torch.zeros(plan.grid[0], dtype=torch.int32, device=device)
-    return ws, cnt
+    """(workspace, counters) of a split-K plan on `device`, cached (`common.launch.split_workspace`)."""
+    return common_launch.split_workspace(device, plan.ws_numel), common_launch.split_counters(device, plan.grid[0])
 
 
 def plan_launch(

@@ -24,20 +24,22 @@ def _layer(state, n=24, k=40, bias=True, dtype=torch.float32):
 
 
 def _ref(layer, x, lam):
-    lam = torch.tensor(lam, dtype=torch.float64) if isinstance(lam, list) else lam  # per sequence or one value
+    lam = (
+        torch.tensor(lam, dtype=torch.float64, device=DEVICE) if isinstance(lam, list) else lam
+    )  # per sequence or one value
     return interp_linear_fp64(x, layer.weight, layer.weight_t, lam, layer.bias, layer.bias_t)
 
 
 @torch.no_grad()
 def test_replays_equal_the_reference_and_reuse_one_memo():
-    state = LambdaState(torch.tensor([0.2, 0.9, 0.5]))
+    state = LambdaState(torch.tensor([0.2, 0.9, 0.5]), device=DEVICE)
     layer = _layer(state)
     x = torch.randn(3, 1, 40, device=DEVICE)
     layer(x)
     memo = layer._memo[0]
     assert memo is not None
     for step, lam in enumerate(([0.1, 0.7, 1.0], [0.0, 0.0, 0.3], [1.0, 0.25, 0.6])):
-        state.set(torch.tensor(lam))  # in place: the same λ view, so the memo stays valid
+        state.set(torch.tensor(lam, device=DEVICE))  # in place: the same λ view, so the memo stays valid
         x = torch.randn(3, 1, 40, device=DEVICE)
         y = layer(x)
         assert layer._memo[0] is memo, f"step {step}: the memo was rebuilt"
@@ -46,7 +48,7 @@ def test_replays_equal_the_reference_and_reuse_one_memo():
 
 @torch.no_grad()
 def test_changes_leave_the_memo():
-    state = LambdaState(0.3)
+    state = LambdaState(0.3, device=DEVICE)
     layer = _layer(state, bias=False)
     x = torch.randn(2, 5, 40, device=DEVICE)
     layer(x)
@@ -58,7 +60,7 @@ def test_changes_leave_the_memo():
         ("endpoint scalar", lambda: torch.randn(2, 6, 40, device=DEVICE), 1.0),
     ]
     for name, make_x, lam in cases:
-        state.set(torch.tensor(lam) if isinstance(lam, list) else lam)
+        state.set(torch.tensor(lam, device=DEVICE) if isinstance(lam, list) else lam)
         x = make_x()
         assert rel_err(layer(x), _ref(layer, x, lam)) < 1e-5, name
     assert layer._memo[0] is not first
@@ -70,7 +72,7 @@ def test_changes_leave_the_memo():
 
 @torch.no_grad()
 def test_a_new_thinking_bias_leaves_the_memo():
-    state = LambdaState(0.5)
+    state = LambdaState(0.5, device=DEVICE)
     layer = _layer(state)
     x = torch.randn(1, 1, 40, device=DEVICE)
     layer(x)
@@ -82,7 +84,7 @@ def test_a_new_thinking_bias_leaves_the_memo():
 
 @torch.no_grad()
 def test_dtype_change_drops_the_memo():
-    state = LambdaState(0.4)
+    state = LambdaState(0.4, device=DEVICE)
     layer = _layer(state)
     layer(torch.randn(1, 1, 40, device=DEVICE))
     layer.to(torch.float16)
@@ -92,7 +94,7 @@ def test_dtype_change_drops_the_memo():
 
 
 def test_grad_mode_never_replays():
-    state = LambdaState(0.6)
+    state = LambdaState(0.6, device=DEVICE)
     layer = _layer(state)
     with torch.no_grad():
         layer(torch.randn(1, 1, 40, device=DEVICE))

@@ -81,7 +81,7 @@ def mlp_tol(args, lam, dtype) -> float:
     if dtype != torch.bfloat16:
         return TOL[dtype]
     x, gu_i, gu_t, dn_i, dn_t, idx, w = args
-    lam_t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
+    lam_t = torch.as_tensor(lam, dtype=torch.float64, device=x.device).reshape(-1)
     lam_t = lam_t.repeat_interleave(x.shape[0] // lam_t.numel()) if lam_t.numel() > 1 else lam_t.expand(x.shape[0])
     errs = []
     for value in lam_t.unique().tolist():  # the tokens at one λ: a plain model on merged weights
@@ -206,7 +206,7 @@ def test_gradients_flow_on_both_backends():
     tensors = [x, gu_i, gu_t, dn_i, dn_t]
     for p in tensors:
         p.requires_grad_(True)
-    lam = torch.tensor([0.2, 0.9, 0.5, 0.0, 1.0], dtype=torch.float64)
+    lam = torch.tensor([0.2, 0.9, 0.5, 0.0, 1.0], dtype=torch.float64, device=DEVICE)
     assert torch.autograd.gradcheck(lambda *ts: interp_experts(*ts, idx, w, lam, backend="torch"), tuple(tensors))
     if triton_available():
         f32 = [p.detach().float().requires_grad_(True) for p in tensors]
@@ -235,9 +235,9 @@ def test_bad_inputs_name_the_argument():
             interp_experts(**{**good, name: value}, lam=0.5, backend="torch")
     for lam, match in (
         (float("nan"), "finite"),
-        (torch.tensor([0.1, math.inf, 0.2, 0.3]), "finite"),
-        (torch.rand(3), "lam holds 3"),
-        (torch.rand(2, 2), "lam must"),
+        (torch.tensor([0.1, math.inf, 0.2, 0.3], device=DEVICE), "finite"),
+        (torch.rand(3, device=DEVICE), "lam holds 3"),
+        (torch.rand(2, 2, device=DEVICE), "lam must"),
     ):
         with pytest.raises(ValueError, match=match):
             interp_experts(**good, lam=lam, backend="torch")

@@ -82,7 +82,7 @@ def test_no_bias_non_contiguous_and_3d(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
     x, w_i, w_t, b_i, b_t = make((0, 3), 17, 24, torch.float32)
-    out = dk.interp_linear(x, w_i, w_t, torch.rand(0, 3), b_i, b_t, backend=backend)
+    out = dk.interp_linear(x, w_i, w_t, torch.rand(0, 3, device=DEVICE), b_i, b_t, backend=backend)
     assert out.shape == (0, 3, 17)
 
 
@@ -102,7 +102,7 @@ def run_kernel(x2d, w_i, w_t, lam_rows, b_i, b_t, seg_len, **kw):
 def test_endpoint_skip_reads_one_weight(dtype, side):
     """All rows at one endpoint: the other weight is never read (NaN there would reach the output)."""
     x, w_i, w_t, b_i, b_t = make((70,), 45, 77, dtype)
-    lam = torch.full((70,), side)
+    lam = torch.full((70,), side, device=DEVICE)
     ref = interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)
     unused = torch.full_like(w_t, math.nan)
     paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
@@ -126,9 +126,9 @@ def test_dual_accumulator_path(dtype, swap_ab):
     x, w_i, w_t, b_i, b_t = make((45,), 38, 90, dtype)
     cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1, swap_ab=swap_ab)
     for lam, flags in (
-        (torch.rand(45), {}),
-        (torch.full((45,), 0.25), dict(blend=False)),
-        (torch.zeros(45), dict(skip=False, blend=False)),
+        (torch.rand(45, device=DEVICE), {}),
+        (torch.full((45,), 0.25, device=DEVICE), dict(blend=False)),
+        (torch.zeros(45, device=DEVICE), dict(skip=False, blend=False)),
     ):
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
         out = run_kernel(x, w_i, w_t, lam, b_i, b_t, 1, config=cfg, record_path=paths, **flags)
@@ -144,7 +144,7 @@ def test_blend_in_registers_path(dtype, swap_ab):
     x, w_i, w_t, b_i, b_t = make((64,), 40, 96, dtype)
     cfg = KernelConfig(32, 32, 32, group_m=4, num_stages=1, swap_ab=swap_ab)
     for lam_value in (0.3, -0.25, 1.4):
-        lam = torch.full((64,), lam_value)
+        lam = torch.full((64,), lam_value, device=DEVICE)
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
         out = run_kernel(x, w_i, w_t, lam, b_i, b_t, 64, config=cfg, record_path=paths)
         assert rel_err(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= TOL[dtype]
@@ -158,7 +158,7 @@ def test_row_tiles_follow_sequences(seq_len):
     tile takes the blend path (a tile straddling two sequences would need the dual path)."""
     b, n, k = 3, 33, 70
     x, w_i, w_t, b_i, b_t = make((b, seq_len), n, k, torch.float32)
-    lam_seq = torch.rand(b)
+    lam_seq = torch.rand(b, device=DEVICE)
     lam_rows = lam_seq.repeat_interleave(seq_len)
     cfg = KernelConfig(32, 32, 32, group_m=2, num_stages=1)
     assert cfg.follow_segments(seq_len, b * seq_len)
@@ -183,7 +183,12 @@ def test_split_k_decode_path(dtype, m, swap_ab):
     k = 200
     x, w_i, w_t, b_i, b_t = make((m,), 41, k, dtype)
     cfg = KernelConfig(max(16, 1 << (m - 1).bit_length()), 32, 32, split_k=3, group_m=1, num_stages=1, swap_ab=swap_ab)
-    for lam, path in ((torch.rand(m), 3), (torch.full((m,), 0.6), 2), (torch.zeros(m), 0), (torch.ones(m), 1)):
+    for lam, path in (
+        (torch.rand(m, device=DEVICE), 3),
+        (torch.full((m,), 0.6, device=DEVICE), 2),
+        (torch.zeros(m, device=DEVICE), 0),
+        (torch.ones(m, device=DEVICE), 1),
+    ):
         if m == 1 and path == 3:
             path = 2  # one row is always uniform
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
@@ -250,7 +255,7 @@ def test_torch_compile_traces_the_op_without_graph_breaks():
     lam = torch.rand(2, device=DEVICE)
     ref = interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)
     assert rel_err(compiled(x, lam), ref) <= TOL[torch.float32]
-    lam.copy_(torch.rand(2))  # λ updated in place: the compiled graph reads the new values
+    lam.copy_(torch.rand(2, device=DEVICE))  # λ updated in place: the compiled graph reads the new values
     assert rel_err(compiled(x, lam), interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= TOL[torch.float32]
 
 

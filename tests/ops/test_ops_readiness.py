@@ -121,9 +121,9 @@ def test_int64_offsets_read_rows_beyond_2_31_elements():
 # --- 5. autograd ----------------------------------------------------------------------------------------
 
 LAM_FORMS = {
-    "per_row": lambda lead: torch.rand(lead, dtype=torch.float64),
-    "per_seq": lambda lead: torch.rand(lead[:1], dtype=torch.float64),
-    "scalar_tensor": lambda lead: torch.rand((), dtype=torch.float64),
+    "per_row": lambda lead: torch.rand(lead, dtype=torch.float64, device=DEVICE),
+    "per_seq": lambda lead: torch.rand(lead[:1], dtype=torch.float64, device=DEVICE),
+    "scalar_tensor": lambda lead: torch.rand((), dtype=torch.float64, device=DEVICE),
 }
 
 
@@ -147,7 +147,7 @@ def test_triton_gradients_equal_torch_gradients(form, bias):
     lead = (3, 5)
     x, w_i, w_t, b_i, b_t = make(lead, 17, 40, bias=bias)
     lam = (LAM_FORMS[form](lead) * 1.4 - 0.2).float()
-    dy = torch.randn(*lead, 17)
+    dy = torch.randn(*lead, 17, device=DEVICE)
     grads = {}
     for backend in ("torch", "triton"):
         leaves = [t.detach().clone().requires_grad_() for t in (x, w_i, w_t, lam) + ((b_i, b_t) if bias else ())]
@@ -164,11 +164,11 @@ def test_triton_gradients_equal_torch_gradients(form, bias):
 def test_lora_style_training_step_through_triton_op():
     """A trainable adapter on top of a frozen pair layer gets gradients through the custom op."""
     x, w_i, w_t, b_i, b_t = make((4, 6), 12, 20)
-    a = torch.zeros(12, 20, requires_grad=True)  # a weight delta added to both sides
-    lam = torch.rand(4)
+    a = torch.zeros(12, 20, device=DEVICE, requires_grad=True)  # a weight delta added to both sides
+    lam = torch.rand(4, device=DEVICE)
     y = dk.interp_linear(x, w_i + a, w_t + a, lam, b_i, b_t, backend="triton")
     y.square().sum().backward()
-    ref_a = torch.zeros(12, 20, requires_grad=True)
+    ref_a = torch.zeros(12, 20, device=DEVICE, requires_grad=True)
     dk.interp_linear(x, w_i + ref_a, w_t + ref_a, lam, b_i, b_t, backend="torch").square().sum().backward()
     assert rel(a.grad, ref_a.grad) <= 1e-5
 
@@ -179,10 +179,10 @@ def test_lora_style_training_step_through_triton_op():
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_k_zero_gives_the_blended_bias(backend):
     x, w_i, w_t, b_i, b_t = make((3, 2), 6, 0)
-    lam = torch.rand(3)
+    lam = torch.rand(3, device=DEVICE)
     out = dk.interp_linear(x, w_i, w_t, lam, b_i, b_t, backend=backend)
     assert rel(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= 1e-6
-    assert torch.equal(dk.interp_linear(x, w_i, w_t, lam, backend=backend), torch.zeros(3, 2, 6))
+    assert torch.equal(dk.interp_linear(x, w_i, w_t, lam, backend=backend), torch.zeros(3, 2, 6, device=DEVICE))
 
 
 @needs_triton
@@ -190,7 +190,7 @@ def test_weights_with_different_strides_are_refused_not_copied_per_call():
     x, w_i, w_t, _, _ = make((4,), 6, 8)
     w_t_other = w_t.t().contiguous().t()  # same values, column-major
     with pytest.raises(ValueError, match="same strides"):
-        dk.interp_linear(x, w_i, w_t_other, torch.rand(4), backend="triton")
+        dk.interp_linear(x, w_i, w_t_other, torch.rand(4, device=DEVICE), backend="triton")
 
 
 def test_interp_linear_fixes_mismatched_strides_once_at_construction():
@@ -228,7 +228,7 @@ ALONE_VS_BATCH_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 
 @pytest.mark.parametrize("tokens", [1, 40])
 def test_sequence_alone_equals_sequence_in_mixed_batch(dtype, tokens):
     x, w_i, w_t, b_i, b_t = make((3, tokens), 50, 96, dtype)
-    lam = torch.tensor([0.3, 0.8, 0.55])
+    lam = torch.tensor([0.3, 0.8, 0.55], device=DEVICE)
     batch = dk.interp_linear(x, w_i, w_t, lam, b_i, b_t, backend="triton")
     for s in range(3):
         alone = dk.interp_linear(x[s : s + 1], w_i, w_t, lam[s : s + 1], b_i, b_t, backend="triton")
@@ -251,7 +251,7 @@ def test_one_kernel_per_linear(monkeypatch, m):
     monkeypatch.setattr(common_launch, "launch_kernel", lambda *a: (launches.append(a[0]), real(*a)))
     x, w_i, w_t, b_i, b_t = make((m,), 33, 128)
     cfg = KernelConfig(16 if m <= 16 else 32, 32, 32, split_k=2 if m <= 16 else 1, group_m=1, num_stages=1)
-    lam = torch.rand(m)
+    lam = torch.rand(m, device=DEVICE)
     out = launch_interp_linear(x, w_i, w_t, lam, b_i, b_t, 1, config=cfg)
     assert len(launches) == 1
     assert rel(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= 1e-5
@@ -265,11 +265,11 @@ def test_layer_entry_keeps_leading_dims_of_strided_inputs():
 
     from dami_kernels.modules import InterpLinear, LambdaState
 
-    state = LambdaState(torch.tensor([0.2, 0.9]))
-    lin = nn.Linear(24, 10)
-    w_t, b_t = nn.Parameter(torch.randn(10, 24)), nn.Parameter(torch.randn(10))
+    state = LambdaState(torch.tensor([0.2, 0.9]), device=DEVICE)
+    lin = nn.Linear(24, 10, device=DEVICE)
+    w_t, b_t = nn.Parameter(torch.randn(10, 24, device=DEVICE)), nn.Parameter(torch.randn(10, device=DEVICE))
     layers = [InterpLinear.from_linear(lin, state, w_t, b_t, backend=b) for b in ("triton", "torch")]
-    h = torch.randn(2, 5, 24)
+    h = torch.randn(2, 5, 24, device=DEVICE)
     for x in (h, h[:, -1:, :], h.transpose(0, 1).contiguous().transpose(0, 1)):
         with torch.no_grad():
             out, ref = layers[0](x), layers[1](x)

@@ -43,15 +43,20 @@ def test_one_launch_matches_fp64_every_path(monkeypatch, dtype, m, k, split):
     launches = _counting(monkeypatch)
     x, w_i, w_t, b_i, b_t = make((m,), 41, k, dtype)
     cfg = _cfg(m, split)
-    for lam, path in ((torch.rand(m), 3), (torch.full((m,), 0.6), 2), (torch.zeros(m), 0), (torch.ones(m), 1)):
+    for lam, path in (
+        (torch.rand(m, device=DEVICE), 3),
+        (torch.full((m,), 0.6, device=DEVICE), 2),
+        (torch.zeros(m, device=DEVICE), 0),
+        (torch.ones(m, device=DEVICE), 1),
+    ):
         path = 2 if m == 1 and path == 3 else path
         paths = torch.empty(0, dtype=torch.int32, device=DEVICE)
         launches.clear()
-        out = _run(x, w_i, w_t, lam.to(DEVICE), b_i, b_t, cfg, record_path=paths)
+        out = _run(x, w_i, w_t, lam, b_i, b_t, cfg, record_path=paths)
         assert len(launches) == 1
         plan = linear_launch.plan_launch(m, 41, k, dtype, x.device, 1, x.stride(), w_i.stride(), cfg)
         assert plan.split_k > 1 and paths.tolist() == [path] * (2 * plan.split_k)
-        assert rel_err(out, interp_linear_fp64(x, w_i, w_t, lam.to(DEVICE), b_i, b_t)) <= TOL[dtype]
+        assert rel_err(out, interp_linear_fp64(x, w_i, w_t, lam, b_i, b_t)) <= TOL[dtype]
         _, cnt = linear_launch.split_buffers(plan, x.device)
         assert not cnt.any(), "the tile counters must be back to zero"
 
@@ -97,7 +102,7 @@ def test_memo_replays_a_split_plan():
 
     from dami_kernels.modules import InterpLinear, LambdaState
 
-    state = LambdaState(torch.tensor([0.2, 0.9]))
+    state = LambdaState(torch.tensor([0.2, 0.9]), device=DEVICE)
     lin = nn.Linear(200, 24, device=DEVICE)
     w_t = nn.Parameter(torch.randn(24, 200, device=DEVICE) / 15, requires_grad=False)
     b_t = nn.Parameter(torch.randn(24, device=DEVICE), requires_grad=False)
@@ -107,11 +112,13 @@ def test_memo_replays_a_split_plan():
         memo = layer._memo[0]
         assert memo is not None and memo.bufs is not None, "a split-K plan must be replayed"
         for lam in ([0.1, 0.7], [0.0, 1.0], [0.5, 0.6]):
-            state.set(torch.tensor(lam))
+            state.set(torch.tensor(lam, device=DEVICE))
             x = torch.randn(2, 1, 200, device=DEVICE)
             y = layer(x)
             assert layer._memo[0] is memo
-            ref = interp_linear_fp64(x, layer.weight, layer.weight_t, torch.tensor(lam), layer.bias, layer.bias_t)
+            ref = interp_linear_fp64(
+                x, layer.weight, layer.weight_t, torch.tensor(lam, device=DEVICE), layer.bias, layer.bias_t
+            )
             assert rel_err(y, ref) < 1e-5
 
 

@@ -5,7 +5,9 @@ PYTHON ?= python
 PYTEST = $(PYTHON) -m pytest -q
 
 # The kernel tests, run again under the newest Triton (CI step 2).
-KERNEL_TESTS = tests/ops/test_ops_interp_linear.py tests/ops/test_ops_readiness.py tests/pair/test_hf_triton.py
+KERNEL_TESTS = tests/ops/test_ops_interp_linear.py tests/ops/test_ops_readiness.py tests/ops/test_split_k_in_kernel.py \
+  tests/ops/test_launch_memo.py tests/ops/test_moe_ops.py tests/ops/test_moe_launches.py tests/ops/test_triton_direct.py \
+  tests/pair/test_hf_triton.py
 # The tests of everything that leans on transformers', lm-eval's and peft's internals, run again at their
 # oldest supported releases (CI step 3).
 INTEGRATION_TESTS = tests/pair/test_hf_pair.py tests/pair/test_hf_families.py tests/pair/test_moe.py \

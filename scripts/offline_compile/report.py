@@ -97,8 +97,9 @@ def _describe(row: dict) -> str:
     )
     return (
         f"{row['kernel']}{' backward_dx' if row['direction'] != 'forward' else ''} {row['dtype']} "
-        f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} w{cfg['num_warps']} s{cfg['num_stages']} "
-        f"swap={cfg['swap_ab']} split={row['split_k']} bias={row['has_bias']} int64={row['int64_offsets']} "
+        f"{cfg.get('block_m', '-')}x{cfg.get('block_n', '-')}x{cfg.get('block_k', '-')} "
+        f"w{cfg.get('num_warps', '-')} s{cfg.get('num_stages', '-')} swap={cfg.get('swap_ab', False)} "
+        f"split={row['split_k']} bias={row['has_bias']} int64={row['int64_offsets']} "
         f"for {where}"
     )
 

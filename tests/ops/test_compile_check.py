@@ -150,6 +150,7 @@ def _codegen_rules_match_facts(rows) -> None:
         rules = compiled_facts.codegen_problems(r)
         assert r["problems"][len(r["problems"]) - len(rules) :] == rules, r
         scalar = r["dtype"] in ("bf16", "fp16") and r["scalar_global_16bit"] > 0
+        scalar = scalar and r["kernel"] not in compiled_facts.GATHER_KERNELS
         flat = r["m"] >= compiled_facts.PREFILL_MIN_M and r["mma"] == "wgmma" and r["wgmma_max_pending"] == 0
         split = r["m"] <= compiled_facts.DECODE_MAX_M and r["launches_per_call"] > 1
         said = " ".join(r["problems"])

@@ -20,7 +20,26 @@ from dami_kernels.ops.common import triton_direct  # noqa: E402
 CHILD = Path(__file__).with_name("direct_launch_child.py")
 
 
+def test_direct_launch_is_off_on_an_untested_triton(monkeypatch):
+    """On a Triton release the direct path was not checked on, it is off (launches take kernel[grid]) and says why."""
+    import importlib
+
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "99.0.0")
+    fresh = importlib.reload(triton_direct)
+    try:
+        assert fresh.UNAVAILABLE is not None and "99.0.0" in fresh.UNAVAILABLE
+    finally:
+        monkeypatch.undo()
+        importlib.reload(triton_direct)
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="the stub libcuda and Triton's C launcher need gcc")
+@pytest.mark.skipif(
+    triton_direct.UNAVAILABLE is not None,
+    reason="the direct path is off on this Triton (see the test above); the stub driver speaks triton 3.6's launcher",
+)
 def test_direct_launch_passes_what_triton_passes():
     """A real sm_90 launch path (offline compile, Triton's C launcher, stub libcuda) in a child process:
     the direct replay hands the C launcher the normal replay's arguments; only the output tensor (a new

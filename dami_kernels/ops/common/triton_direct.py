@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import warnings
 
+# The Triton releases whose launch internals this module was checked against (argument packing equal to
+# JITFunction.run's, tests/ops/test_triton_direct.py). On any other release the direct path stays off, visibly:
+# triton 3.9, for one, launches through the driver's generic `utils.launch` instead of a per-kernel launcher.
+TESTED_TRITON = ("3.6",)
+
 try:
+    import triton
     from triton import knobs
     from triton.knobs import HookChain
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction, compute_cache_key
 
     UNAVAILABLE: str | None = None
+    if not triton.__version__.startswith(TESTED_TRITON):
+        UNAVAILABLE = f"triton {triton.__version__} is not one the direct launch was checked on ({TESTED_TRITON})"
 except ImportError as err:  # another Triton layout
     UNAVAILABLE = f"triton internals missing: {err}"
 

@@ -92,6 +92,6 @@ def combine_kernel(
     mask = cols < H
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
-        held = tl.load(index_ptr + t * TOP_K + j) < NUM_EXPERTS
+        held = tl.load(index_ptr + t * TOP_K + j + tl.zeros((BLOCK_H,), dtype=tl.int32)) < NUM_EXPERTS
         acc += tl.load(pair_ptr + (t * TOP_K + j) * H + cols, mask=mask & held, other=0.0)
     tl.store(out_ptr + t * H + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -128,8 +128,14 @@ def main(argv=None) -> int:
         )
     env = dict(os.environ, TRITON_INTERPRET="0")
     child = [sys.executable, __file__, "--decode-real-child", "--calls", str(args.calls)]
-    done = subprocess.run(child, env=env, check=True, capture_output=True, text=True)
-    results.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    done = subprocess.run(child, env=env, check=False, capture_output=True, text=True)
+    status = 0
+    if done.returncode == 0:
+        results.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    else:  # e.g. no gcc for the stub driver: report the other numbers, say why this one is missing, fail
+        status = 1
+        why = done.stderr[-2000:]
+        print(f"triton_decode_real not measured (child exit {done.returncode}):\n{why}", file=sys.stderr)
     out = {"us_per_call": {key: round(v, 2) for key, v in results.items()}, "calls": args.calls}
     print(f"host µs per InterpLinear.forward (M=1, N=K=64, one thread, {args.calls} calls):")
     for key, v in results.items():
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One script for a lent GPU, run from the repository root (PYTHONPATH=., no pip needed there):
-#   1. offline tuning of the tile configs (table -> $OUT/tuned.json, used by every step after it),
+#   1. offline tuning of the tile configs for one shape (gate_up; $TUNE_SHAPES) (table -> $OUT/tuned.json, used by
+#      every step after it),
 #   2. the GPU tests (bf16/fp16/fp32 on real shapes, CUDA graphs, torch.compile, compiled generate) and
 #      the kernel tests, without stopping at the first failure,
 #   3. the kernel microbenchmark (merged / unfused / catgemm / fused, same run, same card),
-#   4. the end-to-end generation benchmark,
+#   4. the end-to-end generation benchmark (eager, 8 decoder layers of the Qwen3-4B shape),
 #   5. the host-overhead benchmark (host µs per InterpLinear call, launch stubbed),
 # then prints a short table last. The sm_90 compile checks need no GPU: run scripts/compile_check.py,
 # scripts/compile_check_moe.py and scripts/count_variants.py on the CPU machine instead. Every step
@@ -29,7 +30,7 @@ step "environment"
 } 2>&1 | tee "$OUT/gpu.txt" | tee -a "$LOG"
 
 step "tuning (budget ${TUNE_BUDGET_S:-60} s)"
-if timeout 100 $PY scripts/tune_kernels.py --budget-s "${TUNE_BUDGET_S:-60}" --out "$OUT/tuned.json" >> "$LOG" 2>&1; then
+if timeout 100 $PY scripts/tune_kernels.py --shapes "${TUNE_SHAPES:-gate_up}" --budget-s "${TUNE_BUDGET_S:-60}" --out "$OUT/tuned.json" >> "$LOG" 2>&1; then
   :
 else
   status=1; echo "tuning failed or timed out (rows written so far are kept)" | tee -a "$LOG"
@@ -47,7 +48,8 @@ timeout 110 $PY bench/interp_linear_bench.py --budget-s "${KERNEL_BUDGET_S:-90}"
   >> "$LOG" 2>&1 || status=1
 
 step "generation benchmark (budget ${GEN_BUDGET_S:-110} s)"
-timeout 140 $PY bench/bench_generation.py --budget-s "${GEN_BUDGET_S:-110}" --out "$OUT/generation_bench.json" \
+timeout 140 $PY bench/bench_generation.py --modes eager --num-layers 8 --budget-s "${GEN_BUDGET_S:-110}" \
+  --out "$OUT/generation_bench.json" \
   >> "$LOG" 2>&1 || status=1
 
 step "host overhead"

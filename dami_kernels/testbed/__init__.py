@@ -28,6 +28,7 @@ from dami_kernels.testbed.tasks import (
     undecided_columns,
 )
 from dami_kernels.testbed.tokenizer import build_tokenizer, chat_prompt
+from dami_kernels.validation import positive_int
 
 EVAL_SPLITS = ("dev", "test")
 
@@ -51,8 +52,7 @@ def heldout_sample(n: int, seed: int, mix=DEFAULT_MIX, split: str = "test") -> l
     Neither split was ever trained on by the pair, and they are disjoint (see `tasks.split_of`)."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int(n, "n")
     return eval_items(make_problems(n, seed, levels=mix_levels(mix), split=split))
 
 

@@ -41,6 +41,8 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from dami_kernels.validation import is_int, is_positive_int
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 NO_THINK = THINK_OPEN + THINK_CLOSE
@@ -205,11 +207,7 @@ def mix_levels(mix=DEFAULT_MIX) -> tuple[int, ...]:
     """Level weights (one non-negative integer per level of LEVELS) -> the level cycle that
     `make_problems(levels=...)` takes, interleaved round-robin: (3, 3, 1, 1) -> (1, 2, 3, 4, 1, 2, 1, 2)."""
     mix = tuple(mix)
-    if (
-        len(mix) != len(LEVELS)
-        or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in mix)
-        or sum(mix) == 0
-    ):
+    if len(mix) != len(LEVELS) or any(not is_int(w) or w < 0 for w in mix) or sum(mix) == 0:
         raise ValueError(
             f"mix must give one non-negative integer weight per level {sorted(LEVELS)} (not all zero), got {mix!r}"
         )
@@ -257,7 +255,7 @@ THINKING_WIDTH = 2  # columns per line of the shipped Thinking model's scratchpa
 def blocks(problem: Problem, width: int = 1) -> list[tuple[tuple[int, ...], int, int, int]]:
     """The scratchpad's additions from the units up, ``width`` columns each (the last may be narrower):
     ``[(block of each operand, carry in, block sum, block width), ...]``."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not is_positive_int(width):
         raise ValueError(f"width must be a positive int, got {width!r}")
     n_columns = len(column_digits(problem.operands))
     out, carry, col = [], 0, 0

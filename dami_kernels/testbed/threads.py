@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dami_kernels.validation import is_positive_int
+
 ENV_VAR = "DAMI_THREADS"
 
 
@@ -32,7 +34,7 @@ def requested_threads(threads: int | None = None, name: str = "threads") -> int 
             threads = int(text)
         except ValueError:
             raise ValueError(f"{ENV_VAR}={text!r} is not an integer number of threads") from None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_positive_int(threads):
         raise ValueError(f"{source} must be a positive integer number of threads, got {threads!r}")
     return threads
 

@@ -34,6 +34,7 @@ from dami_kernels.testbed.tasks import (
     scratchpad,
 )
 from dami_kernels.testbed.tokenizer import chat_prompt
+from dami_kernels.validation import is_int, is_positive_int
 
 HELDOUT_SEED = 20_251_010  # seed of the test-split draw the pair's metrics are measured on
 MAX_NEW_TOKENS = 96
@@ -59,7 +60,7 @@ class Stage:
     think_width: int | tuple[int, ...] = 1
 
     def __post_init__(self):
-        if not self.widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+        if not self.widths or any(not is_positive_int(w) for w in self.widths):
             raise ValueError(f"think_width must be a positive int or a tuple of them, got {self.think_width!r}")
 
     @property
@@ -280,7 +281,7 @@ def train_pair(
         ("batch_size", batch_size),
         ("thinking_steps", ft_steps if thinking_steps is None else thinking_steps),
     ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "batch_size" and v == 0):
+        if not is_int(v) or v < 0 or (name == "batch_size" and v == 0):
             raise ValueError(f"{name} must be a non-negative int (batch_size positive), got {v!r}")
     stages = pair_stages(base_steps, ft_steps, base_lr, ft_lr, seed, thinking_steps, base_width)
     torch.manual_seed(seed)

@@ -37,11 +37,18 @@ def register(subparsers) -> None:
 def print_study(report: dict, details: dict) -> None:
     """The tables of a study (`workflows.demo.run_study`), as report.md has them."""
     from dami_kernels.evaluation.sweep import table_markdown
-    from dami_kernels.workflows.demo_report import methods_markdown, signals_markdown, targets_markdown, time_line
+    from dami_kernels.workflows.demo_report import (
+        methods_markdown,
+        router_markdown,
+        signals_markdown,
+        targets_markdown,
+        time_line,
+    )
 
     for text in (
         table_markdown(details["sweep_table"], details["continuity"]),
         methods_markdown(report),
+        router_markdown(report, details),
         targets_markdown(details),
         signals_markdown(report),
         time_line(details),

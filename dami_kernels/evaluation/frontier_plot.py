@@ -47,7 +47,16 @@ def label_groups(xs: list[float], ys: list[float], tol: float = 0.03) -> list[li
 
 # Methods the demo's plot shows (every one gets its own marker and legend entry); Thinking and Instruct are
 # the fixed-λ curve's endpoints (λ = 1 and 0) and are labelled there.
-PLOTTED_METHODS = ("dami_pref", "dami_conf", "oracle", "syntax_rule", "random_matched", "frontier_matched")
+PLOTTED_METHODS = (
+    "dami_pref",
+    "dami_conf",
+    "oracle",
+    "syntax_rule",
+    "random_matched",
+    "frontier_matched",
+    "text_router_pref",
+    "text_router_conf",
+)
 # Hollow markers, one shape and one size each (largest first, so that markers on one spot nest visibly).
 METHOD_STYLES = [("*", 330), ("D", 150), ("s", 110), ("^", 80), ("v", 60), ("o", 42), ("P", 34), ("X", 28)]
 LABEL_GID = "frontier_label"

@@ -9,7 +9,8 @@ paired statistics (`evaluation.preregistered`).
    DAMI-Pref from frozen query features (and Conf's signals).
 4. ONE mixed-λ generation pass runs every problem at its DAMI-Conf λ and again at its DAMI-Pref λ.
 5. Baselines (`workflows.baselines`), matched to DAMI-Pref: syntax_rule (fit on dev), random_matched,
-   frontier_matched. Every method against Thinking: difference, paired bootstrap 95% CI, exact McNemar p.
+   frontier_matched; the text-only router (`workflows.text_router`, fit on dev) at DAMI-Conf's and at
+   DAMI-Pref's tokens. Every method against Thinking: difference, paired bootstrap 95% CI, exact McNemar p.
 Writes report.json (the issue's contract, nothing else), details.json (targets, continuity, baselines'
 fits, timings), report.md, frontier.png, sweep_items.jsonl and mixed_items.jsonl (with a method field).
 """
@@ -39,8 +40,13 @@ from dami_kernels.evaluation.sweep import (
 )
 from dami_kernels.workflows import DEMO_DEFAULT_N as DEFAULT_N
 from dami_kernels.workflows import baselines as bl
+from dami_kernels.workflows import text_router as trt
 from dami_kernels.workflows.demo_report import report_markdown
 from dami_kernels.workflows.train_estimators import conf_signal_aurocs, dev_prompts, rollouts_from_records
+
+# Every method of report.json, in order: the pre-registered ones, then the text-only router at each
+# estimator's tokens.
+REPORT_METHODS = (*prereg.METHODS, "text_router_conf", "text_router_pref")
 
 
 def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
@@ -60,6 +66,9 @@ def demo_items(n: int, seed: int, estimator_dir=SHIPPED_DIR, mix=None):
     return items
 
 
+_PER_ITEM = ("outcomes", "exact", "p_correct")
+
+
 def _entry(outcomes, exact, thinking, accuracy, mean_tokens, mean_lambda) -> dict:
     return {
         "accuracy": float(accuracy),
@@ -70,16 +79,33 @@ def _entry(outcomes, exact, thinking, accuracy, mean_tokens, mean_lambda) -> dic
 
 
 def matched_baselines(
-    test: Rollouts, prompts: list[str], dev: Rollouts, dev_prompts_: list[str], lam, mean_tokens: float, seed: int
+    test: Rollouts,
+    prompts: list[str],
+    dev: Rollouts,
+    dev_prompts_: list[str],
+    lam,
+    mean_tokens: float,
+    seed: int,
+    router: dict | None = None,
 ) -> dict:
-    """syntax_rule, random_matched and frontier_matched at a method's mean tokens / its λ values."""
+    """syntax_rule, random_matched, frontier_matched and text_router at a method's mean tokens / its λ
+    values (`router`: a `text_router.fit_text_router` fit on dev, fitted here when None)."""
     think_test = float(test.tokens[:, -1].mean())
     think_dev = float(dev.tokens[:, -1].mean())
-    rule = bl.fit_syntax_rule(dev, dev_prompts_, mean_tokens / think_test * think_dev)
+    budget = mean_tokens / think_test * think_dev
+    rule = bl.fit_syntax_rule(dev, dev_prompts_, budget)
+    router = router if router is not None else trt.fit_text_router(dev, dev_prompts_)
+    tuned = trt.tune_text_router(router, dev, budget)
     return {
         "syntax_rule": bl.syntax_rule(test, prompts, rule, seed),
         "random_matched": bl.random_matched(test, lam, seed),
         "frontier_matched": bl.frontier_matched(test, mean_tokens, seed),
+        "text_router": {
+            **trt.text_router(test, prompts, router, tuned["c"]),
+            "model": router["kind"],
+            "dev_budget": budget,
+            **{f"tuned_{k}": v for k, v in tuned.items()},
+        },
     }
 
 
@@ -185,19 +211,30 @@ def run_study(
     methods["oracle"] = _entry(o["outcomes"], None, think, o["accuracy"], o["mean_tokens"], o["mean_lambda"])
     dev = Rollouts.from_jsonl(Path(estimator_dir) / "rollouts.jsonl")
     dprompts = dev_prompts(estimator_dir, dev.ids)
+    router = trt.fit_text_router(dev, dprompts)
     per_method = {}
     for name, lam in (("dami_conf", lam_conf), ("dami_pref", lam_pref)):
-        base = matched_baselines(test, prompts, dev, dprompts, lam, methods[name]["mean_tokens"], seed)
+        base = matched_baselines(test, prompts, dev, dprompts, lam, methods[name]["mean_tokens"], seed, router)
         for b in base.values():
             b["vs_method"] = compare(outcomes[name], b["outcomes"], exact_reference=b.get("exact"))
         per_method[name] = base
     for bname, b in per_method["dami_pref"].items():
-        methods[bname] = _entry(b["outcomes"], b.get("exact"), think, b["accuracy"], b["mean_tokens"], b["mean_lambda"])
-    methods = {k: methods[k] for k in prereg.METHODS}
+        if bname != "text_router":
+            methods[bname] = _entry(
+                b["outcomes"], b.get("exact"), think, b["accuracy"], b["mean_tokens"], b["mean_lambda"]
+            )
+    for name in ("dami_conf", "dami_pref"):
+        b = per_method[name]["text_router"]
+        key = "text_router_" + name.split("_")[1]
+        methods[key] = _entry(b["outcomes"], None, think, b["accuracy"], b["mean_tokens"], b["mean_lambda"])
+        methods[name]["vs_text_router"] = compare(outcomes[name], b["outcomes"])
+    methods = {k: methods[k] for k in REPORT_METHODS}
     err = ~test.correct[:, i0]
+    p_instruct = per_method["dami_conf"]["text_router"]["p_correct"][:, i0]
     signals_auroc = {
         **conf_signal_aurocs(signals, err),
         "prompt_length": auroc(torch.tensor([float(len(p)) for p in prompts]), err),
+        "text": auroc(1.0 - p_instruct, err),
     }
     signals_auroc = {k: (None if v != v else v) for k, v in signals_auroc.items()}  # NaN (one class) -> null
     stat_s = time.perf_counter() - t_stat
@@ -224,13 +261,23 @@ def run_study(
             "margin": prereg.MARGIN,
             "targets": prereg.TARGETS,
             "min_gain_over_baselines": prereg.MIN_GAIN_OVER_BASELINES,
+            "baselines_to_beat": list(prereg.BASELINES_TO_BEAT),
             "bootstrap": {"resamples": prereg.BOOTSTRAP_RESAMPLES, "seed": prereg.BOOTSTRAP_SEED},
         },
         "targets": check_targets(methods, per_method),
         "baselines_matched_to": "dami_pref",
         "baselines_at_conf_tokens": {
-            k: {kk: vv for kk, vv in v.items() if kk not in ("outcomes", "exact")}
-            for k, v in per_method["dami_conf"].items()
+            k: {kk: vv for kk, vv in v.items() if kk not in _PER_ITEM} for k, v in per_method["dami_conf"].items()
+        },
+        "text_router": {
+            "model": router["kind"],
+            "model_choice": "lowest 5-fold CV log-loss on dev (mean over the grid λ)",
+            "cv_logloss": router["cv_logloss"],
+            "features": int(trt.text_features(prompts[:1], router["width"], router["operands"]).shape[1]),
+            **{
+                f"at_{name}_tokens": {k: v for k, v in per_method[name]["text_router"].items() if k not in _PER_ITEM}
+                for name in ("dami_conf", "dami_pref")
+            },
         },
         "frontier_mixture": per_method["dami_pref"]["frontier_matched"]["mixture"],
         "continuity": continuity,

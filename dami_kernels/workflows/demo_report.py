@@ -7,6 +7,12 @@ from dami_kernels.evaluation import preregistered as prereg
 from dami_kernels.evaluation.sweep import table_markdown
 from dami_kernels.evaluation.tables import markdown_table
 
+_BASELINE_NAMES = {
+    "syntax_rule": "syntax rule",
+    "frontier_matched": "fixed-λ frontier",
+    "text_router": "text-only router",
+}
+
 
 def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else "<1e-4"
@@ -62,12 +68,28 @@ def targets_markdown(details: dict) -> str:
             "",
             "tokens / Thinking",
             "",
-            "vs syntax rule at its tokens (≥ +0.02, CI > 0)",
-            "vs fixed-λ frontier at its tokens (≥ +0.02, CI > 0)",
+            *(f"vs {_BASELINE_NAMES.get(b, b)} at its tokens (≥ +0.02, CI > 0)" for b in prereg.BASELINES_TO_BEAT),
             "stretch: CI lo > 0",
         ],
         rows,
     )
+
+
+def router_markdown(r: dict, details: dict) -> str:
+    """The text-only router's dev-chosen model and each estimator's paired comparison with it."""
+    tr = details.get("text_router")
+    head = ""
+    if tr:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in tr["cv_logloss"].items())
+        head = f"Text-only router: {tr['model']} (chosen on dev: 5-fold CV log-loss {losses}).\n\n"
+    rows = []
+    for name in ("dami_conf", "dami_pref"):
+        v = r["methods"][name].get("vs_text_router")
+        if v:
+            rows.append(
+                [name, f"{v['diff']:+.3f}", f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]", _fmt_p(v["mcnemar_p"])]
+            )
+    return head + markdown_table(["estimator", "Δ vs text router at its tokens", "95% CI", "McNemar p"], rows)
 
 
 def signals_markdown(r: dict) -> str:
@@ -95,8 +117,9 @@ def report_markdown(r: dict, details: dict) -> str:
         "Pre-registered (dami_kernels/evaluation/preregistered.py, fixed before results): primary mix "
         f"balanced; non-inferiority margin {r['margin']}; DAMI-Pref: Δ ≥ −{prereg.MARGIN} with CI lower "
         f"bound ≥ −0.02 at ≤ 0.60× Thinking's tokens; DAMI-Conf: Δ ≥ −0.02 at ≤ 0.70×; both beat the syntax "
-        f"rule and the fixed-λ frontier at matched tokens by ≥ {prereg.MIN_GAIN_OVER_BASELINES} with the CI "
-        f"excluding 0. Stretch: CI lower bound vs Thinking > 0. CIs: paired bootstrap, "
+        f"rule, the fixed-λ frontier and the text-only router (added 2026-12-07) at matched tokens by ≥ "
+        f"{prereg.MIN_GAIN_OVER_BASELINES} with the CI excluding 0. Stretch: CI lower bound vs Thinking > 0. "
+        f"CIs: paired bootstrap, "
         f"{prereg.BOOTSTRAP_RESAMPLES} resamples, seed {prereg.BOOTSTRAP_SEED}; p: exact McNemar.",
         "",
         "## Fixed-λ sweep",
@@ -107,9 +130,13 @@ def report_markdown(r: dict, details: dict) -> str:
         "",
         "syntax_rule, random_matched and frontier_matched are matched to DAMI-Pref (its mean tokens / its λ "
         "values); frontier_matched is scored by expectation (McNemar on a seeded realisation); the oracle "
-        "is an upper bound that uses the test labels.",
+        "is an upper bound that uses the test labels. text_router_conf / text_router_pref: the text-only router "
+        "(per-λ correctness model on the prompt's digits, columns and carries, fit and tuned to the token "
+        "budget on dev) at DAMI-Conf's / DAMI-Pref's tokens.",
         "",
         methods_markdown(r),
+        "",
+        router_markdown(r, details),
         "",
         "## Targets (measured)",
         "",

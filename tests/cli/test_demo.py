@@ -19,6 +19,8 @@ METHOD_KEYS = {
     "syntax_rule",
     "random_matched",
     "frontier_matched",
+    "text_router_conf",
+    "text_router_pref",
 }
 
 
@@ -65,7 +67,8 @@ def test_demo_report_contract(demo_dir):
         assert set(row) == {"lam", "accuracy", "mean_tokens"}
     assert set(r["methods"]) == METHOD_KEYS
     for name, m in r["methods"].items():
-        assert set(m) == {"accuracy", "mean_tokens", "mean_lambda", "vs_thinking"}, name
+        extra = {"vs_text_router"} if name in ("dami_conf", "dami_pref") else set()
+        assert set(m) == {"accuracy", "mean_tokens", "mean_lambda", "vs_thinking"} | extra, name
         assert 0.0 <= m["accuracy"] <= 1.0 and m["mean_tokens"] > 0, name
         assert m["mean_lambda"] is None or 0.0 <= m["mean_lambda"] <= 1.0
         v = m["vs_thinking"]
@@ -73,12 +76,22 @@ def test_demo_report_contract(demo_dir):
         assert v["ci95"][0] <= v["diff"] + 1e-12 and v["diff"] <= v["ci95"][1] + 1e-12
         assert v["diff"] == pytest.approx(m["accuracy"] - r["methods"]["thinking"]["accuracy"])
     assert r["methods"]["thinking"]["vs_thinking"] == {"diff": 0.0, "ci95": [0.0, 0.0], "mcnemar_p": 1.0}
-    assert set(r["signals_auroc"]) >= {"confidence", "discrepancy", "prompt_length"}
+    assert set(r["signals_auroc"]) >= {"confidence", "discrepancy", "prompt_length", "text"}
     d = json.loads((demo_dir / "details.json").read_text())
     assert set(d["targets"]) == {"dami_conf", "dami_pref"}
+    tr = d["text_router"]
+    assert tr["model"] in ("logistic", "gbt") and tr["model"] == min(tr["cv_logloss"], key=tr["cv_logloss"].get)
+    for name in ("dami_conf", "dami_pref"):
+        v = r["methods"][name]["vs_text_router"]
+        router = r["methods"]["text_router_" + name.split("_")[1]]
+        assert set(v) == {"diff", "ci95", "mcnemar_p"} and v["ci95"][0] <= v["diff"] + 1e-12 <= v["ci95"][1] + 2e-12
+        assert v["diff"] == pytest.approx(r["methods"][name]["accuracy"] - router["accuracy"])
+        assert d["targets"][name]["vs_text_router"]["diff"] == pytest.approx(v["diff"])
+        assert "met" in d["targets"][name]["vs_text_router"]
     assert (demo_dir / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     md = (demo_dir / "report.md").read_text()
     assert "n = 16" in md and "level mix 1:1:1:1" in md and "margin 0.01" in md and "**dami_pref**" in md
+    assert "text_router_conf" in md and "vs text-only router" in md
 
 
 def test_demo_numbers_agree_with_logs(demo_dir):

@@ -22,7 +22,7 @@ scalar 16-bit global access, a prefill (M >= 512) whose wgmma is never pipelined
 --json OUT writes a list with one object per (kernel, direction, shape, M, dtype, bias, config,
 compiled variant), the λ forms and config sources that led to it merged into lists, so every
 (shape, M bucket, dtype) is reported while each variant is compiled once:
-  {"kernel": "interp_linear"|"splitk_reduce", "direction": "forward"|"backward_dx",
+  {"kernel": "interp_linear", "direction": "forward"|"backward_dx",
    "shape": [N, K] (the layer's weight), "linears": [...], "m": int, "m_bucket": int,
    "dtype": "bf16"|"fp16"|"fp32", "has_bias": bool, "config": {...}, "split_k": int,
    "int64_offsets": bool, "precision": str, "lam_forms": [...], "config_sources": [...],

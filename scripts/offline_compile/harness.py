@@ -7,9 +7,8 @@ model shape, M, dtype, bias or not and λ form (scalar / per sequence / per row)
 `kernel_arguments` and allocates its outputs as it does on a GPU. Two seams are substituted: `plan_launch`
 receives a CUDA device (so that `pick_config` takes the GPU heuristics or a tuned table, with
 `configs._device_key` / `configs._sm_count` answering for a GPU that is not there), and
-`dami_kernels.ops.common.launch.launch_kernel` records the launch instead of making it. The MoE split-K
-launches' second kernel (`splitk_reduce_kernel`) is recorded the same way (the dense kernel reduces split-K
-inside itself).
+`dami_kernels.ops.common.launch.launch_kernel` records the launch instead of making it (every kernel, the MoE
+routing and combine kernels too; split K is reduced inside the dense and grouped kernels).
 
 Config sources: the GPU heuristics (for each SM count in --sms) and every tuned table the launcher can
 read (`dami_kernels/ops/tuned/*.json`, or $DAMI_TUNED_TABLE), with the tables' own shapes added.
@@ -27,7 +26,6 @@ import torch
 
 from dami_kernels.ops.common import configs
 from dami_kernels.ops.common import launch as common_launch
-from dami_kernels.ops.common.tiles import splitk_reduce_kernel
 from dami_kernels.ops.interp_experts.kernel import interp_grouped_kernel
 from dami_kernels.ops.interp_experts.route import combine_kernel, route_kernel
 from dami_kernels.ops.interp_linear import launch as linear_launch
@@ -38,7 +36,6 @@ SMEM_LIMITS = {90: 232448, 80: 166912, 86: 101376, 89: 101376}  # opt-in shared 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 KERNEL_NAMES = {
     interp_linear_kernel: "interp_linear",
-    splitk_reduce_kernel: "splitk_reduce",
     interp_grouped_kernel: "interp_grouped",
     route_kernel: "moe_route",
     combine_kernel: "moe_combine",

@@ -1,9 +1,9 @@
-"""Triton device functions that both kernel families share, and the split-K reductions (in-kernel and a
-separate kernel).
+"""Triton device functions that both kernel families share.
 
 The tile loads (x and W, either orientation: SWAP_AB computes the transposed tile so that a small M sits in
 the wide tensor-core dimension), the three K loops (one weight; a weight blended in registers from a shared
-λ; two fp32 accumulators for mixed λ) and the tile store (which can record the path a program took).
+λ; two fp32 accumulators for mixed λ), the choice among them by the tile's λ (`mm_paths`), the tile store
+(which can record the path a program took) and the in-kernel split-K reduction (`last_split`, `sum_splits`).
 `interp_linear/kernel.py` and `interp_experts/kernel.py` are built from them.
 """
 
@@ -171,6 +171,95 @@ def mm_dual(
 
 
 @triton.jit
+def mm_paths(
+    x_ptrs,
+    wi_ptrs,
+    wt_ptrs,
+    lam,
+    row_mask,
+    b_i,
+    b_t,
+    k_lo,
+    k_hi,
+    stride_xk,
+    stride_wk,
+    ADD_BIAS: tl.constexpr,
+    SKIP: tl.constexpr,
+    BLEND: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(out, path): the tile's (1-λ_r)(x W_I^T + b_I) + λ_r(x W_T^T + b_T), fp32 [BLOCK_M, BLOCK_N], by the
+    path the λ of its rows allow (lam [BLOCK_M] fp32, row_mask [BLOCK_M]; b_i, b_t [BLOCK_N] fp32, added only
+    when ADD_BIAS): 0 W_I only (every row λ = 0) and 1 W_T only (every row λ = 1) when SKIP; 2 one product on
+    the blended weight (one shared λ) when BLEND; 3 two accumulators blended per row. Shared by the dense and
+    the grouped kernels."""
+    lam_lo = tl.min(tl.where(row_mask, lam, float("inf")), axis=0)
+    lam_hi = tl.max(tl.where(row_mask, lam, float("-inf")), axis=0)
+    path = tl.full((), 3, tl.int32)
+    if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
+        path = tl.full((), 0, tl.int32)
+        out = mm_one(
+            x_ptrs, wi_ptrs, k_lo, k_hi, stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION
+        )
+        if ADD_BIAS:
+            out = out + b_i[None, :]
+    elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
+        path = tl.full((), 1, tl.int32)
+        out = mm_one(
+            x_ptrs, wt_ptrs, k_lo, k_hi, stride_xk, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, PRECISION
+        )
+        if ADD_BIAS:
+            out = out + b_t[None, :]
+    elif BLEND and (lam_lo == lam_hi):
+        path = tl.full((), 2, tl.int32)
+        out = mm_blend(
+            x_ptrs,
+            wi_ptrs,
+            wt_ptrs,
+            lam_lo,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
+        if ADD_BIAS:
+            out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
+    else:
+        acc_i, acc_t = mm_dual(
+            x_ptrs,
+            wi_ptrs,
+            wt_ptrs,
+            k_lo,
+            k_hi,
+            stride_xk,
+            stride_wk,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            SWAP_AB,
+            UPCAST,
+            PRECISION,
+        )
+        if ADD_BIAS:
+            acc_i = acc_i + b_i[None, :]
+            acc_t = acc_t + b_t[None, :]
+        lam2 = lam[:, None]
+        out = (1.0 - lam2) * acc_i + lam2 * acc_t
+    return out, path
+
+
+@triton.jit
 def store_tile(
     out_ptr,
     out,
@@ -224,12 +313,20 @@ def finish_split(
         rows = rows.to(tl.int64)
         cols = cols.to(tl.int64)
     offs = rows[:, None] * stride_om + cols[None, :] * stride_on
-    tl.debug_barrier()  # every thread's partial is written before the release below
-    arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
-    if arrived == num_splits - 1:
+    if last_split(cnt_ptr, pid):
         acc = sum_splits(ws_ptr + offs, stride_os, mask, num_splits, rows.shape[0], cols.shape[0])
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(cnt_ptr + pid, 0)
+
+
+@triton.jit
+def last_split(cnt_ptr, pid):
+    """True in the program that brings tile `pid`'s split count (cnt[pid], int32) to the number of splits, after
+    this program's partial is written: it then sums the partials and resets cnt[pid] to 0. The barrier orders
+    every thread's partial before the release; the acq_rel atomic makes the other splits' partials visible."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    return arrived == tl.num_programs(1) - 1
 
 
 @triton.jit
@@ -242,17 +339,3 @@ def sum_splits(part_ptrs, stride_os, mask, num_splits, BLOCK_M: tl.constexpr, BL
         acc += tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
         part_ptrs += stride_os
     return acc
-
-
-@triton.jit(do_not_specialize=["MN"])
-def splitk_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
-    """out[i] = sum_s part[s, i], cast to out's dtype. part [SPLIT_K, M*N] fp32 contiguous, out [M*N]
-    contiguous. Grid: (cdiv(MN, BLOCK),). The second (and last) kernel of a split-K launch."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    if INT64:
-        offs = offs.to(tl.int64)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -19,7 +19,7 @@ BLOCK_N / 2] of the hidden state (no [P, 2I] intermediate, no activation launch)
 import triton
 import triton.language as tl
 
-from dami_kernels.ops.common.tiles import mm_blend, mm_dual, mm_one, sum_splits
+from dami_kernels.ops.common.tiles import last_split, mm_paths, sum_splits
 
 
 @triton.jit
@@ -160,8 +160,6 @@ def interp_grouped_kernel(
     k_hi = min(k_lo + K_PER_SPLIT, K)
 
     lam = tl.load(lam_ptr + tok // ROWS_PER_LAM, mask=row_mask, other=0.0)
-    lam_lo = tl.min(tl.where(row_mask, lam, float("inf")), axis=0)
-    lam_hi = tl.max(tl.where(row_mask, lam, float("-inf")), axis=0)
 
     rk = k_lo + tl.arange(0, BLOCK_K)
     w_base = expert * stride_we
@@ -177,75 +175,28 @@ def interp_grouped_kernel(
         x_ptrs = x_ptr + src[:, None] * stride_xm + rk[None, :] * stride_xk
         w_offs = w_base + cols_c[None, :] * stride_wn + rk[:, None] * stride_wk
 
-    path = tl.full((), 3, tl.int32)
-    if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
-        path = tl.full((), 0, tl.int32)
-        out = mm_one(
-            x_ptrs,
-            wi_ptr + w_offs,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-    elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
-        path = tl.full((), 1, tl.int32)
-        out = mm_one(
-            x_ptrs,
-            wt_ptr + w_offs,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-    elif BLEND and (lam_lo == lam_hi):
-        path = tl.full((), 2, tl.int32)
-        out = mm_blend(
-            x_ptrs,
-            wi_ptr + w_offs,
-            wt_ptr + w_offs,
-            lam_lo,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-    else:
-        acc_i, acc_t = mm_dual(
-            x_ptrs,
-            wi_ptr + w_offs,
-            wt_ptr + w_offs,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-        lam2 = lam[:, None]
-        out = (1.0 - lam2) * acc_i + lam2 * acc_t
+    out, path = mm_paths(
+        x_ptrs,
+        wi_ptr + w_offs,
+        wt_ptr + w_offs,
+        lam,
+        row_mask,
+        lam,  # no bias: b_i, b_t unused
+        lam,
+        k_lo,
+        k_hi,
+        stride_xk,
+        stride_wk,
+        False,  # ADD_BIAS: the experts have no bias
+        SKIP,
+        BLEND,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        SWAP_AB,
+        UPCAST,
+        PRECISION,
+    )
     if RECORD_PATH:
         tl.store(path_ptr + pid * tl.num_programs(1) + pid_k, path)
 
@@ -266,9 +217,7 @@ def interp_grouped_kernel(
         offs = r[:, None] * ws_stride_m + ws_cols[None, :]
         mask = row_mask[:, None] & col_mask[None, :]
         tl.store(ws_ptr + split_off + offs, out, mask=mask)
-        tl.debug_barrier()  # every thread's partial is written before the release below
-        arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == tl.num_programs(1) - 1:
+        if last_split(cnt_ptr, pid):
             acc = sum_splits(ws_ptr + offs, stride_os, mask, tl.num_programs(1), BLOCK_M, BLOCK_N)
             _epilogue(
                 out_ptr,

@@ -16,7 +16,7 @@ each, when λ is per sequence) and a row tile never straddles two segments, so i
 import triton
 import triton.language as tl
 
-from dami_kernels.ops.common.tiles import finish_split, mm_blend, mm_dual, mm_one, store_tile
+from dami_kernels.ops.common.tiles import finish_split, mm_paths, store_tile
 
 
 @triton.jit(do_not_specialize=["M", "SEG_LEN", "TILES_PER_SEG", "NUM_PID_M", "ROWS_PER_LAM", "stride_xm", "stride_os"])
@@ -105,18 +105,17 @@ def interp_linear_kernel(
     k_hi = min(k_lo + K_PER_SPLIT, K)
 
     lam = tl.load(lam_ptr + rows // ROWS_PER_LAM, mask=row_mask, other=0.0)
-    lam_lo = tl.min(tl.where(row_mask, lam, float("inf")), axis=0)
-    lam_hi = tl.max(tl.where(row_mask, lam, float("-inf")), axis=0)
     # Bias enters once: only the first K-split adds it (the others add zeros).
     if HAS_BIAS:
         first = (pid_k == 0).to(tl.float32)
         b_i = tl.load(bi_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) * first
         b_t = tl.load(bt_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) * first
     else:
+        # Zeros, added all the same: dropping the add changes register allocation (the fp32 64x64x16 M = 64
+        # variant then spills 8 B).
         b_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
         b_t = tl.zeros((BLOCK_N,), dtype=tl.float32)
 
-    path = tl.full((), 3, tl.int32)
     # Out-of-range rows/columns are clamped to a valid index (their results are never stored), so the
     # K loop masks only its tail.
     rows_c = tl.where(row_mask, rows, 0)
@@ -133,81 +132,28 @@ def interp_linear_kernel(
         x_ptrs = x_ptr + rows_c[:, None] * stride_xm + rk[None, :] * stride_xk
         w_offs = cols_c[None, :] * stride_wn + rk[:, None] * stride_wk
 
-    if SKIP and (lam_hi == 0.0) & (lam_lo == 0.0):
-        path = tl.full((), 0, tl.int32)
-        out = (
-            mm_one(
-                x_ptrs,
-                wi_ptr + w_offs,
-                k_lo,
-                k_hi,
-                stride_xk,
-                stride_wk,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_K,
-                SWAP_AB,
-                UPCAST,
-                PRECISION,
-            )
-            + b_i[None, :]
-        )
-    elif SKIP and (lam_hi == 1.0) & (lam_lo == 1.0):
-        path = tl.full((), 1, tl.int32)
-        out = (
-            mm_one(
-                x_ptrs,
-                wt_ptr + w_offs,
-                k_lo,
-                k_hi,
-                stride_xk,
-                stride_wk,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_K,
-                SWAP_AB,
-                UPCAST,
-                PRECISION,
-            )
-            + b_t[None, :]
-        )
-    elif BLEND and (lam_lo == lam_hi):
-        path = tl.full((), 2, tl.int32)
-        out = mm_blend(
-            x_ptrs,
-            wi_ptr + w_offs,
-            wt_ptr + w_offs,
-            lam_lo,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-        out = out + ((1.0 - lam_lo) * b_i + lam_lo * b_t)[None, :]
-    else:
-        acc_i, acc_t = mm_dual(
-            x_ptrs,
-            wi_ptr + w_offs,
-            wt_ptr + w_offs,
-            k_lo,
-            k_hi,
-            stride_xk,
-            stride_wk,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            SWAP_AB,
-            UPCAST,
-            PRECISION,
-        )
-        lam2 = lam[:, None]
-        out = (1.0 - lam2) * (acc_i + b_i[None, :]) + lam2 * (acc_t + b_t[None, :])
+    out, path = mm_paths(
+        x_ptrs,
+        wi_ptr + w_offs,
+        wt_ptr + w_offs,
+        lam,
+        row_mask,
+        b_i,
+        b_t,
+        k_lo,
+        k_hi,
+        stride_xk,
+        stride_wk,
+        True,  # ADD_BIAS: b_i, b_t above (zeros without a bias)
+        SKIP,
+        BLEND,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        SWAP_AB,
+        UPCAST,
+        PRECISION,
+    )
 
     store_tile(
         ws_ptr if SPLIT else out_ptr,

@@ -18,21 +18,22 @@ from offline_compile import triton_shim  # noqa: E402  (turns the interpreter of
 from offline_compile.harness import DTYPES, MODELS, LauncherHarness, config_sources  # noqa: E402
 from offline_compile.report import resource_usage  # noqa: E402
 
+from dami_kernels.ops.common import compiled_facts  # noqa: E402  # isort: skip
+
 PRED = r"^\s*(?:@!?%p\d+\s+)?"
-SCALAR16 = re.compile(PRED + r"(?:ld|st)\.global(?:\.\w+)*\.(?:b16|u16|s16|f16|bf16)\s", re.M)
-STORE_V = re.compile(PRED + r"st\.global(?:\.\w+)*\.v(\d)\.", re.M)
 STORE = re.compile(PRED + r"st\.global((?:\.\w+)*)\s", re.M)
 WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)")
 CP_ASYNC = re.compile(PRED + r"cp\.async\.\w+\.shared\.global", re.M)
 
 
 def ptx_facts(ptx: str) -> dict:
-    waits = [int(v) for v in WAIT.findall(ptx)]
+    """compile_check's codegen facts (`compiled_facts`) plus what the NOTES tables show beside them: every
+    wgmma wait depth, the cp.async count, the store kinds and the atomics."""
     return {
-        "scalar16_global": len(SCALAR16.findall(ptx)),
+        "scalar16_global": compiled_facts.scalar_global_16bit(ptx),
         "cp_async": len(CP_ASYNC.findall(ptx)),
-        "wgmma_waits": sorted(set(waits)),
-        "max_wait": max(waits) if waits else None,
+        "wgmma_waits": sorted({int(v) for v in WAIT.findall(ptx)}),
+        "max_wait": compiled_facts.wgmma_max_pending(ptx),
         "stores": sorted(set(STORE.findall(ptx))),
         "atomics": len(re.findall(PRED + r"atom\.", ptx, re.M)),
     }
